@@ -1,0 +1,7 @@
+"""``python -m gcl_local`` runs the ``gcl`` command."""
+
+from __future__ import annotations
+
+from ._cli import main
+
+main()

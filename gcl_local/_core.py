@@ -1,0 +1,634 @@
+"""The core: one attempt, one short transaction, never a sleep.
+
+Every function here runs inside a ``BEGIN IMMEDIATE`` transaction that :func:`transact` opens,
+and returns a value. Waiting belongs to the sync and async shells. Functions that free capacity
+(release, reaping a dead holder, a waiter leaving, an admin change) serve the queue in the same
+transaction: the oldest waiters whose requests now fit are granted their slots right there (direct
+hand-off), and their pipes are written after the commit, so a woken waiter has nothing to write.
+
+Occupancy of a limit = slots of its leases + the level of its decaying bucket. A request fits
+when occupancy + occupy <= limit on every active named limit, and it is admitted only when no older
+waiting ticket shares one of its active names (first come, first served).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Literal, TypeVar
+
+from . import _sql, _tokens
+from ._errors import (
+    ConcurrencySlotAcquisitionError,
+    LeaseNotFoundError,
+    LimitExistsError,
+    LimitNotFoundError,
+)
+from ._model import Lease, Limit, Waiter, utc
+from ._sql import LeaseRow, LimitRow, TicketRow
+from ._store import Store, Tx
+
+logger = logging.getLogger("gcl_local")
+
+EPSILON = 1e-9
+"""Slack for float rounding in the bucket level: 2.9999999999 slots fit a limit of 3."""
+MIN_OCCUPANCY_SAMPLE = 0.1
+DEFAULT_AVG_OCCUPANCY = 2.0
+
+Kind = Literal["concurrency", "rate"]
+
+
+@dataclass(frozen=True)
+class Holder:
+    """Who asks: the process identity recorded on its leases and tickets."""
+
+    token: str | None
+    """The liveness token's name; None when the holder is known only by pid (``gcl acquire``)."""
+    pid: int | None
+    pid_start: int | None
+    host: str
+    user: str
+    label: str
+
+
+@dataclass(frozen=True)
+class Request:
+    names: tuple[str, ...]
+    occupy: int
+    kind: Kind
+    strict: bool
+    lease_duration: float
+    holder: Holder
+    waiter_token: str | None = None
+    """The liveness token of the process that waits (it differs from a pid-held lease's holder)."""
+
+
+@dataclass(frozen=True)
+class Granted:
+    lease: Lease | None
+    """The lease (``token`` None when no slot was taken); None for a rate limit."""
+    missing: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Denied:
+    retry_in: float | None
+    """Seconds until decay or an expiry could let the request in; None when only a release can."""
+
+
+Outcome = Granted | Denied
+
+
+@dataclass
+class Effects:
+    """What a transaction leaves to do after its commit: waiters to wake, files to remove."""
+
+    wakes: list[str] = field(default_factory=list)
+    dead_tokens: set[str] = field(default_factory=set)
+
+
+T = TypeVar("T")
+
+
+def transact(store: Store, fn: Callable[..., T], *args: object, blocking: bool = True, durable: bool = False) -> T:
+    """Run ``fn(tx, effects, *args)`` in one write transaction, then wake whom it served."""
+    effects = Effects()
+    with store.write(blocking=blocking, durable=durable) as tx:
+        result = fn(tx, effects, *args)
+    for pipe in effects.wakes:
+        _tokens.wake(store.run_dir, pipe)
+    for name in effects.dead_tokens:
+        _tokens.remove_token_files(store.run_dir, name)
+    return result
+
+
+# -- liveness ------------------------------------------------------------------------------------
+
+
+class _Liveness:
+    """Liveness answers for one transaction: each token is checked at most once."""
+
+    def __init__(self, tx: Tx) -> None:
+        self.tx = tx
+        self.answers: dict[str, bool | None] = {}
+
+    def token(self, name: str) -> bool | None:
+        if name not in self.answers:
+            self.answers[name] = _tokens.token_alive(self.tx.store.run_dir, name)
+        return self.answers[name]
+
+    def lease_gone(self, lease: LeaseRow) -> bool:
+        """A lease is gone when its holder died; expiry decides only where liveness cannot be checked."""
+        if lease.holder_token is not None:
+            alive = self.token(lease.holder_token)
+            if alive is not None:
+                return not alive
+        elif lease.pid is not None and not _tokens.pid_alive(lease.pid, lease.pid_start):
+            return True
+        return lease.expires_boot <= self.tx.now.boot
+
+
+def _drop_holder(tx: Tx, effects: Effects, token: str, freed: set[str]) -> None:
+    """Remove every lease and ticket of a dead process."""
+    conn = tx.conn
+    for lease in _sql.leases_of_holder(conn, token):
+        freed.update(_drop_lease(tx, lease))
+    for ticket in _sql.tickets_of_holder(conn, token):
+        freed.update(ticket.name_list)
+        _sql.delete_ticket(conn, ticket)
+    effects.dead_tokens.add(token)
+    logger.debug("reaped the leases and tickets of dead holder %s", token)
+
+
+def _drop_lease(tx: Tx, lease: LeaseRow) -> list[str]:
+    """Delete a lease, feeding its occupancy time to its limits' averages; return its names."""
+    _sql.delete_lease(tx.conn, lease)
+    _record_occupancy(tx, lease)
+    return lease.name_list
+
+
+def _record_occupancy(tx: Tx, lease: LeaseRow) -> bool:
+    """Feed a lease's occupancy to its limits' averages; True if anyone waits on them."""
+    names = lease.name_list
+    if not names:
+        return False
+    occupied = max(0.0, tx.now.boot - lease.acquired_boot)
+    return _sql.record_occupancy(tx.conn, names, max(occupied / max(lease.slots, 1), MIN_OCCUPANCY_SAMPLE))
+
+
+def _reap_leases(tx: Tx, effects: Effects, names: Iterable[str], live: _Liveness, freed: set[str]) -> bool:
+    """Free the leases on *names* whose holders died or expired; True if any was freed."""
+    conn = tx.conn
+    reaped = False
+    for name in names:
+        for lease in _sql.leases_on(conn, name):
+            if not live.lease_gone(lease):
+                continue
+            reaped = True
+            if lease.holder_token is not None and live.token(lease.holder_token) is False:
+                _drop_holder(tx, effects, lease.holder_token, freed)
+            else:
+                freed.update(_drop_lease(tx, lease))
+    return reaped
+
+
+def _reap_tickets(tx: Tx, effects: Effects, tickets: Iterable[int], live: _Liveness, freed: set[str]) -> bool:
+    conn = tx.conn
+    reaped = False
+    for number in tickets:
+        ticket = _sql.select_ticket(conn, number)
+        if ticket is not None and live.token(ticket.holder_token) is not True:
+            # A waiter's token exists before its ticket does: a missing token is a dead waiter.
+            _drop_holder(tx, effects, ticket.holder_token, freed)
+            freed.update(ticket.name_list)
+            _sql.delete_ticket(conn, ticket)
+            reaped = True
+    return reaped
+
+
+# -- the admission test ----------------------------------------------------------------------------
+
+
+def _active_limits(tx: Tx, request: Request) -> tuple[list[LimitRow], tuple[str, ...]]:
+    return _check_request(request, _sql.select_limits(tx.conn, request.names))
+
+
+def _check_request(request: Request, rows: list[LimitRow]) -> tuple[list[LimitRow], tuple[str, ...]]:
+    """The active named limits and the missing names; raise when the request can never be served."""
+    found = {r.name for r in rows}
+    missing = tuple(n for n in request.names if n not in found)
+    if missing and request.strict:
+        raise ConcurrencySlotAcquisitionError(
+            f"Concurrency limits {list(missing)!r} must be created before acquiring slots."
+        )
+    active = [r for r in rows if r.active]
+    for row in active:
+        if request.occupy > row.limit:
+            raise ConcurrencySlotAcquisitionError(
+                f"Unable to acquire concurrency slots on {list(request.names)!r}: slots requested "
+                f"({request.occupy}) is greater than the limit of {row.name!r} ({row.limit})."
+            )
+    if request.kind == "rate":
+        no_decay = [r.name for r in active if r.decay <= 0]
+        if no_decay:
+            raise ConcurrencySlotAcquisitionError(
+                "Only concurrency limits with slot decay can be used for rate limiting. The following "
+                f"limits do not have a decay configured: {','.join(repr(n) for n in no_decay)}"
+            )
+    return active, missing
+
+
+def _shortfall(tx: Tx, row: LimitRow, occupy: int) -> float:
+    """How many slots *occupy* lacks on *row* now (<= 0: it fits)."""
+    return _sql.held_slots(tx.conn, row.name) + row.level_at(tx.now.boot) + occupy - row.limit
+
+
+def _short_limits(tx: Tx, active: list[LimitRow], occupy: int) -> list[LimitRow]:
+    return [row for row in active if _shortfall(tx, row, occupy) > EPSILON]
+
+
+def _retry_in(tx: Tx, short: list[LimitRow], occupy: int) -> float | None:
+    """Seconds until decay or a lease expiry could make room on every short limit (None: a release must)."""
+    waits = []
+    for row in short:
+        lacking = _shortfall(tx, row, occupy)
+        level = row.level_at(tx.now.boot)
+        if row.decay > 0 and lacking <= level + EPSILON:
+            waits.append(lacking / row.decay)
+            continue
+        expiries = [
+            lease.expires_boot - tx.now.boot
+            for lease in _sql.leases_on(tx.conn, row.name)
+            if lease.holder_token is None  # a token holder keeps its lease while it lives
+        ]
+        if not expiries:
+            return None
+        waits.append(max(0.0, min(expiries)))
+    return max(waits) if waits else None
+
+
+def _grant(tx: Tx, request: Request, active: list[LimitRow], ticket: int | None) -> Lease | None:
+    now = tx.now
+    if request.kind == "rate":
+        for row in active:
+            _sql.set_level(tx.conn, row.name, row.level_at(now.boot) + request.occupy, now)
+        return None
+    holder = request.holder
+    names = tuple(row.name for row in active)
+    if not names:
+        return Lease(id="", token=None, names=(), slots=request.occupy, pid=holder.pid, host=holder.host,
+                     user=holder.user, label=holder.label, acquired=utc(now.wall), expires=None)  # fmt: skip
+    lease = LeaseRow(
+        token=0,
+        secret=os.urandom(4).hex(),
+        names=_sql.NAME_SEP.join(names),
+        slots=request.occupy,
+        holder_token=holder.token,
+        pid=holder.pid,
+        pid_start=holder.pid_start,
+        host=holder.host,
+        user=holder.user,
+        label=holder.label,
+        ticket=ticket,
+        duration=request.lease_duration,
+        acquired_wall=now.wall,
+        acquired_boot=now.boot,
+        expires_wall=now.wall + request.lease_duration,
+        expires_boot=now.boot + request.lease_duration,
+    )
+    token = _sql.insert_lease(tx.conn, lease, names)
+    return _lease(lease._replace(token=token))
+
+
+def _lease(row: LeaseRow) -> Lease:
+    return Lease(
+        id=row.id,
+        token=row.token,
+        names=tuple(row.name_list),
+        slots=row.slots,
+        pid=row.pid,
+        host=row.host,
+        user=row.user,
+        label=row.label,
+        acquired=utc(row.acquired_wall),
+        expires=utc(row.expires_wall),
+        held_by="token" if row.holder_token is not None else "pid",
+    )
+
+
+# -- acquiring -------------------------------------------------------------------------------------
+
+
+def attempt(tx: Tx, effects: Effects, request: Request) -> Outcome:
+    """The fast path: admit a request that has no ticket, or deny it (then it queues)."""
+    rows = _sql.select_limits_for_acquire(tx.conn, request.names)
+    active, missing = _check_request(request, [row for row, _, _ in rows])
+    if not active:
+        return Granted(_grant(tx, request, active, None), missing)
+    if any(queued for row, _, queued in rows if row.active):
+        return Denied(None)  # others wait already: queue behind them
+    boot = tx.now.boot
+    short = [
+        row for row, held, _ in rows if row.active and held + row.level_at(boot) + request.occupy - row.limit > EPSILON
+    ]
+    if short:
+        active_names = [row.name for row in active]
+        freed: set[str] = set()
+        if not _reap_leases(tx, effects, [r.name for r in short], _Liveness(tx), freed):
+            return Denied(None)
+        _serve(tx, effects, freed, None)
+        if _sql.any_ticket_on(tx.conn, active_names):
+            return Denied(None)
+        active, missing = _active_limits(tx, request)
+        if _short_limits(tx, active, request.occupy):
+            return Denied(None)
+    return Granted(_grant(tx, request, active, None), missing)
+
+
+def enqueue(tx: Tx, effects: Effects, request: Request, pipe: str) -> tuple[int, Outcome]:
+    """Take a ticket (strictly increasing) and try at once: someone may have released meanwhile."""
+    waiter = request.waiter_token or request.holder.token
+    if waiter is None:
+        raise ValueError("a waiter needs a liveness token")
+    _active_limits(tx, request)
+    holder = request.holder
+    row = TicketRow(0, _sql.NAME_SEP.join(request.names), request.kind, request.occupy, request.strict,
+                    request.lease_duration, waiter, holder.token is None, pipe, holder.pid, holder.pid_start,
+                    holder.host, holder.user, holder.label, tx.now.wall)  # fmt: skip
+    ticket = _sql.insert_ticket(tx.conn, row)
+    outcome = _serve(tx, effects, set(request.names), ticket)
+    assert outcome is not None
+    return ticket, outcome
+
+
+def attempt_ticket(tx: Tx, effects: Effects, ticket: int, kind: Kind) -> Outcome:
+    """A woken waiter looks again: granted by someone else already, or served now, or still denied."""
+    row = _sql.select_ticket(tx.conn, ticket)
+    if row is None:
+        return _granted_ticket(tx, ticket, kind)
+    outcome = _serve(tx, effects, set(row.name_list), ticket)
+    assert outcome is not None
+    return outcome
+
+
+def peek_ticket(tx: Tx, ticket: int, kind: Kind) -> Granted | None:
+    """Read-only: the grant of a ticket that was served by someone else, else None."""
+    if _sql.select_ticket(tx.conn, ticket) is not None:
+        return None
+    return _granted_ticket(tx, ticket, kind)
+
+
+def _granted_ticket(tx: Tx, ticket: int, kind: Kind) -> Granted:
+    if kind == "rate":
+        return Granted(None)
+    lease = _sql.select_lease_by_ticket(tx.conn, ticket)
+    if lease is None:
+        # Granted, then released by an admin before we looked: the slots are not ours.
+        raise ConcurrencySlotAcquisitionError("The slots granted to this waiter were force-released meanwhile.")
+    return Granted(_lease(lease))
+
+
+def cancel(tx: Tx, effects: Effects, ticket: int, kind: Kind) -> Granted | None:
+    """Leave the queue; if the ticket was granted meanwhile, return that grant instead."""
+    row = _sql.select_ticket(tx.conn, ticket)
+    if row is None:
+        try:
+            return _granted_ticket(tx, ticket, kind)
+        except ConcurrencySlotAcquisitionError:
+            return None
+    _sql.delete_ticket(tx.conn, row)
+    _serve(tx, effects, set(row.name_list), None, freed=True)
+    return None
+
+
+def _serve(tx: Tx, effects: Effects, names: set[str], me: int | None, *, freed: bool = False) -> Outcome | None:
+    """Grant the queue on *names* in ticket order, as far as capacity goes; return *me*'s outcome.
+
+    A ticket is served only when no older ticket shares one of its names (so the oldest waiter is
+    at the head of each of its queues, and multi-name waiters cannot deadlock) and its request
+    fits. A head that does not fit blocks every later ticket on its names: a big request is never
+    starved by small ones. Dead waiters and holders met on the way are reaped, which may free
+    more names; the scan repeats until nothing changes.
+    """
+    conn = tx.conn
+    live = _Liveness(tx)
+    mine: Outcome | None = None
+    pending = set(names)
+    while pending:
+        scan, pending = sorted(pending), set()
+        blocked: set[str] = set()
+        for ticket in _sql.tickets_on(conn, scan):
+            row = _sql.select_ticket(conn, ticket)
+            if row is None:
+                continue  # reaped or served earlier in this scan
+            ticket_names = row.name_list
+            if blocked.intersection(ticket_names):
+                blocked.update(ticket_names)
+                mine = Denied(None) if ticket == me else mine
+                continue
+            older = _sql.older_tickets_on(conn, ticket_names, ticket)
+            if older and _reap_tickets(tx, effects, older, live, pending):
+                older = _sql.older_tickets_on(conn, ticket_names, ticket)
+            if older:
+                blocked.update(ticket_names)
+                mine = Denied(None) if ticket == me else mine
+                continue
+            if ticket != me and live.token(row.holder_token) is not True:
+                _drop_holder(tx, effects, row.holder_token, pending)
+                continue
+            request = _request_of(row, ticket_names)
+            try:
+                active, missing = _active_limits(tx, request)
+            except ConcurrencySlotAcquisitionError:
+                if ticket == me:
+                    raise
+                effects.wakes.append(row.pipe)  # it will raise the error in its own process
+                blocked.update(ticket_names)
+                continue
+            short = _short_limits(tx, active, request.occupy)
+            if short and _reap_leases(tx, effects, [r.name for r in short], live, pending):
+                active, missing = _active_limits(tx, request)
+                short = _short_limits(tx, active, request.occupy)
+            if not short:
+                lease = _grant(tx, request, active, ticket)
+                _sql.delete_ticket(conn, row)
+                if ticket == me:
+                    mine = Granted(lease, missing)
+                else:
+                    effects.wakes.append(row.pipe)
+                continue
+            blocked.update(ticket_names)
+            if ticket == me:
+                mine = Denied(_retry_in(tx, short, request.occupy))
+            elif (freed and all(_shortfall(tx, r, request.occupy) <= request.occupy - 1 + EPSILON for r in short)) or (
+                _retry_in(tx, short, request.occupy) is not None
+            ):
+                # Room was freed but not enough for the head (that counts as an attempt), or the head
+                # can wait for a computed moment of decay or expiry: let it look and set its timer.
+                effects.wakes.append(row.pipe)
+        freed = True
+    return mine
+
+
+def _request_of(row: TicketRow, names: tuple[str, ...]) -> Request:
+    lease_token = None if row.by_pid else row.holder_token
+    holder = Holder(lease_token, row.pid, row.pid_start, row.host, row.user, row.label)
+    kind: Kind = "rate" if row.kind == "rate" else "concurrency"
+    return Request(names, row.slots, kind, row.strict, row.duration, holder, row.holder_token)
+
+
+# -- holding ---------------------------------------------------------------------------------------
+
+
+def release(tx: Tx, effects: Effects, lease_id: str) -> bool:
+    """Give a lease's slots back and serve the queue; False if there was no such lease (idempotent)."""
+    lease = _sql.pop_lease(tx.conn, lease_id)
+    if lease is None:
+        return False
+    if _record_occupancy(tx, lease):
+        _serve(tx, effects, set(lease.name_list), None, freed=True)
+    return True
+
+
+def _existing_lease(tx: Tx, lease_id: str) -> LeaseRow:
+    row = _sql.select_lease(tx.conn, lease_id)
+    if row is None:
+        raise LeaseNotFoundError(lease_id)
+    return row
+
+
+def renew(tx: Tx, effects: Effects, lease_id: str, duration: float) -> Lease:
+    """Extend a lease to *duration* seconds from now."""
+    row = _existing_lease(tx, lease_id)
+    _sql.renew_lease(tx.conn, row, duration, tx.now)
+    return _lease(_existing_lease(tx, lease_id))
+
+
+def set_holder(tx: Tx, effects: Effects, lease_id: str, pid: int, label: str) -> None:
+    """Name the process that really holds a lease (``gcl run``'s child)."""
+    _sql.set_lease_holder(tx.conn, _existing_lease(tx, lease_id), pid, _tokens.process_start_time(pid), label)
+
+
+def read_lease(tx: Tx, effects: Effects, lease_id: str) -> Lease:
+    return _lease(_existing_lease(tx, lease_id))
+
+
+# -- administration --------------------------------------------------------------------------------
+
+
+def create_limit(
+    tx: Tx, effects: Effects, name: str, limit: int, decay: float, active: bool, active_slots: int
+) -> Limit:
+    if _sql.select_limits(tx.conn, [name]):
+        raise LimitExistsError(name)
+    now = tx.now
+    row = LimitRow(name, limit, active, decay, float(active_slots), now.boot, now.wall,
+                   DEFAULT_AVG_OCCUPANCY, now.wall, now.wall)  # fmt: skip
+    _sql.insert_limit(tx.conn, row)
+    return _describe(tx, row)
+
+
+def update_limit(
+    tx: Tx,
+    effects: Effects,
+    name: str,
+    limit: int | None,
+    decay: float | None,
+    active: bool | None,
+    active_slots: int | None,
+) -> Limit:
+    rows = _sql.select_limits(tx.conn, [name])
+    if not rows:
+        raise LimitNotFoundError(name)
+    row, now = rows[0], tx.now
+    # Carry the decay accrued so far before a new rate or level applies; nothing else resets it.
+    level, level_boot, level_wall = row.level, row.level_boot, row.level_wall
+    if active_slots is not None:
+        level, level_boot, level_wall = float(active_slots), now.boot, now.wall
+    elif decay is not None and decay != row.decay:
+        level, level_boot, level_wall = row.level_at(now.boot), now.boot, now.wall
+    new = row._replace(
+        limit=row.limit if limit is None else limit,
+        decay=row.decay if decay is None else decay,
+        active=row.active if active is None else active,
+        level=level,
+        level_boot=level_boot,
+        level_wall=level_wall,
+        updated=now.wall,
+    )
+    _sql.update_limit(tx.conn, new)
+    _serve(tx, effects, {name}, None, freed=True)
+    return _describe(tx, new)
+
+
+def delete_limit(tx: Tx, effects: Effects, name: str) -> None:
+    if not _sql.delete_limit(tx.conn, name):
+        raise LimitNotFoundError(name)
+    _serve(tx, effects, {name}, None, freed=True)  # its waiters now find it missing
+
+
+def read_limit(tx: Tx, effects: Effects, name: str) -> Limit:
+    rows = _sql.select_limits(tx.conn, [name])
+    if not rows:
+        raise LimitNotFoundError(name)
+    _tidy(tx, effects, [name])
+    return _describe(tx, _sql.select_limits(tx.conn, [name])[0])
+
+
+def list_limits(tx: Tx, effects: Effects) -> list[Limit]:
+    rows = _sql.select_all_limits(tx.conn)
+    _tidy(tx, effects, [r.name for r in rows])
+    return [_describe(tx, row) for row in _sql.select_all_limits(tx.conn)]
+
+
+def _tidy(tx: Tx, effects: Effects, names: list[str]) -> None:
+    """Before showing limits: reap dead holders and waiters, so that what is shown is true now."""
+    live = _Liveness(tx)
+    freed: set[str] = set()
+    _reap_leases(tx, effects, names, live, freed)
+    for name in names:
+        _reap_tickets(tx, effects, [t.ticket for t in _sql.waiting_on(tx.conn, name)], live, freed)
+    sweep(tx, effects, live, freed)
+    if freed:
+        _serve(tx, effects, freed, None, freed=True)
+
+
+def sweep(tx: Tx, effects: Effects, live: _Liveness | None = None, freed: set[str] | None = None) -> None:
+    """Reap every dead process's token in the run directory, and the rows that name it."""
+    live = live or _Liveness(tx)
+    freed_here: set[str] = set()
+    run_dir = tx.store.run_dir
+    for token in _tokens.tokens_in(run_dir):
+        if live.token(token) is False:
+            _drop_holder(tx, effects, token, freed_here)
+    for path in _tokens.stale_temporaries(run_dir):
+        path.unlink(missing_ok=True)
+    if freed is not None:
+        freed.update(freed_here)
+    elif freed_here:
+        _serve(tx, effects, freed_here, None, freed=True)
+
+
+def _describe(tx: Tx, row: LimitRow) -> Limit:
+    conn = tx.conn
+    leases = _sql.leases_on(conn, row.name)
+    held = sum(lease.slots for lease in leases)
+    occupancy = held + row.level_at(tx.now.boot)
+    return Limit(
+        name=row.name,
+        limit=row.limit,
+        active=row.active,
+        slot_decay_per_second=row.decay,
+        active_slots=max(0, math.ceil(occupancy - EPSILON)),
+        avg_slot_occupancy_seconds=row.avg_occupancy,
+        created=utc(row.created),
+        updated=utc(row.updated),
+        holders=tuple(_lease(lease) for lease in leases),
+        waiters=tuple(
+            Waiter(t.ticket, t.slots, t.kind, t.pid, t.label, utc(t.since_wall))
+            for t in _sql.waiting_on(conn, row.name)
+        ),
+    )
+
+
+__all__ = [
+    "Denied",
+    "Effects",
+    "Granted",
+    "Holder",
+    "Request",
+    "attempt",
+    "attempt_ticket",
+    "cancel",
+    "create_limit",
+    "delete_limit",
+    "enqueue",
+    "list_limits",
+    "read_limit",
+    "release",
+    "renew",
+    "transact",
+]

@@ -1,0 +1,106 @@
+"""The exception tree of gcl_local.
+
+Every error the library raises on purpose derives from :class:`GclError`; no apsw type leaves
+the public API. Each class carries the CLI exit code that stands for it, so that ``gcl`` maps
+errors to exit codes in one place::
+
+    GclError (exit 1)
+    ├── ConcurrencySlotAcquisitionError        occupy > limit, rate limit without decay, strict + missing
+    │   ├── AcquireConcurrencySlotTimeoutError  also TimeoutError; not had in time, or -n found it busy (exit 75)
+    │   └── LeaseRenewalError                   the lease could not be renewed and the block was cancelled
+    ├── LimitNotFoundError                      also LookupError
+    ├── LeaseNotFoundError                      also LookupError
+    ├── LimitExistsError
+    ├── InvalidLimitError                       also ValueError
+    └── StoreError                              the file cannot be used (corrupt, not ours, unwritable, network fs)
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+EX_TEMPFAIL = 75
+
+
+class GclError(Exception):
+    """Base class of every error gcl_local raises on purpose."""
+
+    exit_code: ClassVar[int] = 1
+
+
+class ConcurrencySlotAcquisitionError(GclError):
+    """Slots cannot be acquired: the request can never fit, or a named limit is missing under ``strict``."""
+
+
+class AcquireConcurrencySlotTimeoutError(ConcurrencySlotAcquisitionError, TimeoutError):
+    """The slots were not had within ``timeout_seconds`` or ``max_retries``, or were busy for a non-blocking try."""
+
+    exit_code: ClassVar[int] = EX_TEMPFAIL
+
+
+class LeaseRenewalError(ConcurrencySlotAcquisitionError):
+    """A held lease could not be renewed, so its slots are no longer reserved."""
+
+
+class LimitNotFoundError(GclError, LookupError):
+    """No limit has that name."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.name = name
+
+    def __str__(self) -> str:
+        return f"Global concurrency limit {self.name!r} not found."
+
+    def __reduce__(self) -> tuple[type[LimitNotFoundError], tuple[str]]:
+        return (type(self), (self.name,))
+
+
+class LeaseNotFoundError(GclError, LookupError):
+    """No lease has that id."""
+
+    def __init__(self, lease_id: str) -> None:
+        super().__init__(lease_id)
+        self.lease_id = lease_id
+
+    def __str__(self) -> str:
+        return f"Lease {self.lease_id!r} not found - it may have been released, expired or reclaimed."
+
+    def __reduce__(self) -> tuple[type[LeaseNotFoundError], tuple[str]]:
+        return (type(self), (self.lease_id,))
+
+
+class LimitExistsError(GclError):
+    """A limit of that name already exists."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.name = name
+
+    def __str__(self) -> str:
+        return f"Global concurrency limit {self.name!r} already exists."
+
+    def __reduce__(self) -> tuple[type[LimitExistsError], tuple[str]]:
+        return (type(self), (self.name,))
+
+
+class InvalidLimitError(GclError, ValueError):
+    """A name or a value breaks the rules; nothing was written."""
+
+
+class StoreError(GclError):
+    """The state file cannot be used: corrupt, not ours, unwritable, or on a network filesystem."""
+
+
+__all__ = [
+    "EX_TEMPFAIL",
+    "AcquireConcurrencySlotTimeoutError",
+    "ConcurrencySlotAcquisitionError",
+    "GclError",
+    "InvalidLimitError",
+    "LeaseNotFoundError",
+    "LeaseRenewalError",
+    "LimitExistsError",
+    "LimitNotFoundError",
+    "StoreError",
+]

@@ -1,0 +1,184 @@
+"""The records the library returns, and the rules every name and value must follow."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from ._errors import InvalidLimitError
+
+MAX_NAME_LENGTH = 255
+MAX_SLOTS = 10**12
+"""Upper bound of ``limit``, ``active_slots`` and ``occupy``: keeps the float arithmetic of decay exact."""
+MIN_LEASE_SECONDS = 60.0
+MAX_LEASE_SECONDS = 86400.0
+DEFAULT_LEASE_SECONDS = 300.0
+_FORBIDDEN_NAME_CHARS = frozenset("/%&><")
+
+
+def validate_name(name: object) -> str:
+    """Return *name* if it is a valid limit name, else raise :class:`InvalidLimitError`."""
+    if not isinstance(name, str):
+        raise InvalidLimitError(f"Limit name must be a string, not {type(name).__name__}.")
+    if not name:
+        raise InvalidLimitError("Limit name must not be empty.")
+    if len(name) > MAX_NAME_LENGTH:
+        raise InvalidLimitError(f"Limit name must be at most {MAX_NAME_LENGTH} characters, not {len(name)}.")
+    if name != name.strip():
+        raise InvalidLimitError(f"Limit name {name!r} must not start or end with whitespace.")
+    bad = sorted(_FORBIDDEN_NAME_CHARS.intersection(name))
+    if bad:
+        raise InvalidLimitError(f"Limit name {name!r} must not contain {' '.join(bad)}.")
+    if any(ord(c) < 32 or 127 <= ord(c) < 160 for c in name):
+        raise InvalidLimitError(f"Limit name {name!r} must not contain control characters.")
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidLimitError(f"Limit name {name!r} is not valid unicode text.") from None
+    return name
+
+
+def validate_names(names: str | Iterable[str]) -> tuple[str, ...]:
+    """Names as given to ``concurrency``/``rate_limit``: a str or a list; duplicates collapsed, order kept."""
+    if isinstance(names, str):
+        names = [names]
+    elif not isinstance(names, Iterable):
+        raise InvalidLimitError(f"names must be a string or a list of strings, not {type(names).__name__}.")
+    return tuple(dict.fromkeys(validate_name(n) for n in names))
+
+
+def validate_count(value: object, what: str, *, minimum: int = 0) -> int:
+    """An integer in ``[minimum, MAX_SLOTS]``; bools and floats are refused rather than guessed at."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidLimitError(f"{what} must be an integer, not {value!r}.")
+    if value < minimum:
+        raise InvalidLimitError(f"{what} must be at least {minimum}, not {value}.")
+    if value > MAX_SLOTS:
+        raise InvalidLimitError(f"{what} must be at most {MAX_SLOTS}, not {value}.")
+    return value
+
+
+def validate_decay(value: object) -> float:
+    """``slot_decay_per_second``: a finite number >= 0."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidLimitError(f"slot_decay_per_second must be a number, not {value!r}.")
+    decay = float(value)
+    if not math.isfinite(decay) or decay < 0:
+        raise InvalidLimitError(f"slot_decay_per_second must be a finite number >= 0, not {value!r}.")
+    return decay
+
+
+def validate_seconds(value: object, what: str, *, minimum: float = 0.0, maximum: float = math.inf) -> float:
+    """A finite number of seconds within ``[minimum, maximum]``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise InvalidLimitError(f"{what} must be a finite number of seconds, not {value!r}.")
+    if not minimum <= value <= maximum:
+        upper = "" if maximum == math.inf else f" and at most {maximum:g}"
+        raise InvalidLimitError(f"{what} must be at least {minimum:g}{upper} seconds, not {value!r}.")
+    return float(value)
+
+
+def validate_bool(value: object, what: str) -> bool:
+    if not isinstance(value, bool):
+        raise InvalidLimitError(f"{what} must be True or False, not {value!r}.")
+    return value
+
+
+def utc(wall: float) -> datetime:
+    return datetime.fromtimestamp(wall, tz=timezone.utc)
+
+
+@dataclass(frozen=True)
+class Lease:
+    """Slots held by one ``concurrency()`` block, ``gcl run`` or ``gcl acquire``.
+
+    ``token`` is the fencing token: strictly increasing per file, so a resource can refuse work
+    from a holder whose lease was superseded. It is ``None`` when no slot was taken (every name
+    inactive or missing).
+    """
+
+    id: str
+    token: int | None
+    names: tuple[str, ...]
+    slots: int
+    pid: int | None = None
+    host: str = ""
+    user: str = ""
+    label: str = ""
+    acquired: datetime | None = None
+    expires: datetime | None = None
+    held_by: str = "token"
+    """How the holder's liveness is checked: ``token`` (a kernel-released flock) or ``pid``."""
+
+    def to_json(self) -> dict[str, Any]:
+        result: dict[str, Any] = _jsonable(asdict(self))
+        return result
+
+
+@dataclass(frozen=True)
+class Waiter:
+    """A request waiting in the first-come-first-served queue."""
+
+    ticket: int
+    slots: int
+    kind: str
+    pid: int | None
+    label: str
+    since: datetime
+
+    def to_json(self) -> dict[str, Any]:
+        result: dict[str, Any] = _jsonable(asdict(self))
+        return result
+
+
+@dataclass(frozen=True)
+class Limit:
+    """A named limit as stored, with its occupancy, holders and waiters as of one moment."""
+
+    name: str
+    limit: int
+    active: bool
+    slot_decay_per_second: float
+    active_slots: int
+    """Slots not available now: held by leases plus the decaying level, rounded up."""
+    avg_slot_occupancy_seconds: float
+    created: datetime
+    updated: datetime
+    holders: tuple[Lease, ...] = field(default=())
+    waiters: tuple[Waiter, ...] = field(default=())
+
+    def to_json(self) -> dict[str, Any]:
+        result: dict[str, Any] = _jsonable(asdict(self))
+        return result
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return value
+
+
+__all__ = [
+    "DEFAULT_LEASE_SECONDS",
+    "MAX_LEASE_SECONDS",
+    "MAX_NAME_LENGTH",
+    "MAX_SLOTS",
+    "MIN_LEASE_SECONDS",
+    "Lease",
+    "Limit",
+    "Waiter",
+    "utc",
+    "validate_bool",
+    "validate_count",
+    "validate_decay",
+    "validate_name",
+    "validate_names",
+    "validate_seconds",
+]

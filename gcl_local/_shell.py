@@ -1,0 +1,236 @@
+"""What the sync and async shells share: checking arguments, naming the holder, joining the queue.
+
+The waiting loops themselves (about fifteen lines each) live in ``sync`` and ``asyncio``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+import sys
+import warnings
+from collections.abc import Iterable
+from typing import Any
+
+from . import _core, _tokens
+from ._core import Denied, Granted, Holder, Kind, Outcome, Request
+from ._errors import AcquireConcurrencySlotTimeoutError, InvalidLimitError
+from ._model import (
+    DEFAULT_LEASE_SECONDS,
+    MAX_LEASE_SECONDS,
+    MIN_LEASE_SECONDS,
+    validate_bool,
+    validate_count,
+    validate_names,
+    validate_seconds,
+)
+from ._store import Store
+
+logger = logging.getLogger("gcl_local")
+
+SAFETY_NET_SECONDS = 0.25
+"""A waiter looks again at least this often, in case a wake-up was lost or a holder died."""
+MAX_LABEL = 200
+
+
+class MissingLimitWarning(UserWarning):
+    """A named limit does not exist, so nothing limits on that name."""
+
+
+def label_of(holder: Any) -> str:
+    """A short label for a holder: Prefect's ``holder`` (type and id), a string, or this program's name.
+
+    Only the program's name, never its arguments: a command line can hold secrets.
+    """
+    if holder is None:
+        return _program_name()
+    if isinstance(holder, str):
+        text = holder
+    elif isinstance(holder, dict) and "type" in holder and "id" in holder:
+        text = f"{holder['type']}:{holder['id']}"
+    elif hasattr(holder, "type") and hasattr(holder, "id"):
+        text = f"{holder.type}:{holder.id}"
+    else:
+        text = str(holder)
+    return _printable(text)
+
+
+def _printable(text: str) -> str:
+    if not text.isprintable():
+        text = "".join(c if c.isprintable() else "?" for c in text)
+    return text[:MAX_LABEL]
+
+
+_program: str | None = None
+
+
+def _program_name() -> str:
+    global _program
+    if _program is None:
+        _program = _printable(os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "") or "python"
+    return _program
+
+
+def token_of(store: Store) -> _tokens.ProcessToken:
+    token, _ = _tokens.process_token(store.ensure_run_dir(), store.file_mode)
+    return token
+
+
+def make_request(
+    store: Store,
+    names: str | Iterable[str],
+    occupy: int,
+    kind: Kind,
+    *,
+    strict: bool = False,
+    lease_duration: float = DEFAULT_LEASE_SECONDS,
+    holder: Any = None,
+    holder_pid: int | None = None,
+) -> Request:
+    """Check every argument and describe the request; nothing touches the file before this passes."""
+    checked = validate_names(names)
+    validate_count(occupy, "occupy", minimum=1)
+    validate_bool(strict, "strict")
+    validate_seconds(lease_duration, "lease_duration", minimum=MIN_LEASE_SECONDS, maximum=MAX_LEASE_SECONDS)
+    label = label_of(holder)
+    host, user = _identity()
+    if holder_pid is not None:
+        if isinstance(holder_pid, bool) or not isinstance(holder_pid, int) or holder_pid <= 0:
+            raise InvalidLimitError(f"holder_pid must be a positive process id, not {holder_pid!r}.")
+        start = _tokens.process_start_time(holder_pid)
+        if not _tokens.pid_alive(holder_pid, start):
+            raise InvalidLimitError(f"holder_pid {holder_pid} is not a running process.")
+        who = Holder(None, holder_pid, start, host, user, label)
+        return Request(checked, occupy, kind, strict, float(lease_duration), who, None)
+    token = token_of(store) if checked else None
+    pid = os.getpid()
+    who = Holder(token.name if token else None, pid, _own_start_time(), host, user, label)
+    return Request(checked, occupy, kind, strict, float(lease_duration), who, who.token)
+
+
+_start_time: tuple[int, int | None] | None = None
+_host_user: tuple[str, str] | None = None
+
+
+def _identity() -> tuple[str, str]:
+    global _host_user
+    if _host_user is None:
+        _host_user = (_tokens.host_name(), _tokens.user_name())
+    return _host_user
+
+
+def _own_start_time() -> int | None:
+    global _start_time
+    pid = os.getpid()
+    if _start_time is None or _start_time[0] != pid:
+        _start_time = (pid, _tokens.process_start_time(pid))
+    return _start_time[1]
+
+
+def check_wait_args(timeout_seconds: object, max_retries: object) -> None:
+    if timeout_seconds is not None:
+        validate_seconds(timeout_seconds, "timeout_seconds")
+    if max_retries is not None:
+        validate_count(max_retries, "max_retries")
+
+
+def warn_missing(granted: Granted) -> None:
+    if granted.missing:
+        message = f"Concurrency limits {list(granted.missing)!r} do not exist - skipping acquisition."
+        logger.warning(message)
+        warnings.warn(message, MissingLimitWarning, stacklevel=4)
+
+
+def timeout_error(request: Request, timeout_seconds: float | None) -> AcquireConcurrencySlotTimeoutError:
+    if timeout_seconds is None:
+        return AcquireConcurrencySlotTimeoutError(
+            f"Unable to acquire concurrency slots on {list(request.names)!r}: retries exhausted."
+        )
+    return AcquireConcurrencySlotTimeoutError(
+        f"Attempt to acquire concurrency slots timed out after {timeout_seconds:g} second(s)"
+    )
+
+
+class Queued:
+    """A request in the queue: its pipe, its ticket, and how long to sleep next."""
+
+    def __init__(self, store: Store, request: Request) -> None:
+        self.store = store
+        self.request = request
+        token = token_of(store)
+        # The pipe and the token exist before the ticket becomes visible, so nobody takes the
+        # ticket of a live waiter for a dead one.
+        self.pipe = _tokens.Pipe(store.run_dir, token.new_pipe_name())
+        self.ticket: int | None = None
+        self.attempts = 0
+
+    def enter(self) -> Outcome:
+        try:
+            self.ticket, outcome = _core.transact(self.store, _core.enqueue, self.request, self.pipe.name)
+        except BaseException:
+            self.pipe.close()
+            raise
+        return outcome
+
+    def next_sleep(self, outcome: Denied, remaining: float | None) -> tuple[float, bool]:
+        """Seconds to sleep, and whether waking then is a computed moment (which counts as an attempt)."""
+        sleep = SAFETY_NET_SECONDS * (0.8 + 0.4 * random.random())
+        moment = False
+        if outcome.retry_in is not None and outcome.retry_in <= sleep:
+            sleep, moment = outcome.retry_in, True
+        if remaining is not None and remaining < sleep:
+            sleep, moment = remaining, False
+        return max(0.0, sleep), moment
+
+    def counts_as_attempt(self, woken: bool, moment: bool, outcome: Outcome, max_retries: int | None) -> bool:
+        """Count a wake-up that did not serve us; True when ``max_retries`` is used up."""
+        if isinstance(outcome, Granted) or not (woken or moment):
+            return False
+        self.attempts += 1
+        return max_retries is not None and self.attempts > max_retries
+
+    def look(self) -> Outcome:
+        assert self.ticket is not None
+        return _core.transact(self.store, _core.attempt_ticket, self.ticket, self.request.kind)
+
+    def peek(self) -> Granted | None:
+        """After a wake-up: was the grant handed to us? (a read, without the write lock)."""
+        assert self.ticket is not None
+        with self.store.read() as tx:
+            return _core.peek_ticket(tx, self.ticket, self.request.kind)
+
+    def leave(self) -> Granted | None:
+        """Remove the ticket; a grant that arrived meanwhile is returned (the caller keeps or releases it)."""
+        try:
+            if self.ticket is None:
+                return None
+            return _core.transact(self.store, _core.cancel, self.ticket, self.request.kind)
+        finally:
+            self.pipe.close()
+
+
+def remaining(deadline: float | None, now: float) -> float | None:
+    return None if deadline is None else max(0.0, deadline - now)
+
+
+def deadline_of(timeout_seconds: float | None, start: float) -> float | None:
+    if timeout_seconds is None or math.isinf(timeout_seconds):
+        return None
+    return start + timeout_seconds
+
+
+__all__ = [
+    "SAFETY_NET_SECONDS",
+    "MissingLimitWarning",
+    "Queued",
+    "check_wait_args",
+    "deadline_of",
+    "label_of",
+    "make_request",
+    "remaining",
+    "timeout_error",
+    "token_of",
+    "warn_missing",
+]

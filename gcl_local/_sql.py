@@ -1,0 +1,461 @@
+"""Every SQL statement of gcl_local, and the schema.
+
+This module is the SQLite backend: the rest of the package never writes SQL, so a second backend
+(PostgreSQL, for many hosts) can be put beside it without touching the semantics in ``_core``.
+Each function runs inside a transaction its caller opened and binds "now" from Python.
+
+Times: ``*_wall`` columns hold epoch seconds (display, and bridging a reboot); ``*_boot`` columns
+hold seconds of the boot clock of the boot named in ``meta.boot_id``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import apsw
+
+from ._clock import Instant
+
+APPLICATION_ID = 0x47434C31  # "GCL1": tells our files from other programs' SQLite files
+SCHEMA_VERSION = 1
+
+_SCHEMA_V1 = (
+    "CREATE TABLE meta(key TEXT PRIMARY KEY, value) WITHOUT ROWID",
+    """CREATE TABLE limits(
+        name TEXT PRIMARY KEY,
+        lim INTEGER NOT NULL,
+        active INTEGER NOT NULL,
+        decay REAL NOT NULL,
+        level REAL NOT NULL,          -- level of the decaying bucket at level_boot
+        level_boot REAL NOT NULL,
+        level_wall REAL NOT NULL,
+        avg_occupancy REAL NOT NULL,
+        created REAL NOT NULL,
+        updated REAL NOT NULL
+    ) WITHOUT ROWID""",
+    """CREATE TABLE leases(
+        token INTEGER PRIMARY KEY AUTOINCREMENT,   -- the fencing token: never reused, always increasing
+        secret TEXT NOT NULL,                       -- the lease id is "<token>-<secret>"
+        names TEXT NOT NULL,                        -- the limits it holds slots on, joined by NAME_SEP
+        slots INTEGER NOT NULL,
+        holder_token TEXT,                          -- liveness token file; NULL when held by pid
+        pid INTEGER,
+        pid_start INTEGER,
+        host TEXT NOT NULL,
+        user TEXT NOT NULL,
+        label TEXT NOT NULL,
+        ticket INTEGER,                             -- the queue ticket it was granted to, if any
+        duration REAL NOT NULL,
+        acquired_wall REAL NOT NULL,
+        acquired_boot REAL NOT NULL,
+        expires_wall REAL NOT NULL,
+        expires_boot REAL NOT NULL
+    )""",
+    # Slots held per limit: the acquire path sums a range of this primary key.
+    """CREATE TABLE lease_names(
+        name TEXT NOT NULL, token INTEGER NOT NULL, slots INTEGER NOT NULL, PRIMARY KEY(name, token)
+    ) WITHOUT ROWID""",
+    """CREATE TABLE tickets(
+        ticket INTEGER PRIMARY KEY AUTOINCREMENT,   -- arrival order: never reused, always increasing
+        names TEXT NOT NULL,                        -- joined by NAME_SEP, in the order asked
+        kind TEXT NOT NULL,
+        slots INTEGER NOT NULL,
+        strict INTEGER NOT NULL,
+        duration REAL NOT NULL,
+        holder_token TEXT NOT NULL,                 -- the waiting process's liveness token
+        by_pid INTEGER NOT NULL,                    -- the lease will be held by pid, not by that token
+        pipe TEXT NOT NULL,
+        pid INTEGER,
+        pid_start INTEGER,
+        host TEXT NOT NULL,
+        user TEXT NOT NULL,
+        label TEXT NOT NULL,
+        since_wall REAL NOT NULL
+    )""",
+    """CREATE TABLE ticket_names(
+        name TEXT NOT NULL, ticket INTEGER NOT NULL, PRIMARY KEY(name, ticket)
+    ) WITHOUT ROWID""",
+)
+
+NAME_SEP = "\x1f"  # names never hold control characters
+MIGRATIONS: dict[int, Sequence[str]] = {1: _SCHEMA_V1}
+"""Statements that bring a file from version ``n - 1`` to ``n``."""
+
+
+# -- header and schema ----------------------------------------------------------------------------
+
+
+def read_header(conn: apsw.Connection) -> tuple[int, int, bool]:
+    """``(application_id, user_version, empty)`` of a file, read without changing it."""
+    app_id = _fetch(conn, "PRAGMA application_id")[0][0]
+    version = _fetch(conn, "PRAGMA user_version")[0][0]
+    objects = _fetch(conn, "SELECT count(*) FROM sqlite_schema")[0][0]
+    return app_id, version, objects == 0 and app_id == 0 and version == 0
+
+
+def migrate(conn: apsw.Connection, version: int) -> None:
+    """Bring the schema from *version* to :data:`SCHEMA_VERSION` in one transaction."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        current = _fetch(conn, "PRAGMA user_version")[0][0]
+        if current == version:  # not done meanwhile by another process
+            for step in range(version + 1, SCHEMA_VERSION + 1):
+                for statement in MIGRATIONS[step]:
+                    conn.execute(statement)
+            conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
+            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+def rebase_after_reboot(conn: apsw.Connection, now: Instant) -> None:
+    """After a reboot, every holder and waiter is gone and boot-clock times restart: rebase them."""
+    rows = _fetch(conn, "SELECT value FROM meta WHERE key = 'boot_id'")
+    if rows and rows[0][0] == now.boot_id:
+        return
+    conn.execute("DELETE FROM lease_names")
+    conn.execute("DELETE FROM leases")
+    conn.execute("DELETE FROM ticket_names")
+    conn.execute("DELETE FROM tickets")
+    # Elapsed time across boots comes from the wall clock, clamped at >= 0.
+    conn.execute(
+        "UPDATE limits SET level_boot = ? - max(0.0, ? - level_wall)",
+        (now.boot, now.wall),
+    )
+    conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('boot_id', ?)", (now.boot_id,))
+
+
+def integrity_check(conn: apsw.Connection) -> str:
+    return str(_fetch(conn, "PRAGMA integrity_check")[0][0])
+
+
+# -- limits ---------------------------------------------------------------------------------------
+
+
+class LimitRow(NamedTuple):
+    name: str
+    limit: int
+    active: bool
+    decay: float
+    level: float
+    level_boot: float
+    level_wall: float
+    avg_occupancy: float
+    created: float
+    updated: float
+
+    def level_at(self, boot: float) -> float:
+        """The bucket level at *boot*: continuous decay, fractions carried."""
+        if self.decay <= 0 or self.level <= 0:
+            return max(self.level, 0.0)
+        return max(0.0, self.level - self.decay * max(0.0, boot - self.level_boot))
+
+
+_LIMIT_COLUMNS = "name, lim, active, decay, level, level_boot, level_wall, avg_occupancy, created, updated"
+
+
+def _limit(row: Sequence[Any]) -> LimitRow:
+    return LimitRow(row[0], row[1], bool(row[2]), *row[3:])
+
+
+def _fetch(conn: apsw.Connection, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+    """Run one statement to the end (an unfinished apsw cursor would keep a read transaction open)."""
+    return conn.execute(sql, params).fetchall()
+
+
+def _marks(n: int) -> str:
+    return ",".join("?" * n)
+
+
+def select_limits(conn: apsw.Connection, names: Sequence[str]) -> list[LimitRow]:
+    sql = f"SELECT {_LIMIT_COLUMNS} FROM limits WHERE name IN ({_marks(len(names))})"
+    return [_limit(r) for r in _fetch(conn, sql, tuple(names))]
+
+
+def select_limits_for_acquire(conn: apsw.Connection, names: Sequence[str]) -> list[tuple[LimitRow, int, bool]]:
+    """The named limits, each with its held slots and whether anyone waits on it: one statement."""
+    sql = (
+        f"SELECT {_LIMIT_COLUMNS}, (SELECT total(slots) FROM lease_names n WHERE n.name = l.name), "
+        "EXISTS(SELECT 1 FROM ticket_names t WHERE t.name = l.name) "
+        f"FROM limits l WHERE name IN ({_marks(len(names))})"
+    )
+    return [(_limit(r[:10]), int(r[10]), bool(r[11])) for r in _fetch(conn, sql, tuple(names))]
+
+
+def select_all_limits(conn: apsw.Connection) -> list[LimitRow]:
+    return [_limit(r) for r in _fetch(conn, f"SELECT {_LIMIT_COLUMNS} FROM limits ORDER BY name")]
+
+
+def insert_limit(conn: apsw.Connection, row: LimitRow) -> None:
+    conn.execute(f"INSERT INTO limits({_LIMIT_COLUMNS}) VALUES ({_marks(10)})", tuple(row))
+
+
+def update_limit(conn: apsw.Connection, row: LimitRow) -> None:
+    conn.execute(
+        "UPDATE limits SET lim = ?, active = ?, decay = ?, level = ?, level_boot = ?, level_wall = ?, "
+        "avg_occupancy = ?, updated = ? WHERE name = ?",
+        (row.limit, row.active, row.decay, row.level, row.level_boot, row.level_wall, row.avg_occupancy,
+         row.updated, row.name),
+    )  # fmt: skip
+
+
+def set_level(conn: apsw.Connection, name: str, level: float, now: Instant) -> None:
+    conn.execute(
+        "UPDATE limits SET level = ?, level_boot = ?, level_wall = ? WHERE name = ?",
+        (level, now.boot, now.wall, name),
+    )
+
+
+def delete_limit(conn: apsw.Connection, name: str) -> bool:
+    """Delete a limit; leases keep their rows but hold nothing on it any more."""
+    conn.execute("DELETE FROM lease_names WHERE name = ?", (name,))
+    conn.execute("DELETE FROM limits WHERE name = ?", (name,))
+    return bool(conn.changes())
+
+
+# -- leases ---------------------------------------------------------------------------------------
+
+
+class LeaseRow(NamedTuple):
+    token: int
+    secret: str
+    names: str
+    slots: int
+    holder_token: str | None
+    pid: int | None
+    pid_start: int | None
+    host: str
+    user: str
+    label: str
+    ticket: int | None
+    duration: float
+    acquired_wall: float
+    acquired_boot: float
+    expires_wall: float
+    expires_boot: float
+
+    @property
+    def id(self) -> str:
+        return f"{self.token}-{self.secret}"
+
+    @property
+    def name_list(self) -> list[str]:
+        return self.names.split(NAME_SEP) if self.names else []
+
+
+_LEASE_COLUMNS = (
+    "token, secret, names, slots, holder_token, pid, pid_start, host, user, label, ticket, duration, "
+    "acquired_wall, acquired_boot, expires_wall, expires_boot"
+)
+
+
+def split_lease_id(lease_id: str) -> tuple[int, str] | None:
+    token, sep, secret = lease_id.partition("-")
+    if not sep or not token.isdigit() or len(token) > 18:
+        return None
+    return int(token), secret
+
+
+def held_slots(conn: apsw.Connection, name: str) -> int:
+    return int(_fetch(conn, "SELECT total(slots) FROM lease_names WHERE name = ?", (name,))[0][0])
+
+
+def insert_lease(conn: apsw.Connection, lease: LeaseRow, names: Sequence[str]) -> int:
+    """Insert a lease and its names; return its fencing token."""
+    token = _fetch(
+        conn, f"INSERT INTO leases({_LEASE_COLUMNS}) VALUES (NULL, {_marks(15)}) RETURNING token", tuple(lease[1:])
+    )[0][0]
+    for name in names:
+        conn.execute("INSERT INTO lease_names(name, token, slots) VALUES (?, ?, ?)", (name, token, lease.slots))
+    return int(token)
+
+
+def select_lease(conn: apsw.Connection, lease_id: str) -> LeaseRow | None:
+    key = split_lease_id(lease_id)
+    if key is None:
+        return None
+    rows = _fetch(conn, f"SELECT {_LEASE_COLUMNS} FROM leases WHERE token = ?", (key[0],))
+    return LeaseRow(*rows[0]) if rows and rows[0][1] == key[1] else None
+
+
+def select_lease_by_ticket(conn: apsw.Connection, ticket: int) -> LeaseRow | None:
+    rows = _fetch(conn, f"SELECT {_LEASE_COLUMNS} FROM leases WHERE ticket = ?", (ticket,))
+    return LeaseRow(*rows[0]) if rows else None
+
+
+def leases_on(conn: apsw.Connection, name: str) -> list[LeaseRow]:
+    sql = (
+        f"SELECT {', '.join('l.' + c for c in _LEASE_COLUMNS.split(', '))} FROM lease_names n "
+        "JOIN leases l ON l.token = n.token WHERE n.name = ? ORDER BY l.token"
+    )
+    return [LeaseRow(*r) for r in _fetch(conn, sql, (name,))]
+
+
+def leases_of_holder(conn: apsw.Connection, holder_token: str) -> list[LeaseRow]:
+    rows = _fetch(conn, f"SELECT {_LEASE_COLUMNS} FROM leases WHERE holder_token = ?", (holder_token,))
+    return [LeaseRow(*r) for r in rows]
+
+
+def pop_lease(conn: apsw.Connection, lease_id: str) -> LeaseRow | None:
+    """Delete a lease by id and return it (None if there is none): one statement for the release path."""
+    key = split_lease_id(lease_id)
+    if key is None:
+        return None
+    rows = _fetch(conn, f"DELETE FROM leases WHERE token = ? AND secret = ? RETURNING {_LEASE_COLUMNS}", key)
+    if not rows:
+        return None
+    lease = LeaseRow(*rows[0])
+    for name in lease.name_list:
+        conn.execute("DELETE FROM lease_names WHERE name = ? AND token = ?", (name, lease.token))
+    return lease
+
+
+def delete_lease(conn: apsw.Connection, lease: LeaseRow) -> None:
+    for name in lease.name_list:
+        conn.execute("DELETE FROM lease_names WHERE name = ? AND token = ?", (name, lease.token))
+    conn.execute("DELETE FROM leases WHERE token = ?", (lease.token,))
+
+
+def record_occupancy(conn: apsw.Connection, names: Sequence[str], seconds_per_slot: float) -> bool:
+    """Prefect's EMA of slot occupancy (alpha = 1 / (2 * limit), about the last 2 * limit samples).
+
+    Returns whether anyone waits on one of *names*: the release path learns it in the same statement.
+    """
+    rows = _fetch(
+        conn,
+        "UPDATE limits SET avg_occupancy = avg_occupancy + "
+        "(CASE WHEN active AND lim > 0 THEN (? - avg_occupancy) / (2.0 * lim) ELSE 0 END) "
+        f"WHERE name IN ({_marks(len(names))}) "
+        "RETURNING EXISTS(SELECT 1 FROM ticket_names t WHERE t.name = limits.name)",
+        (seconds_per_slot, *names),
+    )
+    return any(r[0] for r in rows)
+
+
+def renew_lease(conn: apsw.Connection, lease: LeaseRow, duration: float, now: Instant) -> None:
+    conn.execute(
+        "UPDATE leases SET duration = ?, expires_boot = ?, expires_wall = ? WHERE token = ?",
+        (duration, now.boot + duration, now.wall + duration, lease.token),
+    )
+
+
+def set_lease_holder(conn: apsw.Connection, lease: LeaseRow, pid: int, pid_start: int | None, label: str) -> None:
+    conn.execute(
+        "UPDATE leases SET pid = ?, pid_start = ?, label = ? WHERE token = ?",
+        (pid, pid_start, label, lease.token),
+    )
+
+
+def count_leases(conn: apsw.Connection) -> int:
+    return int(_fetch(conn, "SELECT count(*) FROM leases")[0][0])
+
+
+# -- the queue ------------------------------------------------------------------------------------
+
+
+class TicketRow(NamedTuple):
+    ticket: int
+    names: str
+    kind: str
+    slots: int
+    strict: bool
+    duration: float
+    holder_token: str
+    by_pid: bool
+    pipe: str
+    pid: int | None
+    pid_start: int | None
+    host: str
+    user: str
+    label: str
+    since_wall: float
+
+    @property
+    def name_list(self) -> tuple[str, ...]:
+        return tuple(self.names.split(NAME_SEP))
+
+
+_TICKET_COLUMNS = (
+    "ticket, names, kind, slots, strict, duration, holder_token, by_pid, pipe, pid, pid_start, host, user, "
+    "label, since_wall"
+)
+
+
+def _ticket(row: Sequence[Any]) -> TicketRow:
+    return TicketRow(row[0], row[1], row[2], row[3], bool(row[4]), row[5], row[6], bool(row[7]), *row[8:])
+
+
+def insert_ticket(conn: apsw.Connection, row: TicketRow) -> int:
+    ticket = _fetch(
+        conn, f"INSERT INTO tickets({_TICKET_COLUMNS}) VALUES (NULL, {_marks(14)}) RETURNING ticket", tuple(row[1:])
+    )[0][0]
+    for name in row.name_list:
+        conn.execute("INSERT INTO ticket_names(name, ticket) VALUES (?, ?)", (name, ticket))
+    return int(ticket)
+
+
+def select_ticket(conn: apsw.Connection, ticket: int) -> TicketRow | None:
+    rows = _fetch(conn, f"SELECT {_TICKET_COLUMNS} FROM tickets WHERE ticket = ?", (ticket,))
+    return _ticket(rows[0]) if rows else None
+
+
+def tickets_on(conn: apsw.Connection, names: Sequence[str]) -> list[int]:
+    """Tickets waiting on any of *names*, oldest first."""
+    sql = f"SELECT DISTINCT ticket FROM ticket_names WHERE name IN ({_marks(len(names))}) ORDER BY ticket"
+    return [r[0] for r in _fetch(conn, sql, tuple(names))]
+
+
+def older_tickets_on(conn: apsw.Connection, names: Sequence[str], ticket: int | None) -> list[int]:
+    """Tickets on any of *names* older than *ticket* (all of them when *ticket* is None)."""
+    bound = ticket if ticket is not None else 1 << 62
+    sql = (
+        f"SELECT DISTINCT ticket FROM ticket_names WHERE name IN ({_marks(len(names))}) AND ticket < ? ORDER BY ticket"
+    )
+    return [r[0] for r in _fetch(conn, sql, (*names, bound))]
+
+
+def any_ticket_on(conn: apsw.Connection, names: Sequence[str]) -> bool:
+    sql = f"SELECT 1 FROM ticket_names WHERE name IN ({_marks(len(names))}) LIMIT 1"
+    return bool(_fetch(conn, sql, tuple(names)))
+
+
+def tickets_of_holder(conn: apsw.Connection, holder_token: str) -> list[TicketRow]:
+    rows = _fetch(conn, f"SELECT {_TICKET_COLUMNS} FROM tickets WHERE holder_token = ?", (holder_token,))
+    return [_ticket(r) for r in rows]
+
+
+def waiting_on(conn: apsw.Connection, name: str) -> list[TicketRow]:
+    sql = (
+        f"SELECT {', '.join('t.' + c for c in _TICKET_COLUMNS.split(', '))} FROM ticket_names n "
+        "JOIN tickets t ON t.ticket = n.ticket WHERE n.name = ? ORDER BY t.ticket"
+    )
+    return [_ticket(r) for r in _fetch(conn, sql, (name,))]
+
+
+def delete_ticket(conn: apsw.Connection, ticket: TicketRow) -> None:
+    for name in ticket.name_list:
+        conn.execute("DELETE FROM ticket_names WHERE name = ? AND ticket = ?", (name, ticket.ticket))
+    conn.execute("DELETE FROM tickets WHERE ticket = ?", (ticket.ticket,))
+
+
+def count_tickets(conn: apsw.Connection) -> int:
+    return int(_fetch(conn, "SELECT count(*) FROM tickets")[0][0])
+
+
+def referenced_holder_tokens(conn: apsw.Connection) -> set[str]:
+    rows = _fetch(
+        conn, "SELECT holder_token FROM leases WHERE holder_token IS NOT NULL UNION SELECT holder_token FROM tickets"
+    )
+    return {r[0] for r in rows}
+
+
+__all__ = [
+    "APPLICATION_ID",
+    "SCHEMA_VERSION",
+    "LeaseRow",
+    "LimitRow",
+    "TicketRow",
+]

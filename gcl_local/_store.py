@@ -1,0 +1,480 @@
+"""The state file: where it is, whether it can be used, and short transactions on it.
+
+One SQLite file in WAL mode, opened with apsw only (a second SQLite copy or a foreign ``close()``
+of the file in this process would silently drop SQLite's POSIX locks). Each thread of each process
+gets its own connection; a connection is never used across ``fork()``: the child drops the
+parent's connections without closing them and opens its own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import stat
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import apsw
+
+from . import _sql
+from ._clock import SYSTEM_CLOCK, Clock, Instant
+from ._errors import GclError, StoreError
+
+MOUNTINFO = "/proc/self/mountinfo"
+"""Where the mount table is read from (tests point this at a fake table)."""
+
+NETWORK_FILESYSTEMS = frozenset(
+    [
+        "nfs",
+        "nfs4",
+        "cifs",
+        "smb",
+        "smb3",
+        "smbfs",
+        "9p",
+        "virtiofs",
+        "fakeowner",
+        "ceph",
+        "glusterfs",
+        "lustre",
+        "gpfs",
+        "beegfs",
+        "afs",
+        "ocfs2",
+        "gfs2",
+        "davfs",
+        "ncpfs",
+        "vboxsf",
+        "vmhgfs",
+        "prl_fs",
+    ]
+)
+BUSY_GIVE_UP_SECONDS = 30.0
+"""A write lock held this long means a stuck process, not contention: report it."""
+
+
+def default_path() -> Path:
+    state = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return Path(state) / "gcl_local" / "gcl.db"
+
+
+def resolve_path(db: str | os.PathLike[str] | None) -> tuple[Path, bool]:
+    """The state file's path, and whether it is the default one (whose parent we may create)."""
+    if db is None:
+        env = os.environ.get("GCL_DB")
+        if env:
+            return Path(env).expanduser().absolute(), False
+        return default_path(), True
+    text = os.fspath(db)
+    if not text:
+        raise StoreError("The state file path must not be empty.")
+    return Path(text).expanduser().absolute(), False
+
+
+def _unescape_mount(field: str) -> str:
+    return field.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
+
+
+def filesystem_type(directory: Path) -> str | None:
+    """The type of the filesystem that holds *directory*, from the mount table (None if unknown)."""
+    try:
+        with open(MOUNTINFO, encoding="utf-8", errors="replace") as f:
+            lines = f.readlines()
+    except OSError:
+        return None
+    target = os.path.realpath(directory)
+    best, best_type = "", None
+    for line in lines:
+        left, sep, right = line.partition(" - ")
+        fields = left.split()
+        if not sep or len(fields) < 5 or not right.split():
+            continue
+        mount_point = _unescape_mount(fields[4])
+        inside = target == mount_point or target.startswith(mount_point.rstrip("/") + "/")
+        if inside and len(mount_point) >= len(best):
+            best, best_type = mount_point, right.split()[0]
+    return best_type
+
+
+def _check_local(path: Path) -> None:
+    fstype = filesystem_type(path.parent)
+    if fstype and (fstype in NETWORK_FILESYSTEMS or fstype.startswith("fuse")):
+        raise StoreError(
+            f"State file {path} is on a {fstype!r} filesystem. SQLite WAL needs shared memory and reliable "
+            "locks, which only local filesystems give; put it on a local disk (set GCL_DB or --db)."
+        )
+
+
+def _shared_dir(directory: Path) -> bool:
+    """A setgid directory marks files that a team's users share on purpose."""
+    try:
+        return bool(os.stat(directory).st_mode & stat.S_ISGID)
+    except OSError:
+        return False
+
+
+def file_mode(directory: Path) -> int:
+    return 0o660 if _shared_dir(directory) else 0o600
+
+
+def _prepare_file(path: Path, is_default: bool) -> bool:
+    """Check the path and create an empty file with the right mode if there is none; True if created."""
+    parent = path.parent
+    if is_default and not parent.exists():
+        try:
+            os.makedirs(parent, mode=0o700, exist_ok=True)
+            os.chmod(parent, 0o700)
+        except OSError as exc:
+            raise StoreError(f"Cannot create the state directory {parent}: {exc.strerror}.") from None
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        st = None
+    except OSError as exc:
+        raise StoreError(f"Cannot use state file {path}: {exc.strerror}.") from None
+    if st is not None:
+        if stat.S_ISDIR(st.st_mode):
+            raise StoreError(f"Cannot use state file {path}: it is a directory; give the path of a file.")
+        if not stat.S_ISREG(st.st_mode):
+            raise StoreError(f"Cannot use state file {path}: it is not a regular file.")
+        return False
+    if not parent.is_dir():
+        raise StoreError(f"Cannot create state file {path}: the directory {parent} does not exist.")
+    _check_local(path)
+    mode = file_mode(parent)
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    except FileExistsError:
+        return False  # another process created it a moment ago; it initialises it under the lock
+    except OSError as exc:
+        raise StoreError(
+            f"Cannot create state file {path}: {exc.strerror}; the directory must be writable by you."
+        ) from None
+    try:
+        os.fchmod(fd, mode)  # the umask must not take the group bits of a shared directory
+    finally:
+        os.close(fd)
+    return True
+
+
+def _explain_open_error(path: Path, exc: apsw.Error) -> StoreError:
+    extended = getattr(exc, "extendedresult", None)
+    if isinstance(exc, apsw.NotADBError):
+        return StoreError(f"Cannot use state file {path}: it is not a SQLite database (wrong path?).")
+    if isinstance(exc, apsw.CorruptError):
+        return StoreError(
+            f"State file {path} is corrupt. It holds only transient slot state: remove {path.name}, "
+            f"{path.name}-wal and {path.name}-shm when no process uses them, and recreate the limits."
+        )
+    if isinstance(exc, apsw.ReadOnlyError) or extended == apsw.SQLITE_READONLY_DIRECTORY:
+        if extended == apsw.SQLITE_READONLY_DIRECTORY or not os.access(path.parent, os.W_OK):
+            return StoreError(
+                f"Cannot use state file {path}: its directory {path.parent} is not writable by you, and SQLite "
+                "must create -wal and -shm files there."
+            )
+        culprits = [p for p in (path, Path(f"{path}-wal"), Path(f"{path}-shm")) if p.exists()]
+        culprits = [p for p in culprits if not os.access(p, os.W_OK)] or culprits[:1]
+        return StoreError(f"Cannot use state file {path}: {culprits[0]} is not writable by you.")
+    if isinstance(exc, apsw.CantOpenError):
+        if not path.parent.is_dir():
+            return StoreError(f"Cannot open state file {path}: the directory {path.parent} does not exist.")
+        return StoreError(f"Cannot open state file {path}: permission denied or not a file.")
+    if isinstance(exc, apsw.BusyError):
+        return StoreError(
+            f"Timed out after {BUSY_GIVE_UP_SECONDS:g}s waiting for the write lock of {path}; another "
+            f"process holds it (see: fuser {path})."
+        )
+    if isinstance(exc, (apsw.ProtocolError, apsw.IOError)):
+        return StoreError(
+            f"Cannot use state file {path}: the filesystem does not give the shared memory and locking "
+            f"SQLite WAL needs ({exc})."
+        )
+    return StoreError(f"Cannot use state file {path}: {exc}.")
+
+
+def _busy_handler(connection: _Connection) -> Any:
+    """Short jittered sleeps, slowly growing: SQLite's own schedule sleeps up to 100 ms and starves old waiters."""
+    started = [0.0]
+
+    def handler(attempts: int) -> bool:
+        if not connection.blocking:
+            return False
+        if attempts == 0:
+            started[0] = time.monotonic()
+        elif time.monotonic() - started[0] > BUSY_GIVE_UP_SECONDS:
+            return False
+        time.sleep(min(0.002, 0.0001 * (1 + attempts // 4)) * (0.5 + random.random()))
+        return True
+
+    return handler
+
+
+class _Connection:
+    """One apsw connection, owned by one thread of one process."""
+
+    __slots__ = ("blocking", "boot_checked", "conn", "pid")
+
+    def __init__(self, path: Path) -> None:
+        self.pid = os.getpid()
+        self.blocking = True
+        self.boot_checked = False
+        flags = apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_NOFOLLOW
+        self.conn = apsw.Connection(str(path), flags=flags)
+        self.conn.set_busy_handler(_busy_handler(self))
+
+
+_leaked: list[object] = []
+"""Connections opened before a fork: the child must neither use nor close them."""
+
+
+class Store:
+    """A state file, its connections (one per thread) and its run directory."""
+
+    def __init__(self, db: str | os.PathLike[str] | None = None, *, clock: Clock | None = None) -> None:
+        self.path, self._is_default = resolve_path(db)
+        self.clock: Clock = clock or SYSTEM_CLOCK
+        self.run_dir = Path(f"{self.path}-run")
+        self._local = threading.local()
+        self._pid = os.getpid()
+        self._ready = False
+        self._lock = threading.Lock()
+        self._mode: int | None = None
+        self._run_dir_ok = 0
+
+    # -- connections -----------------------------------------------------------------------------
+
+    def _connection(self) -> _Connection:
+        conn: _Connection | None = getattr(self._local, "conn", None)
+        if conn is not None and conn.pid == os.getpid():
+            return conn
+        if conn is not None:
+            _leaked.append(conn.conn)  # opened before fork(): closing it here would harm the parent
+        if self._pid != os.getpid():
+            self._pid = os.getpid()
+        if not self._ready:
+            with self._lock:
+                if not self._ready:
+                    self._initialise()
+                    self._ready = True
+        conn = self._open()
+        self._local.conn = conn
+        return conn
+
+    def _open(self) -> _Connection:
+        try:
+            conn = _Connection(self.path)
+            c = conn.conn
+            c.execute("PRAGMA synchronous=NORMAL")
+            c.execute("PRAGMA journal_size_limit=8388608")
+            c.execute("PRAGMA foreign_keys=OFF")
+        except apsw.Error as exc:
+            raise _explain_open_error(self.path, exc) from None
+        return conn
+
+    def _initialise(self) -> None:
+        """Check the file once per process; create or migrate the schema under a sidecar file lock."""
+        created = _prepare_file(self.path, self._is_default)
+        if not created:
+            _check_local(self.path)
+            if self._header_ok():
+                return
+        from filelock import FileLock  # only on first use of a file: its import is slow
+
+        lock_path = f"{self.path}.lock"
+        try:
+            with FileLock(lock_path, mode=file_mode(self.path.parent)):
+                self._create_or_migrate()
+        except OSError as exc:
+            raise StoreError(f"Cannot lock {lock_path}: {exc.strerror or exc}.") from None
+
+    def _header_ok(self) -> bool:
+        """True when the file holds our current schema; raise when it can never be ours."""
+        try:
+            conn = apsw.Connection(str(self.path), flags=apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_NOFOLLOW)
+            try:
+                conn.set_busy_timeout(5000)
+                app_id, version, empty = _sql.read_header(conn)
+            finally:
+                conn.close()
+        except apsw.Error as exc:
+            raise _explain_open_error(self.path, exc) from None
+        if empty:
+            return False
+        self._check_header(app_id, version)
+        return version == _sql.SCHEMA_VERSION
+
+    def _check_header(self, app_id: int, version: int) -> None:
+        if app_id != _sql.APPLICATION_ID:
+            raise StoreError(
+                f"Cannot use state file {self.path}: it is a SQLite database of another program; "
+                "gcl_local will not change it. Choose another path."
+            )
+        if version > _sql.SCHEMA_VERSION:
+            raise StoreError(
+                f"State file {self.path} has schema version {version}, newer than this gcl_local "
+                f"understands ({_sql.SCHEMA_VERSION}); upgrade gcl_local."
+            )
+
+    def _create_or_migrate(self) -> None:
+        try:
+            conn = apsw.Connection(str(self.path), flags=apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_NOFOLLOW)
+            try:
+                conn.set_busy_timeout(10000)
+                app_id, version, empty = _sql.read_header(conn)
+                if not empty:
+                    self._check_header(app_id, version)
+                if version == _sql.SCHEMA_VERSION and not empty:
+                    return
+                conn.execute("PRAGMA journal_mode=WAL").fetchall()
+                conn.execute("PRAGMA synchronous=FULL")  # a new schema is an admin write: durable
+                _sql.migrate(conn, 0 if empty else version)
+            finally:
+                conn.close()
+        except apsw.Error as exc:
+            raise _explain_open_error(self.path, exc) from None
+
+    # -- transactions ----------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def write(self, *, durable: bool = False, blocking: bool = True) -> Iterator[Tx]:
+        """One short ``BEGIN IMMEDIATE`` transaction; "now" is read once, inside the lock."""
+        conn = self._connection()
+        c = conn.conn
+        conn.blocking = blocking
+        try:
+            if durable:
+                c.execute("PRAGMA synchronous=FULL")  # an admin write reported as done survives power loss
+            try:
+                c.execute("BEGIN IMMEDIATE")
+            except apsw.BusyError:
+                if not blocking:
+                    raise WouldBlock from None
+                raise
+            try:
+                tx = Tx(self, c, self.clock.now())
+                if not conn.boot_checked:
+                    _sql.rebase_after_reboot(c, tx.now)
+                    conn.boot_checked = True
+                yield tx
+                c.execute("COMMIT")
+            except BaseException:
+                if c.in_transaction:
+                    c.execute("ROLLBACK")
+                raise
+        except apsw.Error as exc:
+            raise _explain_open_error(self.path, exc) from None
+        finally:
+            conn.blocking = True
+            if durable:
+                c.execute("PRAGMA synchronous=NORMAL")
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[Tx]:
+        """A read transaction: a consistent snapshot, taken without the write lock."""
+        conn = self._connection()
+        if not conn.boot_checked:
+            with self.write() as tx:
+                yield tx
+            return
+        c = conn.conn
+        try:
+            c.execute("BEGIN DEFERRED")
+            try:
+                yield Tx(self, c, self.clock.now())
+            finally:
+                c.execute("COMMIT")
+        except apsw.Error as exc:
+            raise _explain_open_error(self.path, exc) from None
+
+    def close(self) -> None:
+        """Close this thread's connection (others close when their threads' stores are collected)."""
+        conn: _Connection | None = getattr(self._local, "conn", None)
+        if conn is not None and conn.pid == os.getpid():
+            conn.conn.close()
+        self._local.conn = None
+
+    @property
+    def file_mode(self) -> int:
+        """Mode of every file we create: 0600, or 0660 in a setgid (shared) directory."""
+        if self._mode is None:
+            self._mode = file_mode(self.path.parent)
+        return self._mode
+
+    def ensure_run_dir(self) -> Path:
+        """The directory beside the file that holds liveness tokens and wake-up pipes (0700, or 2770 shared)."""
+        if self._run_dir_ok == os.getpid():
+            return self.run_dir
+        d = self.run_dir
+        shared = _shared_dir(self.path.parent)
+        mode = 0o2770 if shared else 0o700
+        try:
+            os.mkdir(d, mode)
+            os.chmod(d, mode)
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            raise StoreError(f"Cannot create {d}: {exc.strerror}.") from None
+        st = os.lstat(d)
+        if not stat.S_ISDIR(st.st_mode) or (st.st_uid != os.getuid() and not shared):
+            raise StoreError(f"Refusing to use {d}: it is not a directory owned by you.")
+        self._run_dir_ok = os.getpid()
+        return d
+
+
+class WouldBlock(GclError):
+    """A non-blocking transaction found the write lock taken (internal: the async shell then uses a thread)."""
+
+
+class Tx:
+    """A transaction in progress: the connection and the one "now" of the transaction."""
+
+    __slots__ = ("conn", "now", "store")
+
+    def __init__(self, store: Store, conn: apsw.Connection, now: Instant) -> None:
+        self.store = store
+        self.conn = conn
+        self.now = now
+
+
+_stores: dict[tuple[str, int], Store] = {}
+_stores_by_arg: dict[tuple[object, str | None, int], Store] = {}
+_stores_lock = threading.Lock()
+
+
+def get_store(db: str | os.PathLike[str] | Store | None) -> Store:
+    """The process-wide :class:`Store` of a path (or *db* itself when it already is one)."""
+    if isinstance(db, Store):
+        return db
+    arg_key = (db, os.environ.get("GCL_DB") if db is None else None, os.getpid())
+    store = _stores_by_arg.get(arg_key)
+    if store is not None:
+        return store
+    path, _ = resolve_path(db)
+    key = (str(path), os.getpid())
+    with _stores_lock:
+        store = _stores.get(key) or Store(path if db is not None else None)
+        _stores[key] = store
+        _stores_by_arg[arg_key] = store
+    return store
+
+
+def _forget_after_fork() -> None:
+    _leaked.extend(_stores.values())  # their threads' connections must not be closed in the child either
+    for store in _stores.values():
+        conn = getattr(store._local, "conn", None)
+        if conn is not None:
+            _leaked.append(conn.conn)
+            store._local.conn = None
+    _stores.clear()
+    _stores_by_arg.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_after_fork)
+
+
+__all__ = ["MOUNTINFO", "Store", "Tx", "WouldBlock", "default_path", "file_mode", "get_store"]

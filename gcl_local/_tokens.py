@@ -1,0 +1,268 @@
+"""Kernel-released liveness tokens, wake-up pipes, and who a process is.
+
+Each process that holds or waits for slots keeps one *token*: a file in the run directory beside
+the state file, created under a temporary name, ``flock``-ed, then renamed into place, so a token
+under its final name is locked from the moment it is visible until its process (and any child it
+was handed to) has exited. Another process tells a dead holder from a live one by trying the
+lock: the kernel drops it at exit, whatever PID reuse or PID namespaces do.
+
+Each waiting request has a named pipe; whoever frees capacity writes a byte to the pipe of the
+waiter it served or that should look again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import stat
+import threading
+from pathlib import Path
+
+TOKEN_SUFFIX = ".lock"
+PIPE_SUFFIX = ".fifo"
+
+
+class ProcessToken:
+    """This process's liveness token in one run directory."""
+
+    def __init__(self, run_dir: Path, mode: int) -> None:
+        self.pid = os.getpid()
+        self.name = f"{self.pid}-{os.urandom(4).hex()}"
+        self.path = run_dir / (self.name + TOKEN_SUFFIX)
+        tmp = run_dir / f".{self.name}.tmp"
+        fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.rename(tmp, self.path)
+        except BaseException:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        self.fd = fd
+        self._pipes = 0
+        self._lock = threading.Lock()
+
+    def new_pipe_name(self) -> str:
+        with self._lock:
+            self._pipes += 1
+            return f"{self.name}.{self._pipes}{PIPE_SUFFIX}"
+
+
+_tokens: dict[str, ProcessToken] = {}
+_tokens_lock = threading.Lock()
+
+
+def process_token(run_dir: Path, mode: int) -> tuple[ProcessToken, bool]:
+    """This process's token in *run_dir*, and whether it was just created."""
+    key = str(run_dir)
+    token = _tokens.get(key)
+    if token is not None and token.pid == os.getpid():
+        return token, False
+    with _tokens_lock:
+        token = _tokens.get(key)
+        if token is not None and token.pid == os.getpid():
+            return token, False
+        token = ProcessToken(run_dir, mode)
+        _tokens[key] = token
+        return token, True
+
+
+def _close_tokens_in_child() -> None:
+    # A forked child must not keep the parent's tokens alive after the parent dies; closing our
+    # copy of the descriptor leaves the parent's lock in place.
+    for token in _tokens.values():
+        with contextlib.suppress(OSError):
+            os.close(token.fd)
+    _tokens.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_tokens_in_child)
+
+
+def token_alive(run_dir: Path, name: str) -> bool | None:
+    """Whether the process that holds token *name* still runs; None when that cannot be told."""
+    mine = _tokens.get(str(run_dir))
+    if mine is not None and mine.name == name and mine.pid == os.getpid():
+        return True
+    try:
+        fd = os.open(run_dir / (name + TOKEN_SUFFIX), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return None  # a planted symlink or a file we may not read: not evidence of death
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        return False
+    finally:
+        os.close(fd)  # also drops the lock we may just have taken
+
+
+def remove_token_files(run_dir: Path, name: str) -> None:
+    """Unlink a dead process's token and its pipes."""
+    with contextlib.suppress(OSError):
+        os.unlink(run_dir / (name + TOKEN_SUFFIX))
+    with contextlib.suppress(OSError):
+        for entry in os.listdir(run_dir):
+            if entry.startswith(name + ".") and entry.endswith(PIPE_SUFFIX):
+                with contextlib.suppress(OSError):
+                    os.unlink(run_dir / entry)
+
+
+def tokens_in(run_dir: Path) -> list[str]:
+    """Names of the token files in *run_dir*."""
+    try:
+        entries = os.listdir(run_dir)
+    except OSError:
+        return []
+    return [e[: -len(TOKEN_SUFFIX)] for e in entries if e.endswith(TOKEN_SUFFIX) and not e.startswith(".")]
+
+
+def stale_temporaries(run_dir: Path) -> list[Path]:
+    """Temporary token files whose creator died between creating and renaming them."""
+    found = []
+    with contextlib.suppress(OSError):
+        for entry in os.listdir(run_dir):
+            if entry.startswith(".") and entry.endswith(".tmp"):
+                path = run_dir / entry
+                try:
+                    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                except OSError:
+                    continue
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    found.append(path)
+                except BlockingIOError:
+                    pass
+                finally:
+                    os.close(fd)
+    return found
+
+
+class Pipe:
+    """A waiter's named pipe, read end open; closed and unlinked by :meth:`close`."""
+
+    def __init__(self, run_dir: Path, name: str) -> None:
+        self.name = name
+        self.path = run_dir / name
+        os.mkfifo(self.path, 0o600)
+        # O_RDWR: the pipe never reports EOF, and writers find a reader at once.
+        self.fd = os.open(self.path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+
+    def drain(self) -> bool:
+        """Read whatever woke us; True if anything was there."""
+        got = False
+        while True:
+            try:
+                data = os.read(self.fd, 4096)
+            except BlockingIOError:
+                return got
+            if not data:
+                return got
+            got = True
+
+    def close(self) -> None:
+        """Close and unlink; safe to call twice (a second close must not hit a reused descriptor)."""
+        fd, self.fd = self.fd, -1
+        if fd < 0:
+            return
+        with contextlib.suppress(OSError):
+            os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(self.path)
+
+
+def wake(run_dir: Path, pipe_name: str) -> None:
+    """Write one byte to a waiter's pipe; a waiter that is gone or already woken is no error."""
+    try:
+        fd = os.open(run_dir / pipe_name, os.O_WRONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return  # ENXIO: no reader (dead); ENOENT: gone; ELOOP: planted symlink
+    try:
+        if stat.S_ISFIFO(os.fstat(fd).st_mode):
+            os.write(fd, b"!")
+    except OSError:
+        pass  # EAGAIN: a wake-up is already pending
+    finally:
+        os.close(fd)
+
+
+def process_start_time(pid: int) -> int | None:
+    """The start time of *pid* in clock ticks since boot (Linux), to tell a reused PID from its first owner."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    # The command name is in parentheses and may itself contain spaces or parentheses.
+    fields = data[data.rfind(b")") + 2 :].split()
+    try:
+        return int(fields[19])
+    except (IndexError, ValueError):
+        return None
+
+
+def pid_alive(pid: int, start_time: int | None) -> bool:
+    """Whether *pid* is the same live process that was recorded (by PID and start time)."""
+    if pid <= 0:
+        return False
+    if os.path.isdir("/proc/self"):
+        now_start = process_start_time(pid)
+        if now_start is None:
+            return False
+        if start_time is not None and now_start != start_time:
+            return False
+        return not _is_zombie(pid)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return True
+    fields = data[data.rfind(b")") + 2 :].split()
+    return bool(fields) and fields[0] == b"Z"
+
+
+def host_name() -> str:
+    return os.uname().nodename
+
+
+def user_name() -> str:
+    import pwd
+
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        return str(os.getuid())
+
+
+__all__ = [
+    "Pipe",
+    "ProcessToken",
+    "host_name",
+    "pid_alive",
+    "process_start_time",
+    "process_token",
+    "remove_token_files",
+    "stale_temporaries",
+    "token_alive",
+    "tokens_in",
+    "user_name",
+    "wake",
+]

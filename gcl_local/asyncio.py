@@ -1,0 +1,183 @@
+"""Async API, as ``prefect.concurrency.asyncio``: ``concurrency()`` and ``rate_limit()``.
+
+The event loop is never blocked for longer than one short transaction: each transaction is tried
+without waiting for SQLite's write lock, and only when that lock is busy does it run in a worker
+thread. A waiter sleeps on its pipe through ``loop.add_reader``, in the same queue as sync waiters.
+
+Example::
+
+    from gcl_local.asyncio import concurrency, rate_limit
+
+    async with concurrency("gpu", occupy=2) as lease:
+        await train(fencing_token=lease.token)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable, Iterable
+from typing import Any, TypeVar
+
+from . import _core, _shell
+from ._core import Denied, Granted, Request
+from ._errors import AcquireConcurrencySlotTimeoutError, GclError, LeaseNotFoundError, LeaseRenewalError
+from ._model import DEFAULT_LEASE_SECONDS, Lease
+from ._renewal import RENEWAL_FRACTION, RETRY_DELAYS, renewal_failed_message
+from ._store import Store, WouldBlock, get_store
+from .sync import DbArg
+
+T = TypeVar("T")
+
+
+async def _transact(store: Store, fn: Callable[..., T], *args: object) -> T:
+    try:
+        return _core.transact(store, fn, *args, blocking=False)
+    except WouldBlock:
+        return await asyncio.to_thread(_core.transact, store, fn, *args)
+
+
+async def _wait_readable(fd: int, seconds: float) -> bool:
+    loop = asyncio.get_running_loop()
+    ready = loop.create_future()
+
+    def readable() -> None:
+        if not ready.done():
+            ready.set_result(None)
+
+    loop.add_reader(fd, readable)
+    try:
+        await asyncio.wait_for(ready, seconds)
+        return True
+    except asyncio.TimeoutError:
+        return False
+    finally:
+        loop.remove_reader(fd)
+
+
+async def _peek(queue: _shell.Queued) -> Granted | None:
+    return queue.peek()  # a read: never waits for the write lock
+
+
+async def acquire_slots(
+    store: Store, request: Request, timeout_seconds: float | None, max_retries: int | None
+) -> Granted:
+    """The async twin of :func:`gcl_local.sync.acquire_slots`."""
+    start = time.monotonic()
+    outcome = await _transact(store, _core.attempt, request)
+    if isinstance(outcome, Granted):
+        return outcome
+    if timeout_seconds == 0 or max_retries == 0:
+        raise _shell.timeout_error(request, timeout_seconds)
+    deadline = _shell.deadline_of(timeout_seconds, start)
+    queue = _shell.Queued(store, request)
+    try:
+        outcome = await asyncio.to_thread(queue.enter)
+        while isinstance(outcome, Denied):
+            left = _shell.remaining(deadline, time.monotonic())
+            if left == 0:
+                raise _shell.timeout_error(request, timeout_seconds)
+            sleep, moment = queue.next_sleep(outcome, left)
+            woken = await _wait_readable(queue.pipe.fd, sleep) and queue.pipe.drain()
+            granted = await _peek(queue) if woken else None
+            if granted is not None:
+                outcome = granted
+            else:
+                outcome = await _transact(store, _core.attempt_ticket, queue.ticket, request.kind)
+            if queue.counts_as_attempt(woken, moment, outcome, max_retries):
+                raise _shell.timeout_error(request, timeout_seconds)
+        queue.ticket = None
+        return outcome
+    except BaseException as exc:
+        # Leaving must finish even when we were cancelled: run it in a thread, shielded.
+        late = await asyncio.shield(asyncio.to_thread(queue.leave))
+        if late is not None:
+            if isinstance(exc, AcquireConcurrencySlotTimeoutError):
+                return late
+            if late.lease is not None and late.lease.token is not None:
+                await asyncio.to_thread(_core.transact, store, _core.release, late.lease.id)
+        raise
+    finally:
+        queue.pipe.close()
+
+
+async def _renew_forever(store: Store, lease_id: str, duration: float, raising: bool, owner: asyncio.Task[Any]) -> None:
+    while True:
+        await asyncio.sleep(RENEWAL_FRACTION * duration)
+        for delay in (*RETRY_DELAYS, None):
+            try:
+                await _transact(store, _core.renew, lease_id, duration)
+                break
+            except LeaseNotFoundError:
+                delay = None
+            except GclError:
+                pass
+            if delay is None:
+                message = renewal_failed_message(lease_id, raising)
+                if raising:
+                    _core.logger.error(message)
+                    owner.cancel(msg="lease renewal failed")
+                else:
+                    _core.logger.warning(message)
+                return
+            await asyncio.sleep(delay)
+
+
+@contextlib.asynccontextmanager
+async def concurrency(
+    names: str | Iterable[str],
+    occupy: int = 1,
+    timeout_seconds: float | None = None,
+    max_retries: int | None = None,
+    lease_duration: float = DEFAULT_LEASE_SECONDS,
+    strict: bool = False,
+    holder: Any = None,
+    raise_on_lease_renewal_failure: bool | None = None,
+    *,
+    db: DbArg = None,
+) -> AsyncIterator[Lease]:
+    """Hold slots for the duration of an ``async with`` block; see :func:`gcl_local.sync.concurrency`."""
+    store = get_store(db)
+    request = _shell.make_request(
+        store, names, occupy, "concurrency", strict=strict, lease_duration=lease_duration, holder=holder
+    )
+    _shell.check_wait_args(timeout_seconds, max_retries)
+    raising = strict if raise_on_lease_renewal_failure is None else bool(raise_on_lease_renewal_failure)
+    granted = await acquire_slots(store, request, timeout_seconds, max_retries)
+    _shell.warn_missing(granted)
+    lease = granted.lease
+    assert lease is not None
+    if lease.token is None:
+        yield lease
+        return
+    owner = asyncio.current_task()
+    assert owner is not None
+    renewing = asyncio.create_task(_renew_forever(store, lease.id, request.lease_duration, raising, owner))
+    try:
+        yield lease
+    except asyncio.CancelledError:
+        if renewing.done() and not renewing.cancelled():
+            raise LeaseRenewalError(renewal_failed_message(lease.id, True)) from None
+        raise
+    finally:
+        renewing.cancel()
+        await asyncio.shield(_transact(store, _core.release, lease.id))
+
+
+async def rate_limit(
+    names: str | Iterable[str],
+    occupy: int = 1,
+    timeout_seconds: float | None = None,
+    strict: bool = False,
+    *,
+    db: DbArg = None,
+) -> None:
+    """Take rate-limit slots, waiting without blocking the loop; see :func:`gcl_local.sync.rate_limit`."""
+    store = get_store(db)
+    request = _shell.make_request(store, names, occupy, "rate", strict=strict)
+    _shell.check_wait_args(timeout_seconds, None)
+    _shell.warn_missing(await acquire_slots(store, request, timeout_seconds, None))
+
+
+__all__ = ["acquire_slots", "concurrency", "rate_limit"]
