@@ -6,23 +6,72 @@ Coordinated through one SQLite file, with no daemon. The API mirrors Prefect's
 
 from __future__ import annotations
 
-from ._clock import FakeClock
-from ._errors import (
-    AcquireConcurrencySlotTimeoutError,
-    ConcurrencySlotAcquisitionError,
-    GclError,
-    InvalidLimitError,
-    LeaseNotFoundError,
-    LeaseRenewalError,
-    LimitExistsError,
-    LimitNotFoundError,
-    StoreError,
-)
-from ._limits import create_limit, delete_limit, list_limits, read_limit, update_limit
-from ._model import Lease, Limit, Waiter
-from ._shell import MissingLimitWarning
-from ._store import Store
-from .sync import acquire_lease, concurrency, rate_limit, release_lease, renew_lease
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._clock import FakeClock
+    from ._errors import (
+        AcquireConcurrencySlotTimeoutError,
+        ConcurrencySlotAcquisitionError,
+        GclError,
+        InvalidLimitError,
+        LeaseNotFoundError,
+        LeaseRenewalError,
+        LimitExistsError,
+        LimitNotFoundError,
+        StoreError,
+    )
+    from ._limits import create_limit, delete_limit, list_limits, read_limit, update_limit
+    from ._model import Lease, Limit, Waiter
+    from ._shell import MissingLimitWarning
+    from ._store import Store
+    from .sync import acquire_lease, concurrency, rate_limit, release_lease, renew_lease
+
+# Names are loaded on first use (PEP 562): `gcl run`, started by cron every minute, imports only
+# what it needs, while `from gcl_local import concurrency` works as usual.
+_HOMES = {
+    "FakeClock": "_clock",
+    "AcquireConcurrencySlotTimeoutError": "_errors",
+    "ConcurrencySlotAcquisitionError": "_errors",
+    "GclError": "_errors",
+    "InvalidLimitError": "_errors",
+    "LeaseNotFoundError": "_errors",
+    "LeaseRenewalError": "_errors",
+    "LimitExistsError": "_errors",
+    "LimitNotFoundError": "_errors",
+    "StoreError": "_errors",
+    "create_limit": "_limits",
+    "delete_limit": "_limits",
+    "list_limits": "_limits",
+    "read_limit": "_limits",
+    "update_limit": "_limits",
+    "Lease": "_model",
+    "Limit": "_model",
+    "Waiter": "_model",
+    "MissingLimitWarning": "_shell",
+    "Store": "_store",
+    "acquire_lease": "sync",
+    "concurrency": "sync",
+    "rate_limit": "sync",
+    "release_lease": "sync",
+    "renew_lease": "sync",
+}
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'gcl_local' has no attribute {name!r}")
+    from importlib import import_module
+
+    value = getattr(import_module(f"gcl_local.{home}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
 
 __version__ = "0.1.0"
 

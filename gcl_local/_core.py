@@ -460,6 +460,14 @@ def _request_of(row: TicketRow, names: tuple[str, ...]) -> Request:
     return Request(names, row.slots, kind, row.strict, row.duration, holder, row.holder_token)
 
 
+def wait_summary(tx: Tx, ticket: int | None, names: list[str]) -> tuple[int, Lease | None]:
+    """For a waiting message: how many tickets are ahead of *ticket*, and the oldest holder of *names*."""
+    ahead = len(_sql.older_tickets_on(tx.conn, names, ticket)) if ticket is not None else 0
+    holders = [lease for name in names for lease in _sql.leases_on(tx.conn, name)]
+    oldest = min(holders, key=lambda lease: lease.token, default=None)
+    return ahead, None if oldest is None else _lease(oldest)
+
+
 # -- holding ---------------------------------------------------------------------------------------
 
 

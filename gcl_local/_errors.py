@@ -78,7 +78,7 @@ class LimitExistsError(GclError):
         self.name = name
 
     def __str__(self) -> str:
-        return f"Global concurrency limit {self.name!r} already exists."
+        return f"Global concurrency limit {self.name!r} already exists. Please try creating with a different name."
 
     def __reduce__(self) -> tuple[type[LimitExistsError], tuple[str]]:
         return (type(self), (self.name,))

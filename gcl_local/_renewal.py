@@ -9,7 +9,6 @@ exception injected into a thread takes effect at its next bytecode, not inside a
 
 from __future__ import annotations
 
-import ctypes
 import heapq
 import itertools
 import logging
@@ -81,6 +80,8 @@ class Renewal:
             logger.warning(message)
             return
         logger.error(message)
+        import ctypes  # only here: its import is slow and most processes never need it
+
         ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self.thread_id), ctypes.py_object(LeaseRenewalError))
 
 

@@ -143,7 +143,11 @@ def warn_missing(granted: Granted) -> None:
         warnings.warn(message, MissingLimitWarning, stacklevel=4)
 
 
-def timeout_error(request: Request, timeout_seconds: float | None) -> AcquireConcurrencySlotTimeoutError:
+def timeout_error(
+    request: Request, timeout_seconds: float | None, max_retries: int | None = None
+) -> AcquireConcurrencySlotTimeoutError:
+    if timeout_seconds == 0 or max_retries == 0:
+        return AcquireConcurrencySlotTimeoutError(f"Concurrency slots on {list(request.names)!r} are busy.")
     if timeout_seconds is None:
         return AcquireConcurrencySlotTimeoutError(
             f"Unable to acquire concurrency slots on {list(request.names)!r}: retries exhausted."

@@ -69,7 +69,7 @@ async def acquire_slots(
     if isinstance(outcome, Granted):
         return outcome
     if timeout_seconds == 0 or max_retries == 0:
-        raise _shell.timeout_error(request, timeout_seconds)
+        raise _shell.timeout_error(request, timeout_seconds, max_retries)
     deadline = _shell.deadline_of(timeout_seconds, start)
     queue = _shell.Queued(store, request)
     try:

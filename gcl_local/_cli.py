@@ -1,0 +1,310 @@
+"""The ``gcl`` command: entry point, the hot commands, and the one place errors become exit codes.
+
+``gcl run``, ``rate-limit``, ``acquire``, ``renew`` and ``release`` are started by cron and scripts
+many times a minute, so a plain invocation of one of them is parsed here by a small parser that
+imports nothing heavy. Everything else — the admin commands, ``--help``, and any argument the small
+parser does not understand (so usage errors read the same) — goes to the typer app in ``_app``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
+
+from ._errors import EX_TEMPFAIL, AcquireConcurrencySlotTimeoutError, GclError
+
+EX_USAGE = 2
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    """Print one line on stderr and exit: the only way a command reports an error."""
+    sys.stderr.write(f"gcl: {message}\n")
+    sys.stderr.flush()
+    raise SystemExit(code)
+
+
+def guarded(action: Callable[[], int | None], *, busy_exit_code: int = EX_TEMPFAIL) -> int:
+    """Run a command; map every gcl error to its exit code with one line on stderr, never a traceback."""
+    try:
+        return action() or 0
+    except AcquireConcurrencySlotTimeoutError as exc:
+        fail(str(exc), busy_exit_code)
+    except GclError as exc:
+        fail(str(exc), exc.exit_code)
+    except KeyboardInterrupt:
+        fail("interrupted", 130)
+    except BrokenPipeError:
+        os._exit(1)
+
+
+# -- the hot commands --------------------------------------------------------------------------------
+
+
+def _waiting_notice(names: Sequence[str], verbose: bool) -> Any:
+    """After about a second of waiting, say on stderr what we wait for (only for a person, or with -v)."""
+    if not (verbose or sys.stderr.isatty()):
+        return None
+
+    def notice(queue: Any) -> None:
+        from . import _core
+
+        with queue.store.read() as tx:
+            ahead, holder = _core.wait_summary(tx, queue.ticket, list(names))
+        who = ""
+        if holder is not None:
+            from ._output import duration
+
+            who = f", held by pid {holder.pid} {holder.label!r}"
+            if holder.acquired is not None:
+                from datetime import datetime, timezone
+
+                who += f" for {duration((datetime.now(timezone.utc) - holder.acquired).total_seconds())}"
+        quoted = ", ".join(repr(n) for n in names)
+        sys.stderr.write(f"gcl: waiting for {quoted} ({ahead} ahead{who})\n")
+        sys.stderr.flush()
+
+    return notice
+
+
+def cmd_run(
+    names: Sequence[str],
+    command: Sequence[str],
+    *,
+    occupy: int = 1,
+    timeout: float | None = None,
+    nonblock: bool = False,
+    lease_duration: float = 300.0,
+    strict: bool = False,
+    verbose: bool = False,
+    db: str | None = None,
+) -> int:
+    from . import _runner, _shell
+    from ._store import get_store
+    from .sync import acquire_slots
+
+    if not command:
+        fail("no command given: gcl run NAME... -- COMMAND...", EX_USAGE)
+    store = get_store(db)
+    request = _shell.make_request(
+        store, names, occupy, "concurrency", strict=strict, lease_duration=lease_duration,
+        holder=os.path.basename(command[0]),
+    )  # fmt: skip
+    _shell.check_wait_args(timeout, None)
+    granted = acquire_slots(store, request, timeout, 0 if nonblock else None, _waiting_notice(names, verbose))
+    _warn_missing(granted.missing)
+    assert granted.lease is not None
+    if granted.lease.token is None:  # nothing to hold: run it plainly
+        return _exec(command)
+    return _runner.run_command(store, request, command, granted.lease.id)
+
+
+def cmd_rate_limit(
+    names: Sequence[str],
+    command: Sequence[str],
+    *,
+    occupy: int = 1,
+    timeout: float | None = None,
+    nonblock: bool = False,
+    strict: bool = False,
+    verbose: bool = False,
+    db: str | None = None,
+) -> int:
+    from . import _shell
+    from ._store import get_store
+    from .sync import acquire_slots
+
+    store = get_store(db)
+    request = _shell.make_request(store, names, occupy, "rate", strict=strict)
+    _shell.check_wait_args(timeout, None)
+    granted = acquire_slots(store, request, 0 if nonblock else timeout, None, _waiting_notice(names, verbose))
+    _warn_missing(granted.missing)
+    return _exec(command) if command else 0
+
+
+def cmd_acquire(
+    names: Sequence[str],
+    *,
+    occupy: int = 1,
+    timeout: float | None = None,
+    nonblock: bool = False,
+    lease_duration: float = 300.0,
+    holder_pid: int | None = None,
+    strict: bool = False,
+    output: str | None = None,
+    verbose: bool = False,
+    db: str | None = None,
+) -> int:
+    from dataclasses import replace
+
+    from . import _shell
+    from ._store import get_store
+    from .sync import acquire_slots
+
+    store = get_store(db)
+    pid = holder_pid if holder_pid is not None else os.getppid()  # the calling shell
+    request = _shell.make_request(
+        store, names, occupy, "concurrency", strict=strict, lease_duration=lease_duration,
+        holder=_program_of(pid), holder_pid=pid,
+    )  # fmt: skip
+    request = replace(request, waiter_token=_shell.token_of(store).name)
+    _shell.check_wait_args(timeout, None)
+    granted = acquire_slots(store, request, timeout, 0 if nonblock else None, _waiting_notice(names, verbose))
+    _warn_missing(granted.missing)
+    assert granted.lease is not None
+    _print_lease(granted.lease, output)
+    return 0
+
+
+def cmd_renew(lease_id: str, *, lease_duration: float = 300.0, output: str | None = None, db: str | None = None) -> int:
+    from .sync import renew_lease
+
+    _print_lease(renew_lease(lease_id, lease_duration, db=db), output, quiet=True)
+    return 0
+
+
+def cmd_release(lease_id: str, *, db: str | None = None, verbose: bool = False) -> int:
+    from .sync import release_lease
+
+    released = release_lease(lease_id, db=db)
+    if verbose:
+        sys.stderr.write(f"gcl: lease {lease_id} {'released' if released else 'was not held'}\n")
+    return 0
+
+
+def _print_lease(lease: Any, output: str | None, *, quiet: bool = False) -> None:
+    if output == "json":
+        from ._output import print_json
+
+        print_json(lease.to_json())
+    elif not quiet:
+        sys.stdout.write(f"{lease.id}\n")
+
+
+def _program_of(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm", encoding="utf-8", errors="replace") as f:
+            return f.read().strip()
+    except OSError:
+        return f"pid {pid}"
+
+
+def _warn_missing(missing: Sequence[str]) -> None:
+    if missing:
+        sys.stderr.write(f"gcl: warning: limits {list(missing)!r} do not exist - not limiting on them\n")
+
+
+def _exec(command: Sequence[str]) -> int:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        os.execvp(command[0], list(command))  # noqa: S606 - the user's own command, as given
+    except OSError as exc:
+        fail(f"Cannot run {command[0]!r}: {exc.strerror}.", 127 if isinstance(exc, FileNotFoundError) else 126)
+
+
+# -- the small parser for the hot path ------------------------------------------------------------------
+
+_FLAGS = {"-n": "nonblock", "--nonblock": "nonblock", "--strict": "strict", "-v": "verbose", "--verbose": "verbose"}
+_VALUES: dict[str, tuple[str, Callable[[str], Any]]] = {
+    "--occupy": ("occupy", int),
+    "--timeout": ("timeout", float),
+    "--lease-duration": ("lease_duration", float),
+    "--holder-pid": ("holder_pid", int),
+    "--busy-exit-code": ("busy_exit_code", int),
+    "-o": ("output", str),
+    "--output": ("output", str),
+    "--db": ("db", str),
+}
+_ALLOWED = {
+    "run": {"occupy", "timeout", "nonblock", "lease_duration", "strict", "verbose", "busy_exit_code", "db"},
+    "rate-limit": {"occupy", "timeout", "nonblock", "strict", "verbose", "busy_exit_code", "db"},
+    "acquire": {
+        "occupy",
+        "timeout",
+        "nonblock",
+        "lease_duration",
+        "holder_pid",
+        "strict",
+        "output",
+        "verbose",
+        "busy_exit_code",
+        "db",
+    },
+    "renew": {"lease_duration", "output", "db"},
+    "release": {"db", "verbose"},
+}
+
+
+def parse_hot(argv: Sequence[str]) -> tuple[str, list[str], list[str], dict[str, Any]] | None:
+    """``(command, positionals, after --, options)``, or None when typer should parse (and explain) it."""
+    options: dict[str, Any] = {}
+    args = list(argv)
+    while args and args[0] == "--db" and len(args) > 1:  # the global option, before the command
+        options["db"] = args[1]
+        args = args[2:]
+    if not args or args[0] not in _ALLOWED:
+        return None
+    command, rest = args[0], args[1:]
+    positionals: list[str] = []
+    tail: list[str] = []
+    i = 0
+    while i < len(rest):
+        arg = rest[i]
+        if arg == "--":
+            tail = rest[i + 1 :]
+            break
+        key, _, inline = arg.partition("=") if arg.startswith("--") else (arg, "", "")
+        if arg in _FLAGS:
+            options[_FLAGS[arg]] = True
+        elif key in _VALUES:
+            name, convert = _VALUES[key]
+            if not inline:
+                i += 1
+                if i >= len(rest):
+                    return None
+                inline = rest[i]
+            try:
+                options[name] = convert(inline)
+            except ValueError:
+                return None
+        elif arg.startswith("-") and arg != "-":
+            return None
+        else:
+            positionals.append(arg)
+        i += 1
+    if not set(options) <= _ALLOWED[command] or not positionals:
+        return None
+    if command in ("renew", "release") and (len(positionals) != 1 or tail):
+        return None
+    if command == "acquire" and tail:
+        return None
+    return command, positionals, tail, options
+
+
+def dispatch_hot(command: str, positionals: list[str], tail: list[str], options: dict[str, Any]) -> int:
+    busy = options.pop("busy_exit_code", EX_TEMPFAIL)
+    if command == "run":
+        return guarded(lambda: cmd_run(positionals, tail, **options), busy_exit_code=busy)
+    if command == "rate-limit":
+        return guarded(lambda: cmd_rate_limit(positionals, tail, **options), busy_exit_code=busy)
+    if command == "acquire":
+        return guarded(lambda: cmd_acquire(positionals, **options), busy_exit_code=busy)
+    if command == "renew":
+        return guarded(lambda: cmd_renew(positionals[0], **options))
+    return guarded(lambda: cmd_release(positionals[0], **options))
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of ``gcl`` and ``python -m gcl_local``."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    parsed = parse_hot(args)
+    if parsed is not None:
+        raise SystemExit(dispatch_hot(*parsed))
+    from ._app import run_app
+
+    run_app(args)
+
+
+__all__ = ["EX_USAGE", "fail", "guarded", "main", "parse_hot"]

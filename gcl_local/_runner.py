@@ -1,0 +1,101 @@
+"""``gcl run``: hold slots for exactly as long as a command runs.
+
+The command inherits this process's liveness token (an flock-ed descriptor), so its slots stay
+held while it lives even if ``gcl run`` itself is killed, and are freed at once when it ends. The
+lease names the command's pid and program name, so ``gcl inspect`` shows what really holds it.
+
+SIGINT, SIGTERM and SIGHUP sent to ``gcl run`` are forwarded to the command, except a signal that
+the terminal sent to the whole foreground process group: the command has it already.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+from collections.abc import Sequence
+from typing import Any
+
+from . import _core, _shell
+from ._errors import GclError
+from ._renewal import Renewal, renewer
+from ._store import Store
+
+FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+_SI_KERNEL = 0x80  # si_code of a signal the kernel (e.g. the tty driver) sent
+
+
+def exit_status(returncode: int) -> int:
+    """A shell's view of a child's end: its code, or 128+N when signal N killed it."""
+    return 128 - returncode if returncode < 0 else returncode
+
+
+def program_label(command: Sequence[str]) -> str:
+    return _shell.label_of(os.path.basename(command[0]))
+
+
+def run_command(store: Store, request: _core.Request, command: Sequence[str], lease_id: str) -> int:
+    """Run *command* holding lease *lease_id* (already acquired); release it when the command ends."""
+    token = _shell.token_of(store)
+    pending: list[int] = []
+    previous = {sig: signal.signal(sig, lambda signum, _frame: pending.append(signum)) for sig in FORWARDED}
+    try:
+        try:
+            child = subprocess.Popen(list(command), pass_fds=(token.fd,))
+        except OSError as exc:
+            _core.transact(store, _core.release, lease_id)
+            raise GclError(f"Cannot run {command[0]!r}: {exc.strerror}.") from None
+        _name_holder(store, lease_id, child.pid, program_label(command))
+        return _supervise(store, request, lease_id, child, pending)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _name_holder(store: Store, lease_id: str, pid: int, label: str) -> None:
+    with contextlib.suppress(GclError):
+        _core.transact(store, _core.set_holder, lease_id, pid, label)
+
+
+def _supervise(
+    store: Store, request: _core.Request, lease_id: str, child: subprocess.Popen[Any], pending: list[int]
+) -> int:
+    waiting = hasattr(signal, "sigtimedwait")
+    watched = {*FORWARDED, signal.SIGCHLD}
+    if waiting:
+        # Block before the renewal thread starts, so that it inherits the mask and every signal
+        # waits for sigtimedwait below, where its sender can be told.
+        signal.pthread_sigmask(signal.SIG_BLOCK, watched)
+    renewal = Renewal(store, lease_id, request.lease_duration, False)
+    renewals = renewer()
+    renewals.add(renewal)
+    try:
+        for signum in pending:  # arrived while the command was starting: forward them
+            _forward(child, signum)
+        pending.clear()
+        if not waiting:
+            signal.signal(signal.SIGINT, lambda s, _f: _forward(child, s))
+            signal.signal(signal.SIGTERM, lambda s, _f: _forward(child, s))
+            signal.signal(signal.SIGHUP, lambda s, _f: _forward(child, s))
+            return exit_status(child.wait())
+        while True:
+            code = child.poll()
+            if code is not None:
+                return exit_status(code)
+            info = signal.sigtimedwait(watched, 1.0)
+            if info is not None and info.si_signo != signal.SIGCHLD and info.si_code != _SI_KERNEL:
+                _forward(child, info.si_signo)
+    finally:
+        renewals.cancel(renewal)
+        if waiting:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, watched)
+        _core.transact(store, _core.release, lease_id)
+
+
+def _forward(child: subprocess.Popen[Any], signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        child.send_signal(signum)
+
+
+__all__ = ["exit_status", "program_label", "run_command"]

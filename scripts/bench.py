@@ -1,0 +1,726 @@
+"""Benchmarks of gcl_local against its baselines; prints one markdown table (for BENCHMARKS.md).
+
+Usage: .venv/bin/python scripts/bench.py [--quick] [--only 1,3,9]
+
+Baselines, run in the same invocation:
+  SQLite floor    two bare ``BEGIN IMMEDIATE; UPDATE one row; COMMIT`` (apsw, WAL, synchronous=NORMAL)
+  flock           fcntl.flock LOCK_EX + LOCK_UN; for limit > 1 a hand-rolled N-slot flock
+                  (try every slot file with LOCK_NB, else block on the slot picked by pid)
+  portalocker     BoundedSemaphore with its default check_interval (it polls every 0.25 s); its
+                  default timeout (5 s) is raised to 60 s so that slow polling is measured, not an error
+  pyrate-limiter  SQLiteBucket (sliding-window log, file lock) with Rate(5, 250 ms) and default buffer_ms
+
+Every multi-process scenario spawns fresh processes, each opening its own state; the workers meet at
+a start barrier after their imports and warm-up, start at one shared monotonic moment (system-wide on
+Linux) and report their own timestamps back through a queue. Progress goes to stderr, the table to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import itertools
+import math
+import multiprocessing as mp
+import os
+import platform
+import queue
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+CTX = mp.get_context("spawn")
+VENV_BIN = Path(sys.executable).parent
+KINDS = ("gcl", "flock", "porta")
+PORTA_TIMEOUT = 60.0
+SETUP_TIMEOUT = 60.0
+
+
+@dataclass(frozen=True)
+class Config:
+    latency_iters: int = 3000
+    util_iters: int = 20
+    handoff_seconds: float = 2.0
+    fair_seconds: float = 4.0
+    big_reps: int = 5
+    idle_seconds: float = 3.0
+    many_limits: int = 1000
+    store_iters: int = 1000
+    cli_runs: int = 10
+
+
+QUICK = Config(
+    latency_iters=500, util_iters=10, handoff_seconds=1.0, fair_seconds=1.5, big_reps=2, idle_seconds=1.5,
+    store_iters=200, cli_runs=3,
+)  # fmt: skip
+
+
+@dataclass
+class Row:
+    scenario: str
+    gcl: str
+    goal: str
+    met: bool | None
+    floor: str = "n/a"
+    flock: str = "n/a"
+    porta: str = "n/a"
+    pyrate: str = "n/a"
+    notes: str = ""
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def us(seconds: float) -> str:
+    return f"{seconds * 1e6:.0f} µs"
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1e3:.2f} ms" if abs(seconds) < 0.1 else f"{seconds * 1e3:.0f} ms"
+
+
+# -- locks under test (built inside the worker processes) -------------------------------------------
+
+
+class SlotFlock:
+    """flock(2) as a semaphore of *slots* slot files; with one slot, a plain blocking LOCK_EX."""
+
+    def __init__(self, directory: str, name: str, slots: int) -> None:
+        flags = os.O_CREAT | os.O_RDWR | os.O_CLOEXEC
+        self.fds = [os.open(os.path.join(directory, f"{name}.{i}.flock"), flags, 0o600) for i in range(slots)]
+        self.held = -1
+
+    def __enter__(self) -> SlotFlock:
+        if len(self.fds) > 1:
+            for fd in self.fds:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue
+                self.held = fd
+                return self
+        fd = self.fds[os.getpid() % len(self.fds)]
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        self.held = fd
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        fcntl.flock(self.held, fcntl.LOCK_UN)
+
+
+def db_path(directory: str) -> str:
+    return os.path.join(directory, "gcl.db")
+
+
+def make_lock(kind: str, directory: str, name: str, limit: int = 1, occupy: int = 1):
+    """A factory of context managers that hold *occupy* slot(s) of the limit *name*."""
+    if kind == "gcl":
+        from gcl_local import concurrency
+
+        path = db_path(directory)
+        return lambda: concurrency(name, occupy=occupy, db=path)
+    if kind == "flock":
+        slot_flock = SlotFlock(directory, name, limit)
+        return lambda: slot_flock
+    if kind == "porta":
+        import portalocker
+
+        sem = portalocker.BoundedSemaphore(limit, name=name, directory=directory, timeout=PORTA_TIMEOUT)
+        return lambda: sem
+    raise ValueError(kind)
+
+
+def sqlite_floor(directory: str):
+    """One acquire+release as the bare minimum of two write transactions on a one-row table."""
+    import apsw
+
+    conn = apsw.Connection(os.path.join(directory, "floor.db"))
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("CREATE TABLE slot(id INTEGER PRIMARY KEY, n INTEGER); INSERT INTO slot VALUES (1, 0)")
+
+    def cycle() -> None:
+        conn.execute("BEGIN IMMEDIATE; UPDATE slot SET n = n + 1 WHERE id = 1; COMMIT")
+        conn.execute("BEGIN IMMEDIATE; UPDATE slot SET n = n - 1 WHERE id = 1; COMMIT")
+
+    return cycle
+
+
+def create_limits(directory: str, *limits: tuple[str, int, float]) -> None:
+    from gcl_local import create_limit
+
+    for name, limit, decay in limits:
+        create_limit(name, limit, slot_decay_per_second=decay, db=db_path(directory))
+
+
+# -- the multi-process runner ---------------------------------------------------------------------
+
+
+class Gate:
+    """The start barrier: wait for every process, then sleep until the moment the driver chose."""
+
+    def __init__(self, barrier, go, start) -> None:
+        self.barrier, self.go, self.start = barrier, go, start
+        self.passed = False
+
+    def __call__(self) -> float:
+        self.barrier.wait(SETUP_TIMEOUT)
+        if not self.go.wait(SETUP_TIMEOUT):
+            raise RuntimeError("no start signal from the driver")
+        self.passed = True
+        start = self.start.value
+        time.sleep(max(0.0, start - time.monotonic()))
+        return start
+
+
+def _worker_entry(index: int, fn, args: tuple, barrier, go, start, results) -> None:
+    gate = Gate(barrier, go, start)
+    try:
+        results.put((index, True, fn(gate, *args)))
+    except BaseException:
+        if not gate.passed:
+            barrier.abort()
+        results.put((index, False, traceback.format_exc()))
+
+
+def run_workers(jobs: list[tuple], timeout: float) -> tuple[float, list]:
+    """Run ``fn(gate, *args)`` for each ``(fn, *args)`` in its own spawned process; return (start, results)."""
+    barrier, go, start = CTX.Barrier(len(jobs) + 1), CTX.Event(), CTX.Value("d", 0.0)
+    results = CTX.Queue()
+    procs = [
+        CTX.Process(target=_worker_entry, args=(i, job[0], job[1:], barrier, go, start, results), daemon=True)
+        for i, job in enumerate(jobs)
+    ]
+    out: list = [None] * len(jobs)
+    try:
+        for proc in procs:
+            proc.start()
+        try:
+            barrier.wait(SETUP_TIMEOUT)
+        except Exception:
+            _raise_worker_error(results, "a worker failed before the start barrier")
+        start.value = time.monotonic() + 0.05
+        go.set()
+        deadline = time.monotonic() + timeout
+        for _ in jobs:
+            try:
+                index, ok, value = results.get(timeout=max(0.1, deadline - time.monotonic()))
+            except queue.Empty:
+                raise RuntimeError(f"workers did not finish within {timeout:.0f} s") from None
+            if not ok:
+                raise RuntimeError(f"worker {index} failed:\n{value}")
+            out[index] = value
+        return start.value, out
+    finally:
+        for proc in procs:
+            proc.join(timeout=5)
+            if proc.is_alive():
+                proc.kill()
+                proc.join(timeout=5)
+
+
+def _raise_worker_error(results, what: str) -> None:
+    try:
+        _, _, value = results.get(timeout=5)
+    except queue.Empty:
+        value = "(no report)"
+    raise RuntimeError(f"{what}:\n{value}")
+
+
+# -- worker bodies (run in the spawned processes) ---------------------------------------------------
+
+
+def w_latency(gate: Gate, kind: str, directory: str, iters: int) -> list[float]:
+    """Uncontended acquire+release latencies, in seconds."""
+    if kind == "floor":
+        cycle = sqlite_floor(directory)
+    else:
+        lock = make_lock(kind, directory, "a")
+
+        def cycle() -> None:
+            with lock():
+                pass
+
+    for _ in range(max(100, iters // 10)):
+        cycle()
+    gate()
+    times = []
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        cycle()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def w_utilization(gate: Gate, kind: str, directory: str, limit: int, iters: int, hold: float) -> dict:
+    lock = make_lock(kind, directory, "u", limit)
+    with lock():
+        pass
+    gate()
+    busy = 0.0
+    for _ in range(iters):
+        with lock():
+            t0 = time.monotonic()
+            time.sleep(hold)
+            busy += time.monotonic() - t0
+    return {"busy": busy, "end": time.monotonic()}
+
+
+def w_loop(gate: Gate, kind: str, directory: str, hold: float, seconds: float) -> list[tuple[float, ...]]:
+    """Loop acquire / hold / release on a limit of 1; (requested, acquired, leaving, released) per round."""
+    lock = make_lock(kind, directory, "h")
+    with lock():
+        pass
+    stop = gate() + seconds
+    rounds = []
+    while time.monotonic() < stop:
+        requested = time.monotonic()
+        with lock():
+            acquired = time.monotonic()
+            time.sleep(hold)
+            leaving = time.monotonic()
+        rounds.append((requested, acquired, leaving, time.monotonic()))
+    return rounds
+
+
+def w_small(gate: Gate, directory: str, hold: float, stop) -> int:
+    lock = make_lock("gcl", directory, "big")
+    with lock():
+        pass
+    end = gate() + 60
+    count = 0
+    while not stop.is_set() and time.monotonic() < end:
+        with lock():
+            time.sleep(hold)
+        count += 1
+    return count
+
+
+def w_big(gate: Gate, directory: str, reps: int, stop) -> list[float]:
+    lock = make_lock("gcl", directory, "big", occupy=4)
+    with lock():
+        pass
+    gate()
+    waits = []
+    try:
+        time.sleep(0.3)  # let the small ones reach their steady state
+        for _ in range(reps):
+            t0 = time.monotonic()
+            with lock():
+                waits.append(time.monotonic() - t0)
+                time.sleep(0.005)
+            time.sleep(0.2)
+    finally:
+        stop.set()
+    return waits
+
+
+def w_rate(gate: Gate, kind: str, directory: str, calls: int) -> float:
+    if kind == "gcl":
+        from gcl_local import rate_limit
+
+        path = db_path(directory)
+        rate_limit("warm", db=path)
+
+        def take() -> None:
+            rate_limit("r", db=path)
+    else:
+        from pyrate_limiter import Duration, Limiter, Rate, SQLiteBucket
+
+        def limiter_on(table: str, rate: Rate) -> Limiter:
+            path = os.path.join(directory, "pyrate.db")
+            return Limiter(SQLiteBucket.init_from_file([rate], table=table, db_path=path, use_file_lock=True))
+
+        limiter_on("warm", Rate(1000, Duration.SECOND)).try_acquire("warm", blocking=True)
+        limiter = limiter_on("r", Rate(5, 250))
+
+        def take() -> None:
+            if not limiter.try_acquire("r", blocking=True):
+                raise RuntimeError("pyrate-limiter refused")
+
+    gate()
+    for _ in range(calls):
+        take()
+    return time.monotonic()
+
+
+def w_hold(gate: Gate, kind: str, directory: str, seconds: float) -> None:
+    lock = make_lock(kind, directory, "w")
+    with lock():
+        pass
+    gate()
+    with lock():
+        time.sleep(seconds)
+
+
+def w_idle_wait(gate: Gate, kind: str, directory: str) -> tuple[float, float]:
+    """CPU seconds and wall seconds spent waiting behind the holder."""
+    lock = make_lock(kind, directory, "w")
+    with lock():
+        pass
+    gate()
+    time.sleep(0.2)  # the holder has the slot by now
+    cpu0, wall0 = time.process_time(), time.monotonic()
+    with lock():
+        cpu1, wall1 = time.process_time(), time.monotonic()
+        time.sleep(0.001)
+    return cpu1 - cpu0, wall1 - wall0
+
+
+def w_hold_many(gate: Gate, directory: str, count: int, stop) -> None:
+    from gcl_local import concurrency
+
+    path = db_path(directory)
+    with contextlib.ExitStack() as stack:
+        for i in range(count):
+            stack.enter_context(concurrency(f"l{i:04d}", db=path))
+        gate()
+        if not stop.wait(300):
+            raise RuntimeError("never told to stop")
+
+
+def w_store_latency(gate: Gate, empty_dir: str, full_dir: str, iters: int, stop) -> tuple[list[float], list[float]]:
+    """Uncontended latency on an empty and on a full file, alternating to share the machine's noise."""
+    try:
+        locks = [make_lock("gcl", d, "probe") for d in (empty_dir, full_dir)]
+        times: tuple[list[float], list[float]] = ([], [])
+        for i in range(200):
+            with locks[i % 2]():
+                pass
+        gate()
+        for _ in range(iters):
+            for lock, out in zip(locks, times, strict=True):
+                t0 = time.perf_counter()
+                with lock():
+                    pass
+                out.append(time.perf_counter() - t0)
+        return times
+    finally:
+        stop.set()
+
+
+# -- scenarios (run in the driver) ------------------------------------------------------------------
+
+
+def scenario_dir(tag: str) -> contextlib.AbstractContextManager[str]:
+    return tempfile.TemporaryDirectory(prefix=f"gcl-bench-{tag}-", dir="/tmp")
+
+
+def per_kind_dir(root: str, kind: str) -> str:
+    path = os.path.join(root, kind)
+    os.mkdir(path)
+    return path
+
+
+def s1_uncontended(cfg: Config) -> Row:
+    medians = {}
+    with scenario_dir("s1") as root:
+        for kind in ("floor", *KINDS):
+            directory = per_kind_dir(root, kind)
+            if kind == "gcl":
+                create_limits(directory, ("a", 1, 0.0))
+            _, [times] = run_workers([(w_latency, kind, directory, cfg.latency_iters)], timeout=120)
+            medians[kind] = statistics.median(times)
+    ratio = medians["gcl"] / medians["floor"]
+    return Row(
+        "1. uncontended acquire+release, median",
+        f"{us(medians['gcl'])} ({ratio:.1f} x floor)",
+        "≤ 4 x floor",
+        ratio <= 4,
+        floor=us(medians["floor"]),
+        flock=us(medians["flock"]),
+        porta=us(medians["porta"]),
+        notes=f"{cfg.latency_iters} iterations after warm-up",
+    )
+
+
+def s2_utilization(cfg: Config) -> Row:
+    procs, limit, hold = 6, 3, 0.020
+    cells = {}
+    with scenario_dir("s2") as root:
+        for kind in KINDS:
+            directory = per_kind_dir(root, kind)
+            if kind == "gcl":
+                create_limits(directory, ("u", limit, 0.0))
+            jobs = [(w_utilization, kind, directory, limit, cfg.util_iters, hold)] * procs
+            start, results = run_workers(jobs, timeout=120)
+            wall = max(r["end"] for r in results) - start
+            cells[kind] = sum(r["busy"] for r in results) / (wall * limit)
+    return Row(
+        f"2. utilization, {procs} procs, limit {limit}, {cfg.util_iters} x 20 ms holds each",
+        f"{cells['gcl']:.3f}",
+        "≥ 0.97",
+        cells["gcl"] >= 0.97,
+        flock=f"{cells['flock']:.3f} (N-slot)",
+        porta=f"{cells['porta']:.3f}",
+        notes="busy slot-time / (wall x limit)",
+    )
+
+
+def handoffs(rounds: list[tuple[float, ...]]) -> list[float]:
+    """B's acquisition - A's release-complete, for consecutive holders A, B where B waited before A left."""
+    ordered = sorted(rounds, key=lambda r: r[1])
+    return [b[1] - a[3] for a, b in itertools.pairwise(ordered) if b[0] < a[2]]
+
+
+def s3_handoff(cfg: Config) -> Row:
+    procs, hold = 4, 0.002
+    cells, p90 = {}, {}
+    with scenario_dir("s3") as root:
+        for kind in KINDS:
+            directory = per_kind_dir(root, kind)
+            if kind == "gcl":
+                create_limits(directory, ("h", 1, 0.0))
+            jobs = [(w_loop, kind, directory, hold, cfg.handoff_seconds)] * procs
+            _, results = run_workers(jobs, timeout=120)
+            gaps = sorted(handoffs([r for rounds in results for r in rounds]))
+            cells[kind] = statistics.median(gaps)
+            p90[kind] = gaps[int(0.9 * (len(gaps) - 1))]
+            cells[kind + "n"] = len(gaps)
+    cell = {kind: f"{ms(cells[kind])} (p90 {ms(p90[kind])}, n={cells[kind + 'n']})" for kind in KINDS}
+    return Row(
+        f"3. hand-off, limit 1, {procs} procs, 2 ms holds, median",
+        cell["gcl"],
+        "≤ 0.5 ms",
+        cells["gcl"] <= 0.0005,
+        flock=cell["flock"],
+        porta=cell["porta"],
+        notes="B acquired - A's `with` exited",
+    )
+
+
+def jain(counts: list[int]) -> float:
+    return sum(counts) ** 2 / (len(counts) * sum(c * c for c in counts))
+
+
+def s4_fairness(cfg: Config) -> Row:
+    procs, hold = 8, 0.002
+    cells = {}
+    with scenario_dir("s4") as root:
+        for kind in KINDS:
+            directory = per_kind_dir(root, kind)
+            if kind == "gcl":
+                create_limits(directory, ("h", 1, 0.0))
+            jobs = [(w_loop, kind, directory, hold, cfg.fair_seconds)] * procs
+            _, results = run_workers(jobs, timeout=120)
+            counts = [len(rounds) for rounds in results]
+            cells[kind] = (jain(counts), min(counts), max(counts))
+    cell = {kind: f"{j:.4f} (counts {lo}..{hi})" for kind, (j, lo, hi) in cells.items()}
+    return Row(
+        f"4. Jain fairness, {procs} procs, limit 1, 2 ms holds, {cfg.fair_seconds:g} s",
+        cell["gcl"],
+        "≥ 0.995",
+        cells["gcl"][0] >= 0.995,
+        flock=cell["flock"],
+        porta=cell["porta"],
+        notes="per-process acquisition counts",
+    )
+
+
+def s5_big_request(cfg: Config) -> Row:
+    smalls, hold = 4, 0.005
+    with scenario_dir("s5") as directory:
+        create_limits(directory, ("big", 4, 0.0))
+        stop = CTX.Event()
+        jobs = [(w_big, directory, cfg.big_reps, stop)] + [(w_small, directory, hold, stop)] * smalls
+        _, results = run_workers(jobs, timeout=120)
+    waits, counts = results[0], results[1:]
+    return Row(
+        f"5. occupy=4 on limit 4 vs {smalls} procs looping occupy=1 (5 ms holds), worst wait",
+        f"{ms(max(waits))} (median {ms(statistics.median(waits))}, n={len(waits)})",
+        "≤ 1 s",
+        max(waits) <= 1.0,
+        notes=f"small ones served {sum(counts)} times meanwhile; no multi-slot request in the baselines",
+    )
+
+
+def s6_rate(cfg: Config) -> Row:
+    procs, calls, burst, decay = 4, 10, 5, 20.0
+    ideal = (procs * calls - burst) / decay
+    walls = {}
+    with scenario_dir("s6") as root:
+        for kind in ("gcl", "pyrate"):
+            directory = per_kind_dir(root, kind)
+            if kind == "gcl":
+                create_limits(directory, ("r", burst, decay), ("warm", 1000, 1000.0))
+            start, ends = run_workers([(w_rate, kind, directory, calls)] * procs, timeout=120)
+            walls[kind] = max(ends) - start
+    error = {kind: abs(wall - ideal) / ideal for kind, wall in walls.items()}
+    cell = {kind: f"{walls[kind]:.3f} s (error {error[kind] * 100:.2f} %)" for kind in walls}
+    return Row(
+        f"6. rate limit, {procs} procs x {calls} calls, burst {burst}, decay {decay:g}/s, ideal {ideal:.2f} s",
+        cell["gcl"],
+        "error ≤ 0.5 %",
+        error["gcl"] <= 0.005,
+        pyrate=cell["pyrate"],
+        notes="pyrate: Rate(5, 250 ms) sliding window = burst 5 and 20/s, same ideal; +50 ms buffer_ms per wait",
+    )
+
+
+def s7_idle_cpu(cfg: Config) -> Row:
+    waiters = 8
+    cells = {}
+    with scenario_dir("s7") as root:
+        for kind in KINDS:
+            directory = per_kind_dir(root, kind)
+            if kind == "gcl":
+                create_limits(directory, ("w", 1, 0.0))
+            jobs = [(w_hold, kind, directory, cfg.idle_seconds + 0.2)] + [(w_idle_wait, kind, directory)] * waiters
+            _, results = run_workers(jobs, timeout=120)
+            shares = [cpu / wall * 100 for cpu, wall in results[1:]]
+            waited = statistics.mean(wall for _, wall in results[1:])
+            cells[kind] = (max(shares), statistics.mean(shares), waited)
+    cell = {kind: f"{hi:.3f} % (mean {mean:.3f} %, waited {w:.1f} s)" for kind, (hi, mean, w) in cells.items()}
+    return Row(
+        f"7. CPU of {waiters} procs waiting ~{cfg.idle_seconds:g} s behind a held slot, worst",
+        cell["gcl"],
+        "≤ 0.5 % of a core",
+        cells["gcl"][0] <= 0.5,
+        flock=cell["flock"],
+        porta=cell["porta"],
+        notes="process CPU time from just before the wait to acquisition",
+    )
+
+
+def s8_big_file(cfg: Config) -> Row:
+    n = cfg.many_limits
+    with scenario_dir("s8") as root:
+        empty, full = per_kind_dir(root, "empty"), per_kind_dir(root, "full")
+        create_limits(empty, ("probe", 1, 0.0))
+        create_limits(full, ("probe", 1, 0.0), *((f"l{i:04d}", 1, 0.0) for i in range(n)))
+        stop = CTX.Event()
+        jobs = [(w_hold_many, full, n, stop), (w_store_latency, empty, full, cfg.store_iters, stop)]
+        _, results = run_workers(jobs, timeout=300)
+    empty_median, full_median = (statistics.median(times) for times in results[1])
+    ratio = full_median / empty_median
+    return Row(
+        f"8. uncontended latency with {n} limits and {n} held leases in the file",
+        f"{us(full_median)} ({ratio:.2f} x empty file: {us(empty_median)})",
+        "≤ 1.5 x empty file",
+        ratio <= 1.5,
+        notes=f"{cfg.store_iters} iterations each, alternating files",
+    )
+
+
+def timed_runs(commands: dict[str, list[str]], runs: int, env: dict[str, str]) -> dict[str, float]:
+    """Median wall time of each command, interleaved round by round; a failing command gets NaN."""
+    times: dict[str, list[float]] = {name: [] for name in commands}
+    for name, cmd in list(commands.items()):  # warm-up, and drop what does not run
+        if subprocess.run(cmd, env=env, capture_output=True, timeout=30, check=False).returncode != 0:
+            del commands[name]
+    for _ in range(runs):
+        for name, cmd in commands.items():
+            t0 = time.perf_counter()
+            subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=30, check=True)
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(ts) if ts else math.nan for name, ts in times.items()}
+
+
+def s9_cli(cfg: Config) -> Row:
+    with scenario_dir("s9") as directory:
+        create_limits(directory, ("job", 1, 0.0))
+        env = {**os.environ, "GCL_DB": db_path(directory)}
+        lock_file = os.path.join(directory, "job.flock")
+        commands = {
+            "gcl": [str(VENV_BIN / "gcl"), "run", "job", "--", "true"],
+            "python": [sys.executable, "-c", "pass"],
+            "flock": ["flock", lock_file, "true"],
+        }
+        if shutil.which("sem"):
+            commands["sem"] = ["sem", "--fg", "--id", lock_file, "true"]
+        medians = timed_runs(commands, cfg.cli_runs, env)
+    gcl = medians["gcl"]
+    sem = ms(medians["sem"]) if "sem" in medians else "n/a (not installed)"
+    return Row(
+        "9. CLI cold start `gcl run job -- true`, median",
+        ms(gcl) if not math.isnan(gcl) else "n/a (gcl not found)",
+        "≤ 100 ms",
+        None if math.isnan(gcl) else gcl <= 0.1,
+        flock=f"{ms(medians['flock'])} (`flock FILE true`)",
+        notes=f"`python -c pass`: {ms(medians['python'])}; GNU sem: {sem}; {cfg.cli_runs} runs each",
+    )
+
+
+SCENARIOS = {
+    1: s1_uncontended,
+    2: s2_utilization,
+    3: s3_handoff,
+    4: s4_fairness,
+    5: s5_big_request,
+    6: s6_rate,
+    7: s7_idle_cpu,
+    8: s8_big_file,
+    9: s9_cli,
+}
+
+
+# -- report ------------------------------------------------------------------------------------------
+
+
+def machine() -> list[str]:
+    from importlib.metadata import version
+
+    import apsw
+
+    model = "unknown"
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model)
+    df = subprocess.run(["df", "--output=fstype", "/tmp"], capture_output=True, text=True, check=False)
+    fstype = df.stdout.split()[-1] if df.returncode == 0 else "?"
+    packages = ", ".join(f"{name} {version(name)}" for name in ("gcl_local", "portalocker", "pyrate-limiter"))
+    return [
+        f"- machine: nproc {len(os.sched_getaffinity(0))}, {model}, {platform.system()} {platform.release()}, "
+        f"/tmp on {fstype}",
+        f"- Python {platform.python_version()}, apsw {apsw.apsw_version()}, SQLite {apsw.sqlite_lib_version()}",
+        f"- {packages}",
+    ]
+
+
+def table(rows: list[Row]) -> list[str]:
+    head = ["scenario", "gcl_local", "SQLite floor", "flock", "portalocker", "pyrate-limiter", "goal", "met?", "notes"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        met = "n/a" if r.met is None else ("yes" if r.met else "**no**")
+        cells = [r.scenario, r.gcl, r.floor, r.flock, r.porta, r.pyrate, r.goal, met, r.notes]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer iterations: a smoke run of under a minute")
+    parser.add_argument("--only", default="", help="comma-separated scenario numbers, e.g. 1,3,9")
+    args = parser.parse_args()
+    cfg = QUICK if args.quick else Config()
+    chosen = [int(n) for n in args.only.split(",") if n.strip()] or list(SCENARIOS)
+    began = time.monotonic()
+    rows, failed = [], False
+    for number in chosen:
+        log(f"scenario {number} ...")
+        t0 = time.monotonic()
+        try:
+            rows.append(SCENARIOS[number](cfg))
+        except Exception as exc:
+            failed = True
+            log(traceback.format_exc())
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            rows.append(Row(f"{number}. {SCENARIOS[number].__name__}", f"error: {first}", "", False))
+        log(f"scenario {number}: {time.monotonic() - t0:.1f} s")
+    print("\n".join(machine()))
+    print()
+    print("\n".join(table(rows)))
+    print()
+    print(f"Run took {time.monotonic() - began:.0f} s ({'--quick' if args.quick else 'full run'}).")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
