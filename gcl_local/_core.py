@@ -600,6 +600,12 @@ def sweep(tx: Tx, effects: Effects, live: _Liveness | None = None, freed: set[st
         _serve(tx, effects, freed_here, None, freed=True)
 
 
+def forget_token(tx: Tx, effects: Effects, token: str) -> None:
+    """At a process's exit: remove its token file unless a lease or ticket still names it."""
+    if not _sql.leases_of_holder(tx.conn, token) and not _sql.tickets_of_holder(tx.conn, token):
+        effects.dead_tokens.add(token)
+
+
 def _describe(tx: Tx, row: LimitRow) -> Limit:
     conn = tx.conn
     leases = _sql.leases_on(conn, row.name)

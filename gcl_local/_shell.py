@@ -5,6 +5,7 @@ The waiting loops themselves (about fifteen lines each) live in ``sync`` and ``a
 
 from __future__ import annotations
 
+import atexit
 import logging
 import math
 import os
@@ -73,9 +74,27 @@ def _program_name() -> str:
     return _program
 
 
+SWEEP_ABOVE = 64
+"""Sweep the run directory when a process starts using it and finds more files than this."""
+
+
 def token_of(store: Store) -> _tokens.ProcessToken:
-    token, _ = _tokens.process_token(store.ensure_run_dir(), store.file_mode)
+    token, created = _tokens.process_token(store.ensure_run_dir(), store.file_mode)
+    if created:
+        if len(os.listdir(store.run_dir)) > SWEEP_ABOVE:
+            _core.transact(store, _core.sweep)  # processes that died without cleaning up
+        atexit.register(_forget_token, store, token)
     return token
+
+
+def _forget_token(store: Store, token: _tokens.ProcessToken) -> None:
+    """At exit, remove this process's token file if nothing names it any more."""
+    if token.pid != os.getpid():
+        return
+    try:
+        _core.transact(store, _core.forget_token, token.name)
+    except Exception:
+        logger.debug("could not remove token %s at exit", token.name, exc_info=True)
 
 
 def make_request(
