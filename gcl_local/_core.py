@@ -180,8 +180,7 @@ def _reap_tickets(tx: Tx, effects: Effects, tickets: Iterable[int], live: _Liven
     reaped = False
     for number in tickets:
         ticket = _sql.select_ticket(conn, number)
-        if ticket is not None and live.token(ticket.holder_token) is not True:
-            # A waiter's token exists before its ticket does: a missing token is a dead waiter.
+        if ticket is not None and live.token(ticket.holder_token) is False:
             _drop_holder(tx, effects, ticket.holder_token, freed)
             freed.update(ticket.name_list)
             _sql.delete_ticket(conn, ticket)
@@ -416,7 +415,7 @@ def _serve(tx: Tx, effects: Effects, names: set[str], me: int | None, *, freed: 
                 blocked.update(ticket_names)
                 mine = Denied(None) if ticket == me else mine
                 continue
-            if ticket != me and live.token(row.holder_token) is not True:
+            if ticket != me and live.token(row.holder_token) is False:
                 _drop_holder(tx, effects, row.holder_token, pending)
                 continue
             request = _request_of(row, ticket_names)

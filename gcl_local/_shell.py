@@ -185,7 +185,7 @@ class Queued:
         token = token_of(store)
         # The pipe and the token exist before the ticket becomes visible, so nobody takes the
         # ticket of a live waiter for a dead one.
-        self.pipe = _tokens.Pipe(store.run_dir, token.new_pipe_name())
+        self.pipe = _tokens.Pipe(store.run_dir, token.new_pipe_name(), store.file_mode)
         self.ticket: int | None = None
         self.attempts = 0
 

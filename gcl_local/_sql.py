@@ -52,6 +52,8 @@ _SCHEMA_V1 = (
         expires_wall REAL NOT NULL,
         expires_boot REAL NOT NULL
     )""",
+    # Only leases handed to a waiter have a ticket: a partial index costs the fast path nothing.
+    "CREATE INDEX leases_ticket ON leases(ticket) WHERE ticket IS NOT NULL",
     # Slots held per limit: the acquire path sums a range of this primary key.
     """CREATE TABLE lease_names(
         name TEXT NOT NULL, token INTEGER NOT NULL, slots INTEGER NOT NULL, PRIMARY KEY(name, token)
@@ -282,7 +284,7 @@ def select_lease(conn: apsw.Connection, lease_id: str) -> LeaseRow | None:
 
 
 def select_lease_by_ticket(conn: apsw.Connection, ticket: int) -> LeaseRow | None:
-    rows = _fetch(conn, f"SELECT {_LEASE_COLUMNS} FROM leases WHERE ticket = ?", (ticket,))
+    rows = _fetch(conn, f"SELECT {_LEASE_COLUMNS} FROM leases WHERE ticket = ? AND ticket IS NOT NULL", (ticket,))
     return LeaseRow(*rows[0]) if rows else None
 
 

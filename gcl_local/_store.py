@@ -441,7 +441,7 @@ class Tx:
 
 
 _stores: dict[tuple[str, int], Store] = {}
-_stores_by_arg: dict[tuple[object, str | None, int], Store] = {}
+_stores_by_arg: dict[tuple[object, object, int], Store] = {}
 _stores_lock = threading.Lock()
 
 
@@ -449,7 +449,9 @@ def get_store(db: str | os.PathLike[str] | Store | None) -> Store:
     """The process-wide :class:`Store` of a path (or *db* itself when it already is one)."""
     if isinstance(db, Store):
         return db
-    arg_key = (db, os.environ.get("GCL_DB") if db is None else None, os.getpid())
+    # The default path follows the environment: key on everything it is made of.
+    env = os.environ
+    arg_key = (db, (env.get("GCL_DB"), env.get("XDG_STATE_HOME"), env.get("HOME")) if db is None else None, os.getpid())
     store = _stores_by_arg.get(arg_key)
     if store is not None:
         return store

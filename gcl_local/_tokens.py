@@ -33,6 +33,7 @@ class ProcessToken:
         tmp = run_dir / f".{self.name}.tmp"
         fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
         try:
+            os.fchmod(fd, mode)  # the umask must not take the group bits of a shared directory
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             os.rename(tmp, self.path)
         except BaseException:
@@ -83,14 +84,19 @@ if hasattr(os, "register_at_fork"):
 
 
 def token_alive(run_dir: Path, name: str) -> bool | None:
-    """Whether the process that holds token *name* still runs; None when that cannot be told."""
+    """Whether the process that holds token *name* still runs; None when that cannot be told.
+
+    A missing token means a dead process: a token is visible from before any lease or ticket names
+    it until its process died and a reaper removed it (or its process removed it at exit, when
+    nothing named it any more).
+    """
     mine = _tokens.get(str(run_dir))
     if mine is not None and mine.name == name and mine.pid == os.getpid():
         return True
     try:
         fd = os.open(run_dir / (name + TOKEN_SUFFIX), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
     except FileNotFoundError:
-        return None
+        return False
     except OSError:
         return None  # a planted symlink or a file we may not read: not evidence of death
     try:
@@ -149,10 +155,11 @@ def stale_temporaries(run_dir: Path) -> list[Path]:
 class Pipe:
     """A waiter's named pipe, read end open; closed and unlinked by :meth:`close`."""
 
-    def __init__(self, run_dir: Path, name: str) -> None:
+    def __init__(self, run_dir: Path, name: str, mode: int) -> None:
         self.name = name
         self.path = run_dir / name
-        os.mkfifo(self.path, 0o600)
+        os.mkfifo(self.path, mode)
+        os.chmod(self.path, mode)  # mkfifo obeys the umask; a team's shared directory needs the group bits
         # O_RDWR: the pipe never reports EOF, and writers find a reader at once.
         self.fd = os.open(self.path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
 

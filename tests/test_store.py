@@ -4,6 +4,7 @@ import os
 import shutil
 import stat
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -46,7 +47,7 @@ conn.close()
 
 def run_child(procs: Any, code: str, *args: str) -> None:
     child = procs.python(code, *args)
-    out, err = child.communicate(timeout=30)
+    _, err = child.communicate(timeout=30)
     assert child.returncode == 0, err
 
 
@@ -369,6 +370,14 @@ def state_of(base: Path) -> dict[str, tuple[bytes, int]]:
     return {name: snapshot(base / name) for name in os.listdir(base)}
 
 
+def check_unchanged(base: Path, before: dict[str, tuple[bytes, int]], *, read_may_work: bool) -> None:
+    """Every file is as it was; where a read may work, SQLite may have left an empty -wal and -shm."""
+    after = state_of(base)
+    if read_may_work:
+        after = {name: value for name, value in after.items() if name in before}
+    assert after == before
+
+
 def refusals(path: Path) -> list[str]:
     """What a read and a write on *path* do: 'ok', or the StoreError's message."""
     outcomes = []
@@ -401,7 +410,7 @@ def test_unwritable_is_refused_and_unchanged(tmp_path: Path, procs: Any, scenari
     before = state_of(base)
     try:
         check_refusals(refusals(path), path, read_may_work=read_may_work)
-        assert state_of(base) == before
+        check_unchanged(base, before, read_may_work=read_may_work)
     finally:
         os.chmod(base, 0o700)
 
@@ -420,30 +429,49 @@ def nobody_base() -> Iterator[Path]:
         shutil.rmtree(top)
 
 
-def as_nobody(fn: Callable[[], list[str]]) -> list[str]:
-    # Not a fresh interpreter: the venv's python lies under /root, which nobody cannot reach.
-    """Run *fn* in a forked child that has dropped to uid/gid nobody; return its result."""
+def fork_as(uid: int, groups: list[int], umask: int, fn: Callable[[], str]) -> Callable[[], str]:
+    """Run *fn* in a forked child that has dropped to *uid* (first of *groups* as its gid).
+
+    Returns a function that waits for the child and returns what *fn* returned. A fork, not a fresh
+    interpreter: the venv's python lies under /root, which other users cannot reach; so everything
+    the child may need is imported here, before the fork.
+    """
+    import filelock  # noqa: F401
+
+    import gcl_local._limits
+    import gcl_local.sync  # noqa: F401
+
     read_end, write_end = os.pipe()
     pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child
+    if pid == 0:  # the child
         status = 1
         try:
             os.close(read_end)
-            os.setgroups([])
-            os.setgid(NOBODY)
-            os.setuid(NOBODY)
-            os.write(write_end, "\0".join(fn()).encode())
+            os.setgroups(groups)
+            os.setgid(groups[0] if groups else uid)
+            os.setuid(uid)
+            os.umask(umask)
+            os.write(write_end, fn().encode())
             status = 0
         except BaseException as exc:
             os.write(write_end, f"{type(exc).__name__}: {exc}".encode())
         finally:
             os._exit(status)
     os.close(write_end)
-    with os.fdopen(read_end, "rb") as f:
-        data = f.read().decode()
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0, data
-    return data.split("\0")
+
+    def result() -> str:
+        with os.fdopen(read_end, "rb") as f:
+            data = f.read().decode()
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0, data
+        return data
+
+    return result
+
+
+def as_nobody(fn: Callable[[], list[str]]) -> list[str]:
+    """Run *fn* in a forked child that has dropped to uid/gid nobody; return its result."""
+    return fork_as(NOBODY, [], 0o022, lambda: "\0".join(fn()))().split("\0")
 
 
 @pytest.mark.skipif(not IS_ROOT, reason="dropping to nobody needs root")
@@ -456,7 +484,56 @@ def test_unwritable_is_refused_and_unchanged_as_nobody(
         os.chown(nobody_base / name, NOBODY, NOBODY)
     before = state_of(nobody_base)
     check_refusals(as_nobody(lambda: refusals(path)), path, read_may_work=read_may_work)
-    assert state_of(nobody_base) == before
+    check_unchanged(nobody_base, before, read_may_work=read_may_work)
+
+
+TEAM = 12345
+ALICE, BOB = 5001, 5002
+
+
+@pytest.fixture
+def team_dir() -> Iterator[Path]:
+    """A setgid directory of group TEAM that users ALICE and BOB (members of TEAM, umask 077) share."""
+    top = Path(tempfile.mkdtemp(prefix="gcl-test-"))
+    shared = top / "team"
+    try:
+        os.chmod(top, 0o755)
+        shared.mkdir()
+        os.chown(shared, 0, TEAM)
+        os.chmod(shared, 0o2770)
+        yield shared
+    finally:
+        shutil.rmtree(top)
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="acting as two users needs root")
+def test_team_members_wait_for_each_other_in_a_setgid_directory(team_dir: Path) -> None:
+    db = str(team_dir / "gcl.db")
+    held = team_dir / "held"
+
+    def bob() -> str:
+        create_limit("a", 1, db=db)
+        with concurrency("a", db=db):
+            held.touch()
+            deadline = time.monotonic() + 3
+            waiters: tuple[gcl_local.Waiter, ...] = ()
+            while not waiters and time.monotonic() < deadline:
+                waiters = read_limit("a", db=db).waiters  # must not take alice's live waiter for a dead one
+                time.sleep(0.02)
+        return f"bob saw {len(waiters)} waiter(s)"
+
+    def alice() -> str:
+        with concurrency("a", timeout_seconds=10, db=db):
+            return "alice got the slot"
+
+    bob_result = fork_as(BOB, [TEAM], 0o077, bob)
+    deadline = time.monotonic() + 10
+    while not held.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert held.exists()
+    alice_result = fork_as(ALICE, [TEAM], 0o077, alice)
+    assert bob_result() == "bob saw 1 waiter(s)"
+    assert alice_result() == "alice got the slot"
 
 
 # -- network and VM-shared filesystems ------------------------------------------------------------------
@@ -580,8 +657,6 @@ def test_twelve_processes_create_and_use_a_fresh_file_at_once(tmp_path: Path, pr
 
 
 def test_fresh_file_is_initialised_once_for_many_threads_of_one_process(db: str) -> None:
-    import threading
-
     errors: list[BaseException] = []
     barrier = threading.Barrier(8)
 
