@@ -77,17 +77,62 @@ class Granted:
 class Denied:
     retry_in: float | None
     """Seconds until decay or an expiry could let the request in; None when only a release can."""
+    ticket: int | None = None
+    """The queue ticket the request now waits with, if it was queued."""
 
 
 Outcome = Granted | Denied
+
+
+POKE = b"!"
+"""Written to a waiter's pipe: look again. A grant is written as ``GRANT_PREFIX`` + the lease's fields."""
+GRANT_PREFIX = b"G"
+RATE_GRANT = b"R\n"
+_FIELD_SEP = "\x1e"
+_MAX_MESSAGE = 4000  # below PIPE_BUF: one write, never interleaved with another's
 
 
 @dataclass
 class Effects:
     """What a transaction leaves to do after its commit: waiters to wake, files to remove."""
 
-    wakes: list[str] = field(default_factory=list)
+    wakes: list[tuple[str, bytes]] = field(default_factory=list)
     dead_tokens: set[str] = field(default_factory=set)
+
+    def poke(self, pipe: str) -> None:
+        self.wakes.append((pipe, POKE))
+
+    def hand_over(self, pipe: str, lease: Lease | None) -> None:
+        """Tell a waiter it was served, with what it needs to know, so it has nothing left to read or write."""
+        if lease is None:
+            self.wakes.append((pipe, RATE_GRANT))
+            return
+        assert lease.acquired is not None
+        assert lease.expires is not None
+        fields = (
+            lease.id,
+            repr(lease.acquired.timestamp()),
+            repr(lease.expires.timestamp()),
+            _sql.NAME_SEP.join(lease.names),
+        )
+        message = GRANT_PREFIX + _FIELD_SEP.join(fields).encode() + b"\n"
+        self.wakes.append((pipe, message if len(message) <= _MAX_MESSAGE else POKE))
+
+
+def read_grant(request: Request, data: bytes) -> Granted | None:
+    """The grant a releaser wrote to our pipe, if *data* holds one (else it held only pokes)."""
+    for line in data.split(b"\n"):
+        if line.startswith(RATE_GRANT.strip()) and request.kind == "rate":
+            return Granted(None)
+        if line.startswith(GRANT_PREFIX) and request.kind == "concurrency":
+            lease_id, acquired, expires, names = line[1:].decode().split(_FIELD_SEP)
+            holder = request.holder
+            lease = Lease(id=lease_id, token=int(lease_id.partition("-")[0]), names=tuple(names.split(_sql.NAME_SEP)),
+                          slots=request.occupy, pid=holder.pid, host=holder.host, user=holder.user,
+                          label=holder.label, acquired=utc(float(acquired)), expires=utc(float(expires)),
+                          held_by="token" if holder.token is not None else "pid")  # fmt: skip
+            return Granted(lease)
+    return None
 
 
 T = TypeVar("T")
@@ -98,8 +143,8 @@ def transact(store: Store, fn: Callable[..., T], *args: object, blocking: bool =
     effects = Effects()
     with store.write(blocking=blocking, durable=durable) as tx:
         result = fn(tx, effects, *args)
-    for pipe in effects.wakes:
-        _tokens.wake(store.run_dir, pipe)
+    for pipe, message in effects.wakes:
+        _tokens.wake(store.run_dir, pipe, message)
     for name in effects.dead_tokens:
         _tokens.remove_token_files(store.run_dir, name)
     return result
@@ -301,8 +346,16 @@ def _lease(row: LeaseRow) -> Lease:
 # -- acquiring -------------------------------------------------------------------------------------
 
 
-def attempt(tx: Tx, effects: Effects, request: Request) -> Outcome:
-    """The fast path: admit a request that has no ticket, or deny it (then it queues)."""
+def attempt(tx: Tx, effects: Effects, request: Request, pipe: str | None = None) -> Outcome:
+    """Admit a request now, or deny it; with *pipe*, a denied request takes its ticket in the same transaction."""
+    outcome = _attempt(tx, effects, request)
+    if pipe is None or isinstance(outcome, Granted):
+        return outcome
+    return _enqueue(tx, effects, request, pipe)
+
+
+def _attempt(tx: Tx, effects: Effects, request: Request) -> Outcome:
+    """The fast path: admit a request that has no ticket, or deny it (then it may queue)."""
     rows = _sql.select_limits_for_acquire(tx.conn, request.names)
     active, missing = _check_request(request, [row for row, _, _ in rows])
     if not active:
@@ -327,8 +380,8 @@ def attempt(tx: Tx, effects: Effects, request: Request) -> Outcome:
     return Granted(_grant(tx, request, active, None), missing)
 
 
-def enqueue(tx: Tx, effects: Effects, request: Request, pipe: str) -> tuple[int, Outcome]:
-    """Take a ticket (strictly increasing) and try at once: someone may have released meanwhile."""
+def _enqueue(tx: Tx, effects: Effects, request: Request, pipe: str) -> Outcome:
+    """Take a ticket (strictly increasing) and serve the queue: the new ticket may be served at once."""
     waiter = request.waiter_token or request.holder.token
     if waiter is None:
         raise ValueError("a waiter needs a liveness token")
@@ -340,7 +393,7 @@ def enqueue(tx: Tx, effects: Effects, request: Request, pipe: str) -> tuple[int,
     ticket = _sql.insert_ticket(tx.conn, row)
     outcome = _serve(tx, effects, set(request.names), ticket)
     assert outcome is not None
-    return ticket, outcome
+    return outcome
 
 
 def attempt_ticket(tx: Tx, effects: Effects, ticket: int, kind: Kind) -> Outcome:
@@ -358,6 +411,23 @@ def peek_ticket(tx: Tx, ticket: int, kind: Kind) -> Granted | None:
     if _sql.select_ticket(tx.conn, ticket) is not None:
         return None
     return _granted_ticket(tx, ticket, kind)
+
+
+def probe(tx: Tx, ticket: int, kind: Kind) -> Granted | bool:
+    """Read-only safety net: our grant if one was missed, else whether a write attempt could help now.
+
+    It could when a waiter ahead of us or a holder of our limits has died, or a lease expired.
+    """
+    row = _sql.select_ticket(tx.conn, ticket)
+    if row is None:
+        return _granted_ticket(tx, ticket, kind)
+    live = _Liveness(tx)
+    names = row.name_list
+    for older in _sql.older_tickets_on(tx.conn, names, ticket):
+        ahead = _sql.select_ticket(tx.conn, older)
+        if ahead is not None and live.token(ahead.holder_token) is False:
+            return True
+    return any(live.lease_gone(lease) for name in names for lease in _sql.leases_on(tx.conn, name))
 
 
 def _granted_ticket(tx: Tx, ticket: int, kind: Kind) -> Granted:
@@ -406,14 +476,14 @@ def _serve(tx: Tx, effects: Effects, names: set[str], me: int | None, *, freed: 
             ticket_names = row.name_list
             if blocked.intersection(ticket_names):
                 blocked.update(ticket_names)
-                mine = Denied(None) if ticket == me else mine
+                mine = Denied(None, me) if ticket == me else mine
                 continue
             older = _sql.older_tickets_on(conn, ticket_names, ticket)
             if older and _reap_tickets(tx, effects, older, live, pending):
                 older = _sql.older_tickets_on(conn, ticket_names, ticket)
             if older:
                 blocked.update(ticket_names)
-                mine = Denied(None) if ticket == me else mine
+                mine = Denied(None, me) if ticket == me else mine
                 continue
             if ticket != me and live.token(row.holder_token) is False:
                 _drop_holder(tx, effects, row.holder_token, pending)
@@ -424,7 +494,7 @@ def _serve(tx: Tx, effects: Effects, names: set[str], me: int | None, *, freed: 
             except ConcurrencySlotAcquisitionError:
                 if ticket == me:
                     raise
-                effects.wakes.append(row.pipe)  # it will raise the error in its own process
+                effects.poke(row.pipe)  # it will raise the error in its own process
                 blocked.update(ticket_names)
                 continue
             short = _short_limits(tx, active, request.occupy)
@@ -437,17 +507,17 @@ def _serve(tx: Tx, effects: Effects, names: set[str], me: int | None, *, freed: 
                 if ticket == me:
                     mine = Granted(lease, missing)
                 else:
-                    effects.wakes.append(row.pipe)
+                    effects.hand_over(row.pipe, lease)
                 continue
             blocked.update(ticket_names)
             if ticket == me:
-                mine = Denied(_retry_in(tx, short, request.occupy))
+                mine = Denied(_retry_in(tx, short, request.occupy), me)
             elif (freed and all(_shortfall(tx, r, request.occupy) <= request.occupy - 1 + EPSILON for r in short)) or (
                 _retry_in(tx, short, request.occupy) is not None
             ):
                 # Room was freed but not enough for the head (that counts as an attempt), or the head
                 # can wait for a computed moment of decay or expiry: let it look and set its timer.
-                effects.wakes.append(row.pipe)
+                effects.poke(row.pipe)
         freed = True
     return mine
 
@@ -638,7 +708,6 @@ __all__ = [
     "cancel",
     "create_limit",
     "delete_limit",
-    "enqueue",
     "list_limits",
     "read_limit",
     "release",

@@ -17,7 +17,7 @@ from typing import Any
 
 from . import _core, _tokens
 from ._core import Denied, Granted, Holder, Kind, Outcome, Request
-from ._errors import AcquireConcurrencySlotTimeoutError, InvalidLimitError
+from ._errors import AcquireConcurrencySlotTimeoutError, InvalidLimitError, StoreError
 from ._model import (
     DEFAULT_LEASE_SECONDS,
     MAX_LEASE_SECONDS,
@@ -177,25 +177,27 @@ def timeout_error(
 
 
 class Queued:
-    """A request in the queue: its pipe, its ticket, and how long to sleep next."""
+    """A request in the queue: its ticket, its pipe, and how long to sleep next.
 
-    def __init__(self, store: Store, request: Request) -> None:
+    The ticket is taken in the same transaction as the first attempt; the pipe is made just after,
+    so a grant written before the pipe existed is found by :meth:`peek`.
+    """
+
+    def __init__(self, store: Store, request: Request, ticket: int, pipe_name: str) -> None:
         self.store = store
         self.request = request
-        token = token_of(store)
-        # The pipe and the token exist before the ticket becomes visible, so nobody takes the
-        # ticket of a live waiter for a dead one.
-        self.pipe = _tokens.Pipe(store.run_dir, token.new_pipe_name(), store.file_mode)
-        self.ticket: int | None = None
+        self.ticket: int | None = ticket
+        self.pipe_name = pipe_name
+        self.pipe: _tokens.Pipe | None = None
         self.attempts = 0
 
-    def enter(self) -> Outcome:
+    def open_pipe(self) -> Granted | None:
+        """Make our pipe; return the grant if we were served before it existed."""
         try:
-            self.ticket, outcome = _core.transact(self.store, _core.enqueue, self.request, self.pipe.name)
-        except BaseException:
-            self.pipe.close()
-            raise
-        return outcome
+            self.pipe = _tokens.Pipe(self.store.run_dir, self.pipe_name, self.store.file_mode)
+        except OSError as exc:
+            raise StoreError(f"Cannot create a wake-up pipe in {self.store.run_dir}: {exc.strerror}.") from None
+        return self.peek()
 
     def next_sleep(self, outcome: Denied, remaining: float | None) -> tuple[float, bool]:
         """Seconds to sleep, and whether waking then is a computed moment (which counts as an attempt)."""
@@ -207,9 +209,20 @@ class Queued:
             sleep, moment = remaining, False
         return max(0.0, sleep), moment
 
-    def counts_as_attempt(self, woken: bool, moment: bool, outcome: Outcome, max_retries: int | None) -> bool:
+    def after_wake(self, data: bytes, moment: bool) -> Outcome | None:
+        """What a wake-up brought: a grant, a new look (after a poke or at the computed moment), or None."""
+        if data:
+            return _core.read_grant(self.request, data) or self.look()
+        if moment:
+            return self.look()
+        found = self.probe()  # the safety net: a read, and a write only when it could help
+        if isinstance(found, Granted):
+            return found
+        return self.look() if found else None
+
+    def counts_as_attempt(self, woken: bool, outcome: Outcome, max_retries: int | None) -> bool:
         """Count a wake-up that did not serve us; True when ``max_retries`` is used up."""
-        if isinstance(outcome, Granted) or not (woken or moment):
+        if isinstance(outcome, Granted) or not woken:
             return False
         self.attempts += 1
         return max_retries is not None and self.attempts > max_retries
@@ -219,10 +232,15 @@ class Queued:
         return _core.transact(self.store, _core.attempt_ticket, self.ticket, self.request.kind)
 
     def peek(self) -> Granted | None:
-        """After a wake-up: was the grant handed to us? (a read, without the write lock)."""
+        """Was the grant handed to us? (a read, without the write lock)."""
         assert self.ticket is not None
         with self.store.read() as tx:
             return _core.peek_ticket(tx, self.ticket, self.request.kind)
+
+    def probe(self) -> Granted | bool:
+        assert self.ticket is not None
+        with self.store.read() as tx:
+            return _core.probe(tx, self.ticket, self.request.kind)
 
     def leave(self) -> Granted | None:
         """Remove the ticket; a grant that arrived meanwhile is returned (the caller keeps or releases it)."""
@@ -231,6 +249,10 @@ class Queued:
                 return None
             return _core.transact(self.store, _core.cancel, self.ticket, self.request.kind)
         finally:
+            self.close()
+
+    def close(self) -> None:
+        if self.pipe is not None:
             self.pipe.close()
 
 

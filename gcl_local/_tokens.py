@@ -163,17 +163,18 @@ class Pipe:
         # O_RDWR: the pipe never reports EOF, and writers find a reader at once.
         self.fd = os.open(self.path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
 
-    def drain(self) -> bool:
-        """Read whatever woke us; True if anything was there."""
-        got = False
+    def drain(self) -> bytes:
+        """Read whatever woke us (empty if nothing)."""
+        chunks = []
         while True:
             try:
-                data = os.read(self.fd, 4096)
+                data = os.read(self.fd, 65536)
             except BlockingIOError:
-                return got
+                break
             if not data:
-                return got
-            got = True
+                break
+            chunks.append(data)
+        return b"".join(chunks)
 
     def close(self) -> None:
         """Close and unlink; safe to call twice (a second close must not hit a reused descriptor)."""
@@ -186,15 +187,15 @@ class Pipe:
             os.unlink(self.path)
 
 
-def wake(run_dir: Path, pipe_name: str) -> None:
-    """Write one byte to a waiter's pipe; a waiter that is gone or already woken is no error."""
+def wake(run_dir: Path, pipe_name: str, message: bytes = b"!") -> None:
+    """Write a short message (< PIPE_BUF: atomic) to a waiter's pipe; a waiter that is gone is no error."""
     try:
         fd = os.open(run_dir / pipe_name, os.O_WRONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError:
         return  # ENXIO: no reader (dead); ENOENT: gone; ELOOP: planted symlink
     try:
         if stat.S_ISFIFO(os.fstat(fd).st_mode):
-            os.write(fd, b"!")
+            os.write(fd, message)
     except OSError:
         pass  # EAGAIN: a wake-up is already pending
     finally:

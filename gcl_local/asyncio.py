@@ -56,36 +56,31 @@ async def _wait_readable(fd: int, seconds: float) -> bool:
         loop.remove_reader(fd)
 
 
-async def _peek(queue: _shell.Queued) -> Granted | None:
-    return queue.peek()  # a read: never waits for the write lock
-
-
 async def acquire_slots(
     store: Store, request: Request, timeout_seconds: float | None, max_retries: int | None
 ) -> Granted:
     """The async twin of :func:`gcl_local.sync.acquire_slots`."""
     start = time.monotonic()
-    outcome = await _transact(store, _core.attempt, request)
+    may_wait = timeout_seconds != 0 and max_retries != 0
+    pipe_name = _shell.token_of(store).new_pipe_name() if may_wait else None
+    outcome = await _transact(store, _core.attempt, request, pipe_name)
     if isinstance(outcome, Granted):
         return outcome
-    if timeout_seconds == 0 or max_retries == 0:
+    if outcome.ticket is None or pipe_name is None:
         raise _shell.timeout_error(request, timeout_seconds, max_retries)
     deadline = _shell.deadline_of(timeout_seconds, start)
-    queue = _shell.Queued(store, request)
+    queue = _shell.Queued(store, request, outcome.ticket, pipe_name)
     try:
-        outcome = await asyncio.to_thread(queue.enter)
+        outcome = queue.open_pipe() or outcome  # reads never wait for the write lock
         while isinstance(outcome, Denied):
             left = _shell.remaining(deadline, time.monotonic())
             if left == 0:
                 raise _shell.timeout_error(request, timeout_seconds)
             sleep, moment = queue.next_sleep(outcome, left)
-            woken = await _wait_readable(queue.pipe.fd, sleep) and queue.pipe.drain()
-            granted = await _peek(queue) if woken else None
-            if granted is not None:
-                outcome = granted
-            else:
-                outcome = await _transact(store, _core.attempt_ticket, queue.ticket, request.kind)
-            if queue.counts_as_attempt(woken, moment, outcome, max_retries):
+            assert queue.pipe is not None
+            data = queue.pipe.drain() if await _wait_readable(queue.pipe.fd, sleep) else b""
+            outcome = await _after_wake(queue, data, moment) or outcome
+            if queue.counts_as_attempt(bool(data) or moment, outcome, max_retries):
                 raise _shell.timeout_error(request, timeout_seconds)
         queue.ticket = None
         return outcome
@@ -99,7 +94,21 @@ async def acquire_slots(
                 await asyncio.to_thread(_core.transact, store, _core.release, late.lease.id)
         raise
     finally:
-        queue.pipe.close()
+        queue.close()
+
+
+async def _after_wake(queue: _shell.Queued, data: bytes, moment: bool) -> _core.Outcome | None:
+    """:meth:`Queued.after_wake`, with its write transactions kept off the event loop when busy."""
+    granted = _core.read_grant(queue.request, data) if data else None
+    if granted is not None:
+        return granted
+    if not data and not moment:
+        found = queue.probe()
+        if isinstance(found, Granted):
+            return found
+        if not found:
+            return None
+    return await _transact(queue.store, _core.attempt_ticket, queue.ticket, queue.request.kind)
 
 
 async def _renew_forever(store: Store, lease_id: str, duration: float, raising: bool, owner: asyncio.Task[Any]) -> None:

@@ -43,16 +43,18 @@ def acquire_slots(
 ) -> Granted:
     """Wait in the queue until the request is granted; the one blocking wait loop of the sync shell."""
     start = time.monotonic()
-    outcome = _core.transact(store, _core.attempt, request)
+    may_wait = timeout_seconds != 0 and max_retries != 0
+    pipe_name = _shell.token_of(store).new_pipe_name() if may_wait else None
+    outcome = _core.transact(store, _core.attempt, request, pipe_name)
     if isinstance(outcome, Granted):
         return outcome
-    if timeout_seconds == 0 or max_retries == 0:
+    if outcome.ticket is None or pipe_name is None:
         raise _shell.timeout_error(request, timeout_seconds, max_retries)
     deadline = _shell.deadline_of(timeout_seconds, start)
-    queue = _shell.Queued(store, request)
+    queue = _shell.Queued(store, request, outcome.ticket, pipe_name)
     told = False
     try:
-        outcome = queue.enter()
+        outcome = queue.open_pipe() or outcome
         while isinstance(outcome, Denied):
             now = time.monotonic()
             left = _shell.remaining(deadline, now)
@@ -62,10 +64,10 @@ def acquire_slots(
                 told = True
                 on_wait(queue)
             sleep, moment = queue.next_sleep(outcome, left)
-            woken = _wait_readable(queue.pipe.fd, sleep) and queue.pipe.drain()
-            granted = queue.peek() if woken else None
-            outcome = granted or queue.look()
-            if queue.counts_as_attempt(woken, moment, outcome, max_retries):
+            assert queue.pipe is not None
+            data = queue.pipe.drain() if _wait_readable(queue.pipe.fd, sleep) else b""
+            outcome = queue.after_wake(data, moment) or outcome
+            if queue.counts_as_attempt(bool(data) or moment, outcome, max_retries):
                 raise _shell.timeout_error(request, timeout_seconds)
         queue.ticket = None  # served: nothing to leave
         return outcome
@@ -78,7 +80,7 @@ def acquire_slots(
                 _core.transact(store, _core.release, late.lease.id)
         raise
     finally:
-        queue.pipe.close()
+        queue.close()
 
 
 @contextlib.contextmanager
