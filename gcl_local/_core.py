@@ -13,14 +13,13 @@ waiting ticket shares one of its active names (first come, first served).
 
 from __future__ import annotations
 
-import logging
 import math
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Literal, TypeVar
 
-from . import _sql, _tokens
+from . import _log, _sql, _tokens
 from ._errors import (
     ConcurrencySlotAcquisitionError,
     LeaseNotFoundError,
@@ -30,8 +29,6 @@ from ._errors import (
 from ._model import Lease, Limit, Waiter, utc
 from ._sql import LeaseRow, LimitRow, TicketRow
 from ._store import Store, Tx
-
-logger = logging.getLogger("gcl_local")
 
 EPSILON = 1e-9
 """Slack for float rounding in the bucket level: 2.9999999999 slots fit a limit of 3."""
@@ -185,7 +182,7 @@ def _drop_holder(tx: Tx, effects: Effects, token: str, freed: set[str]) -> None:
         freed.update(ticket.name_list)
         _sql.delete_ticket(conn, ticket)
     effects.dead_tokens.add(token)
-    logger.debug("reaped the leases and tickets of dead holder %s", token)
+    _log.debug("reaped the leases and tickets of dead holder %s", token)
 
 
 def _drop_lease(tx: Tx, lease: LeaseRow) -> list[str]:

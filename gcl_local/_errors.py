@@ -12,7 +12,8 @@ errors to exit codes in one place::
     ├── LeaseNotFoundError                      also LookupError
     ├── LimitExistsError
     ├── InvalidLimitError                       also ValueError
-    └── StoreError                              the file cannot be used (corrupt, not ours, unwritable, network fs)
+    ├── StoreError                              the file cannot be used (corrupt, not ours, unwritable, network fs)
+    └── CommandError                            gcl run could not start the command (exit 126; 127: not found)
 """
 
 from __future__ import annotations
@@ -92,8 +93,22 @@ class StoreError(GclError):
     """The state file cannot be used: corrupt, not ours, unwritable, or on a network filesystem."""
 
 
+class CommandError(GclError):
+    """``gcl run`` could not start the command (exit 126, as a shell)."""
+
+    exit_code: ClassVar[int] = 126
+
+
+class CommandNotFoundError(CommandError):
+    """``gcl run`` found no such command (exit 127, as a shell)."""
+
+    exit_code: ClassVar[int] = 127
+
+
 __all__ = [
     "EX_TEMPFAIL",
+    "CommandError",
+    "CommandNotFoundError",
     "AcquireConcurrencySlotTimeoutError",
     "ConcurrencySlotAcquisitionError",
     "GclError",

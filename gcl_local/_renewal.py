@@ -11,17 +11,13 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import logging
 import os
-import random
 import threading
 import time
 
-from . import _core
+from . import _core, _log
 from ._errors import GclError, LeaseNotFoundError, LeaseRenewalError
 from ._store import Store
-
-logger = logging.getLogger("gcl_local")
 
 RENEWAL_FRACTION = 0.75
 RETRY_DELAYS = (1.0, 2.0)
@@ -64,8 +60,8 @@ class Renewal:
         except GclError as exc:
             self.failures += 1
             if not isinstance(exc, LeaseNotFoundError) and self.failures <= len(RETRY_DELAYS):
-                logger.debug("renewal of lease %s failed (%s); retrying", self.lease_id, exc)
-                return RETRY_DELAYS[self.failures - 1] * (0.75 + 0.55 * random.random())
+                _log.debug("renewal of lease %s failed (%s); retrying", self.lease_id, exc)
+                return RETRY_DELAYS[self.failures - 1] * (0.75 + 0.55 * _log.jitter())
             self._fail()
             return None
         self.failures = 0
@@ -77,9 +73,9 @@ class Renewal:
         self.failed = True
         message = renewal_failed_message(self.lease_id, self.raise_on_failure)
         if not self.raise_on_failure:
-            logger.warning(message)
+            _log.warning(message)
             return
-        logger.error(message)
+        _log.error(message)
         import ctypes  # only here: its import is slow and most processes never need it
 
         ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self.thread_id), ctypes.py_object(LeaseRenewalError))

@@ -13,12 +13,10 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import subprocess
 from collections.abc import Sequence
-from typing import Any
 
 from . import _core, _shell
-from ._errors import GclError
+from ._errors import CommandError, CommandNotFoundError, GclError
 from ._renewal import Renewal, renewer
 from ._store import Store
 
@@ -42,15 +40,27 @@ def run_command(store: Store, request: _core.Request, command: Sequence[str], le
     previous = {sig: signal.signal(sig, lambda signum, _frame: pending.append(signum)) for sig in FORWARDED}
     try:
         try:
-            child = subprocess.Popen(list(command), pass_fds=(token.fd,))
+            child = _spawn(command, token.fd)
         except OSError as exc:
             _core.transact(store, _core.release, lease_id)
-            raise GclError(f"Cannot run {command[0]!r}: {exc.strerror}.") from None
-        _name_holder(store, lease_id, child.pid, program_label(command))
+            error = CommandNotFoundError if isinstance(exc, FileNotFoundError) else CommandError
+            raise error(f"Cannot run {command[0]!r}: {exc.strerror}.") from None
+        _name_holder(store, lease_id, child, program_label(command))
         return _supervise(store, request, lease_id, child, pending)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def _spawn(command: Sequence[str], token_fd: int) -> int:
+    """Start *command* with our stdin/stdout/stderr and the liveness token; posix_spawn spares
+    ``gcl run`` the import of subprocess."""
+    os.set_inheritable(token_fd, True)
+    try:
+        # Python ignores SIGPIPE and SIGXFSZ; the command must get the defaults, as from a shell.
+        return os.posix_spawnp(command[0], list(command), os.environ, setsigdef=(signal.SIGPIPE, signal.SIGXFSZ))
+    finally:
+        os.set_inheritable(token_fd, False)
 
 
 def _name_holder(store: Store, lease_id: str, pid: int, label: str) -> None:
@@ -58,9 +68,13 @@ def _name_holder(store: Store, lease_id: str, pid: int, label: str) -> None:
         _core.transact(store, _core.set_holder, lease_id, pid, label)
 
 
-def _supervise(
-    store: Store, request: _core.Request, lease_id: str, child: subprocess.Popen[Any], pending: list[int]
-) -> int:
+def _exited(pid: int) -> int | None:
+    """The command's exit status if it has ended (reaping it), else None."""
+    done, status = os.waitpid(pid, os.WNOHANG)
+    return exit_status(os.waitstatus_to_exitcode(status)) if done else None
+
+
+def _supervise(store: Store, request: _core.Request, lease_id: str, child: int, pending: list[int]) -> int:
     waiting = hasattr(signal, "sigtimedwait")
     watched = {*FORWARDED, signal.SIGCHLD}
     if waiting:
@@ -75,14 +89,13 @@ def _supervise(
             _forward(child, signum)
         pending.clear()
         if not waiting:
-            signal.signal(signal.SIGINT, lambda s, _f: _forward(child, s))
-            signal.signal(signal.SIGTERM, lambda s, _f: _forward(child, s))
-            signal.signal(signal.SIGHUP, lambda s, _f: _forward(child, s))
-            return exit_status(child.wait())
+            for sig in FORWARDED:
+                signal.signal(sig, lambda s, _f: _forward(child, s))
+            return exit_status(os.waitstatus_to_exitcode(os.waitpid(child, 0)[1]))
         while True:
-            code = child.poll()
+            code = _exited(child)
             if code is not None:
-                return exit_status(code)
+                return code
             info = signal.sigtimedwait(watched, 1.0)
             if info is not None and info.si_signo != signal.SIGCHLD and info.si_code != _SI_KERNEL:
                 _forward(child, info.si_signo)
@@ -93,9 +106,9 @@ def _supervise(
         _core.transact(store, _core.release, lease_id)
 
 
-def _forward(child: subprocess.Popen[Any], signum: int) -> None:
+def _forward(child: int, signum: int) -> None:
     with contextlib.suppress(ProcessLookupError):
-        child.send_signal(signum)
+        os.kill(child, signum)
 
 
 __all__ = ["exit_status", "program_label", "run_command"]

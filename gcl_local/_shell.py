@@ -6,16 +6,14 @@ The waiting loops themselves (about fifteen lines each) live in ``sync`` and ``a
 from __future__ import annotations
 
 import atexit
-import logging
 import math
 import os
-import random
 import sys
 import warnings
 from collections.abc import Iterable
 from typing import Any
 
-from . import _core, _tokens
+from . import _core, _log, _tokens
 from ._core import Denied, Granted, Holder, Kind, Outcome, Request
 from ._errors import AcquireConcurrencySlotTimeoutError, InvalidLimitError, StoreError
 from ._model import (
@@ -28,8 +26,6 @@ from ._model import (
     validate_seconds,
 )
 from ._store import Store
-
-logger = logging.getLogger("gcl_local")
 
 SAFETY_NET_SECONDS = 0.25
 """A waiter looks again at least this often, in case a wake-up was lost or a holder died."""
@@ -94,7 +90,7 @@ def _forget_token(store: Store, token: _tokens.ProcessToken) -> None:
     try:
         _core.transact(store, _core.forget_token, token.name)
     except Exception:
-        logger.debug("could not remove token %s at exit", token.name, exc_info=True)
+        _log.debug("could not remove token %s at exit", token.name, exc_info=True)
 
 
 def make_request(
@@ -158,7 +154,7 @@ def check_wait_args(timeout_seconds: object, max_retries: object) -> None:
 def warn_missing(granted: Granted) -> None:
     if granted.missing:
         message = f"Concurrency limits {list(granted.missing)!r} do not exist - skipping acquisition."
-        logger.warning(message)
+        _log.warning(message)
         warnings.warn(message, MissingLimitWarning, stacklevel=4)
 
 
@@ -201,7 +197,7 @@ class Queued:
 
     def next_sleep(self, outcome: Denied, remaining: float | None) -> tuple[float, bool]:
         """Seconds to sleep, and whether waking then is a computed moment (which counts as an attempt)."""
-        sleep = SAFETY_NET_SECONDS * (0.8 + 0.4 * random.random())
+        sleep = SAFETY_NET_SECONDS * (0.8 + 0.4 * _log.jitter())
         moment = False
         if outcome.retry_in is not None and outcome.retry_in <= sleep:
             sleep, moment = outcome.retry_in, True

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import random
 import stat
 import threading
 import time
@@ -20,7 +19,7 @@ from typing import Any
 
 import apsw
 
-from . import _sql
+from . import _log, _sql
 from ._clock import SYSTEM_CLOCK, Clock, Instant
 from ._errors import GclError, StoreError
 
@@ -207,7 +206,7 @@ def _busy_handler(connection: _Connection) -> Any:
             started[0] = time.monotonic()
         elif time.monotonic() - started[0] > BUSY_GIVE_UP_SECONDS:
             return False
-        time.sleep(min(0.002, 0.0001 * (1 + attempts // 4)) * (0.5 + random.random()))
+        time.sleep(min(0.002, 0.0001 * (1 + attempts // 4)) * (0.5 + _log.jitter()))
         return True
 
     return handler

@@ -20,7 +20,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any, TypeVar
 
-from . import _core, _shell
+from . import _core, _log, _shell
 from ._core import Denied, Granted, Request
 from ._errors import AcquireConcurrencySlotTimeoutError, GclError, LeaseNotFoundError, LeaseRenewalError
 from ._model import DEFAULT_LEASE_SECONDS, Lease
@@ -125,10 +125,10 @@ async def _renew_forever(store: Store, lease_id: str, duration: float, raising: 
             if delay is None:
                 message = renewal_failed_message(lease_id, raising)
                 if raising:
-                    _core.logger.error(message)
+                    _log.error(message)
                     owner.cancel(msg="lease renewal failed")
                 else:
-                    _core.logger.warning(message)
+                    _log.warning(message)
                 return
             await asyncio.sleep(delay)
 
