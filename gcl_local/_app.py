@@ -217,7 +217,7 @@ def delete(
     _run(action)
 
 
-@app.command(context_settings={"allow_interspersed_args": False})
+@app.command()
 def run(
     names_and_command: NamesAndCommand,
     occupy: Occupy = 1,
@@ -241,7 +241,7 @@ def run(
     raise typer.Exit(code)
 
 
-@app.command("rate-limit", context_settings={"allow_interspersed_args": False})
+@app.command("rate-limit")
 def rate_limit(
     names_and_command: NamesAndCommand,
     occupy: Occupy = 1,

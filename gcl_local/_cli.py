@@ -179,7 +179,8 @@ def _print_lease(lease: Any, output: str | None, *, quiet: bool = False) -> None
 
         print_json(lease.to_json())
     elif not quiet:
-        sys.stdout.write(f"{lease.id}\n")
+        # No slot taken (every name missing or inactive): print a placeholder that release accepts.
+        sys.stdout.write(f"{lease.id or 'none'}\n")
 
 
 def _program_of(pid: int) -> str:

@@ -51,7 +51,7 @@ def print_json(value: Any) -> None:
 def limits_table(limits: Sequence[Limit]) -> str:
     rows = [
         (
-            _cut(limit.name, 32),
+            _cut(limit.name, 24),
             "yes" if limit.active else "no",
             f"{limit.active_slots}/{limit.limit}",
             f"{limit.slot_decay_per_second:g}",
@@ -66,7 +66,7 @@ def limits_table(limits: Sequence[Limit]) -> str:
 def limit_details(limit: Limit) -> str:
     now = datetime.now(timezone.utc)
     lines = [
-        f"name:          {limit.name}",
+        *_wrapped("name:          ", limit.name),
         f"active:        {'yes' if limit.active else 'no'}",
         f"used:          {limit.active_slots} of {limit.limit} slots",
         f"decay:         {limit.slot_decay_per_second:g} slots/s",
@@ -86,6 +86,13 @@ def limit_details(limit: Limit) -> str:
         ]
         lines += ["", _table(rows, ["TICKET", "SLOTS", "KIND", "PID", "LABEL", "WAITING"])]
     return "\n".join(lines)
+
+
+def _wrapped(label: str, text: str) -> list[str]:
+    """*label* then *text*, folded so that no line is wider than the terminal budget."""
+    room = WIDTH - len(label)
+    parts = [text[i : i + room] for i in range(0, len(text), room)] or [""]
+    return [label + parts[0], *(" " * len(label) + part for part in parts[1:])]
 
 
 def holders_table(holders: Sequence[Lease], now: datetime) -> str:

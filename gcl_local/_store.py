@@ -407,6 +407,7 @@ class Store:
         """The directory beside the file that holds liveness tokens and wake-up pipes (0700, or 2770 shared)."""
         if self._run_dir_ok == os.getpid():
             return self.run_dir
+        self._connection()  # the file first: it checks the path and creates the default directory
         d = self.run_dir
         shared = _shared_dir(self.path.parent)
         mode = 0o2770 if shared else 0o700

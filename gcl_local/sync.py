@@ -196,8 +196,8 @@ def _with_waiter(store: Store, request: Request) -> Request:
 
 def release_lease(lease_id: str, *, db: DbArg = None) -> bool:
     """Give a lease's slots back (idempotent; also an admin's force-release). False if it was not held."""
-    if not isinstance(lease_id, str) or not lease_id:
-        raise InvalidLimitError("A lease id must be a non-empty string.")
+    if not isinstance(lease_id, str):
+        raise InvalidLimitError(f"A lease id must be a string, not {lease_id!r}.")
     return _core.transact(get_store(db), _core.release, lease_id)
 
 

@@ -1,0 +1,690 @@
+"""The hot commands of ``gcl`` with real processes and real signals: run, rate-limit, acquire, renew, release."""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import re
+import select
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from gcl_local import Lease, create_limit, read_limit
+
+REPO = Path(__file__).resolve().parent.parent
+GCL = [sys.executable, "-m", "gcl_local"]
+T = TypeVar("T")
+Result = subprocess.CompletedProcess[str]
+
+
+def env(**extra: str) -> dict[str, str]:
+    result = dict(os.environ)
+    result["PYTHONPATH"] = str(REPO) + os.pathsep + result.get("PYTHONPATH", "")
+    result.update(extra)
+    return result
+
+
+def _start(db: str, args: Sequence[str], input: str | None) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [*GCL, "--db", db, *args],
+        stdin=subprocess.DEVNULL if input is None else subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env(),
+    )
+
+
+def _finish(proc: subprocess.Popen[str], input: str | None = None) -> Result:
+    try:
+        out, err = proc.communicate(input, timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def gcl(db: str, *args: str, input: str | None = None) -> Result:
+    """Run ``gcl --db DB ARGS`` to completion; stdin is /dev/null unless *input* is given."""
+    return _finish(_start(db, args, input), input)
+
+
+def gcl_all(db: str, cases: Sequence[Sequence[str]]) -> list[Result]:
+    """Run several independent ``gcl`` commands at once; their results in order."""
+    started = [_start(db, args, None) for args in cases]
+    return [_finish(proc) for proc in started]
+
+
+def ok(result: Result) -> str:
+    assert result.returncode == 0, (result.args, result.returncode, result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr
+    return result.stdout
+
+
+def one_line_error(result: Result, code: int = 1) -> str:
+    """The command failed with *code* and said why in exactly one line on stderr, without a traceback."""
+    assert result.returncode == code, (result.args, result.returncode, result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr, result.args
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, (result.args, result.stderr)
+    assert lines[0].startswith("gcl: "), (result.args, result.stderr)
+    return lines[0]
+
+
+def wait_for(predicate: Callable[[], T | None], timeout: float = 20.0, what: str = "condition") -> T:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+def holding(db: str, name: str, label: str, proc: subprocess.Popen[str]) -> Lease:
+    """Wait until ``gcl run`` (*proc*) holds *name* and has named its command (*label*) as the holder."""
+
+    def holder() -> Lease | None:
+        if proc.poll() is not None:
+            raise AssertionError(f"{proc.args} ended early: {proc.returncode} {proc.communicate()}")
+        holders = read_limit(name, db=db).holders
+        if not holders or holders[0].label != label:
+            return None
+        # gcl run takes the lease under its own pid, then names its command's pid once started
+        return None if holders[0].pid == proc.pid else holders[0]
+
+    return wait_for(holder, what=f"a holder of {name!r} named {label!r}")
+
+
+def free(db: str, name: str) -> bool:
+    limit = read_limit(name, db=db)
+    return limit.active_slots == 0 and not limit.holders
+
+
+def alive(pid: int) -> bool:
+    """Running, and not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8") as f:
+            return f.read().rpartition(")")[2].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def parent_of(pid: int) -> int:
+    with open(f"/proc/{pid}/stat", encoding="utf-8") as f:
+        return int(f.read().rpartition(")")[2].split()[1])
+
+
+class Spawned:
+    """Background processes, each in its own session; killed with their children at teardown."""
+
+    def __init__(self) -> None:
+        self.started: list[subprocess.Popen[str]] = []
+
+    def start(self, argv: Sequence[str], **kwargs: Any) -> subprocess.Popen[str]:
+        kwargs.setdefault("stdin", subprocess.DEVNULL)
+        kwargs.setdefault("stdout", subprocess.PIPE)
+        kwargs.setdefault("stderr", subprocess.PIPE)
+        proc = subprocess.Popen(list(argv), text=True, env=env(), start_new_session=True, **kwargs)
+        self.started.append(proc)
+        return proc
+
+    def gcl(self, db: str, *args: str, **kwargs: Any) -> subprocess.Popen[str]:
+        return self.start([*GCL, "--db", db, *args], **kwargs)
+
+    def sleeper(self) -> subprocess.Popen[str]:
+        """A process to name with --holder-pid."""
+        return self.start(["sleep", "60"])
+
+    def cleanup(self) -> None:
+        for proc in self.started:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.communicate(timeout=30)
+
+
+@pytest.fixture
+def spawned() -> Iterator[Spawned]:
+    s = Spawned()
+    try:
+        yield s
+    finally:
+        s.cleanup()
+
+
+@pytest.fixture
+def shell_env(db: str, tmp_path: Path) -> dict[str, str]:
+    """Environment for shell scripts: ``gcl`` on PATH (exec-ing this Python), and GCL_DB."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    script = bin_dir / "gcl"
+    script.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m gcl_local "$@"\n')
+    script.chmod(0o755)
+    return env(PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}", GCL_DB=db)
+
+
+def bash(script: str, shell_env: dict[str, str], cwd: Path) -> Result:
+    return subprocess.run(
+        ["bash", "-c", script],
+        check=False,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        env=shell_env,
+        cwd=cwd,
+        timeout=60,
+    )
+
+
+# -- gcl run: exit codes ----------------------------------------------------------------------------
+
+
+def test_run_exits_with_the_commands_code(db: str) -> None:
+    create_limit("a", 2, db=db)
+    three, zero = gcl_all(db, [["run", "a", "--", "sh", "-c", "exit 3"], ["run", "a", "--", "true"]])
+    assert three.returncode == 3
+    assert three.stderr == ""
+    assert zero.returncode == 0
+    assert free(db, "a")
+
+
+def test_run_exits_128_plus_the_signal_that_killed_the_command(db: str) -> None:
+    create_limit("a", 2, db=db)
+    term, kill = gcl_all(
+        db, [["run", "a", "--", "sh", "-c", "kill -TERM $$"], ["run", "a", "--", "sh", "-c", "kill -KILL $$"]]
+    )
+    assert term.returncode == 143
+    assert kill.returncode == 137
+    assert "Traceback" not in term.stderr + kill.stderr
+    assert free(db, "a")
+
+
+def test_busy_and_timeout_exit_75(db: str, spawned: Spawned, tmp_path: Path) -> None:
+    create_limit("a", 1, db=db)
+    keeper = spawned.sleeper()
+    ok(gcl(db, "acquire", "a", "--holder-pid", str(keeper.pid)))
+    marker = tmp_path / "ran"
+    started = time.monotonic()
+    nonblock, timed_out, custom, acquire, acquire_custom = gcl_all(
+        db,
+        [
+            ["run", "a", "-n", "--", "touch", str(marker)],
+            ["run", "a", "--timeout", "1", "--", "touch", str(marker)],
+            ["run", "a", "--nonblock", "--busy-exit-code", "9", "--", "touch", str(marker)],
+            ["acquire", "a", "-n"],
+            ["acquire", "a", "--timeout", "0.5", "--busy-exit-code", "9"],
+        ],
+    )
+    elapsed = time.monotonic() - started
+    assert "busy" in one_line_error(nonblock, 75)
+    assert "timed out" in one_line_error(timed_out, 75)
+    one_line_error(custom, 9)
+    one_line_error(acquire, 75)
+    assert acquire.stdout == ""
+    one_line_error(acquire_custom, 9)
+    assert elapsed >= 1.0
+    assert not marker.exists()
+    assert len(read_limit("a", db=db).holders) == 1
+    assert read_limit("a", db=db).waiters == ()
+
+
+def test_strict_with_a_missing_limit_exits_1(db: str, tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    strict, lenient = gcl_all(
+        db, [["run", "nope", "--strict", "--", "touch", str(marker)], ["run", "nope", "--", "echo", "ran anyway"]]
+    )
+    assert "nope" in one_line_error(strict)
+    assert not marker.exists()
+    assert lenient.returncode == 0
+    assert lenient.stdout == "ran anyway\n"
+    assert "nope" in lenient.stderr  # a warning, and no limiting
+
+
+def test_run_on_an_inactive_limit_does_not_limit(db: str) -> None:
+    create_limit("off", 1, active=False, db=db)
+    result = gcl(db, "run", "off", "--", "sh", "-c", "exit 4")
+    assert result.returncode == 4
+    assert result.stderr == ""
+
+
+def test_run_a_missing_command(db: str) -> None:
+    create_limit("a", 1, db=db)
+    create_limit("r", 5, slot_decay_per_second=1.0, db=db)
+    run, rate = gcl_all(
+        db, [["run", "a", "--", "/nonexistent/command"], ["rate-limit", "r", "--", "/nonexistent/command"]]
+    )
+    assert run.returncode != 0
+    assert "/nonexistent/command" in one_line_error(run, run.returncode)
+    assert "/nonexistent/command" in one_line_error(rate, rate.returncode)
+    assert rate.returncode != 0
+    assert free(db, "a")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        pytest.param(["run", "a"], id="run-without-command"),
+        pytest.param(["run"], id="run-without-names"),
+        pytest.param(["run", "a", "--occupy", "x", "--", "true"], id="run-bad-occupy"),
+        pytest.param(["run", "a", "--bogus", "--", "true"], id="run-unknown-option"),
+        pytest.param(["acquire"], id="acquire-without-names"),
+        pytest.param(["acquire", "a", "--bogus"], id="acquire-unknown-option"),
+        pytest.param(["rate-limit", "a", "--bogus", "--", "true"], id="rate-limit-unknown-option"),
+        pytest.param(["rate-limit", "a", "--occupy=x"], id="rate-limit-bad-occupy"),
+        pytest.param(["renew"], id="renew-without-lease"),
+        pytest.param(["release", "a", "b"], id="release-two-leases"),
+        pytest.param(["rate-limit"], id="rate-limit-without-names"),
+    ],
+)
+def test_usage_errors_exit_2(db: str, args: list[str]) -> None:
+    result = gcl(db, *args)
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip()
+
+
+def test_invalid_values_exit_1(db: str, tmp_path: Path) -> None:
+    create_limit("a", 1, db=db)
+    create_limit("counted", 1, db=db)
+    marker = tmp_path / "ran"
+    results = gcl_all(
+        db,
+        [
+            ["run", "a", "--occupy", "0", "--", "touch", str(marker)],
+            ["run", "a", "--occupy", "2", "--", "touch", str(marker)],
+            ["run", "a", "--lease-duration", "10", "--", "touch", str(marker)],
+            ["run", "a", "--timeout", "-1", "--", "touch", str(marker)],
+            ["run", "a/b", "--", "touch", str(marker)],
+            ["rate-limit", "counted", "--", "touch", str(marker)],
+            ["acquire", "a", "--holder-pid", "0"],
+        ],
+    )
+    for result in results:
+        one_line_error(result)
+    assert not marker.exists()
+    assert free(db, "a")
+
+
+# -- gcl run: the command's input, output and signals -------------------------------------------
+
+
+def test_output_and_input_pass_through(db: str) -> None:
+    create_limit("a", 1, db=db)
+    result = gcl(db, "run", "a", "--", "sh", "-c", "echo out; echo err >&2; cat; exit 5", input="some input\n")
+    assert result.returncode == 5
+    assert result.stdout == "out\nsome input\n"
+    assert result.stderr == "err\n"
+
+
+def test_options_after_the_double_dash_belong_to_the_command(db: str) -> None:
+    create_limit("a", 1, db=db)
+    hot, typer_path = gcl_all(
+        db,
+        [
+            ["run", "a", "--", "echo", "-n", "--timeout", "--", "x"],
+            ["run", "a", "-nv", "--", "echo", "-n", "--timeout", "--", "x"],  # -nv: parsed by typer
+        ],
+    )
+    assert ok(hot) == "--timeout -- x"
+    assert ok(typer_path) == "--timeout -- x"
+    assert hot.stderr == ""
+
+
+def test_options_after_the_names_are_options_on_every_parser_path(db: str, spawned: Spawned) -> None:
+    """``-nv`` (combined short flags) is left to typer by the fast parser; it must mean -n -v there too."""
+    create_limit("a", 1, db=db)
+    create_limit("r", 1, slot_decay_per_second=0.1, db=db)
+    keeper = spawned.sleeper()
+    ok(gcl(db, "acquire", "a", "--holder-pid", str(keeper.pid)))
+    ok(gcl(db, "rate-limit", "r"))
+    run, rate = gcl_all(
+        db,
+        [
+            ["run", "--timeout", "3", "a", "-nv", "--", "true"],
+            ["rate-limit", "--timeout", "3", "r", "-nv", "--", "true"],
+        ],
+    )
+    assert "busy" in one_line_error(run, 75)
+    assert "busy" in one_line_error(rate, 75)
+
+
+def test_the_lease_names_the_commands_pid_and_program(db: str, spawned: Spawned) -> None:
+    create_limit("a", 1, db=db)
+    wrapper = spawned.gcl(db, "run", "a", "--", "sleep", "30")
+    holder = holding(db, "a", "sleep", wrapper)
+    assert holder.pid != wrapper.pid
+    assert parent_of(holder.pid) == wrapper.pid
+    shown = json.loads(ok(gcl(db, "inspect", "a", "-o", "json")))["holders"]
+    assert [(h["pid"], h["label"], h["slots"]) for h in shown] == [(holder.pid, "sleep", 1)]
+    with open(f"/proc/{holder.pid}/comm", encoding="utf-8") as f:
+        assert f.read().strip() == "sleep"
+
+
+def test_sigterm_reaches_the_command_and_the_slot_is_freed(db: str, spawned: Spawned, tmp_path: Path) -> None:
+    create_limit("a", 1, db=db)
+    ready, marker = tmp_path / "ready", tmp_path / "terminated"
+    script = f"trap 'echo term > {marker}; exit 0' TERM; touch {ready}; while :; do sleep 0.05; done"
+    wrapper = spawned.gcl(db, "run", "a", "--", "sh", "-c", script)
+    holding(db, "a", "sh", wrapper)
+    wait_for(ready.exists, what="the command to start")
+    wrapper.send_signal(signal.SIGTERM)
+    _, err = wrapper.communicate(timeout=20)
+    assert wrapper.returncode == 0, err
+    assert marker.read_text() == "term\n"
+    assert free(db, "a")
+    ok(gcl(db, "run", "a", "-n", "--", "true"))
+
+
+@pytest.mark.parametrize(
+    ("signum", "code"),
+    [(signal.SIGTERM, 143), (signal.SIGHUP, 129), (signal.SIGINT, 130)],
+    ids=["TERM", "HUP", "INT"],
+)
+def test_a_forwarded_signal_kills_the_command(
+    db: str, spawned: Spawned, tmp_path: Path, signum: int, code: int
+) -> None:
+    create_limit("a", 1, db=db)
+    # Python rather than sleep: a test runner started in the background may pass SIGINT on ignored.
+    child = "import signal, time; signal.signal(signal.SIGINT, signal.SIG_DFL); time.sleep(60)"
+    wrapper = spawned.gcl(db, "run", "a", "--", sys.executable, "-c", child)
+    holder = holding(db, "a", os.path.basename(sys.executable), wrapper)
+    wait_for(lambda: alive(holder.pid) and "SigCgt" in Path(f"/proc/{holder.pid}/status").read_text())
+    time.sleep(0.3)  # let the child's interpreter reach its sleep
+    wrapper.send_signal(signum)
+    _, err = wrapper.communicate(timeout=20)
+    assert wrapper.returncode == code, err
+    assert "Traceback" not in err
+    assert not alive(holder.pid)
+    assert free(db, "a")
+
+
+def test_a_killed_wrapper_leaves_the_slot_held_until_the_command_ends(
+    db: str, spawned: Spawned, tmp_path: Path
+) -> None:
+    create_limit("a", 1, db=db)
+    go = tmp_path / "go"
+    wrapper = spawned.gcl(db, "run", "a", "--", "sh", "-c", f"while [ ! -e {go} ]; do sleep 0.05; done")
+    holder = holding(db, "a", "sh", wrapper)
+    wrapper.kill()
+    wrapper.wait(timeout=20)  # not communicate(): the command still holds the wrapper's pipes
+    assert alive(holder.pid)
+    one_line_error(gcl(db, "run", "a", "-n", "--", "true"), 75)
+    assert [h.id for h in read_limit("a", db=db).holders] == [holder.id]
+    go.touch()
+    wait_for(lambda: not alive(holder.pid), what="the command to end")
+    ok(gcl(db, "run", "a", "-n", "--", "true"))  # free at once: no retry
+    assert free(db, "a")
+
+
+def test_the_slot_is_held_exactly_while_the_command_runs(db: str, shell_env: dict[str, str], tmp_path: Path) -> None:
+    create_limit("a", 1, db=db)
+    result = bash(
+        "gcl run a -- sh -c 'gcl run a -n -- true; echo \"inner=$?\"'; gcl run a -n -- echo after", shell_env, tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "inner=75\nafter\n"
+
+
+# -- waiting notice ----------------------------------------------------------------------------------
+
+
+def test_the_waiting_notice_on_a_terminal(db: str, spawned: Spawned) -> None:
+    create_limit("a", 1, db=db)
+    keeper = spawned.sleeper()
+    ok(gcl(db, "acquire", "a", "--holder-pid", str(keeper.pid)))
+    master, slave = pty.openpty()
+    try:
+        started = time.monotonic()
+        waiter = spawned.gcl(db, "run", "a", "--", "true", stderr=slave)
+    finally:
+        os.close(slave)
+    seen = b""
+    try:
+        deadline = time.monotonic() + 20
+        while b"\n" not in seen and time.monotonic() < deadline:
+            if select.select([master], [], [], 0.2)[0]:
+                seen += os.read(master, 4096)
+        told_after = time.monotonic() - started
+        text = seen.decode()
+        assert re.search(rf"waiting for 'a' \(0 ahead, held by pid {keeper.pid}\b", text), text
+        assert told_after >= 0.9
+        keeper.kill()
+        keeper.wait()
+        assert waiter.wait(timeout=20) == 0
+    finally:
+        os.close(master)
+
+
+def test_the_waiting_notice_in_a_pipe_only_with_verbose(db: str, spawned: Spawned) -> None:
+    create_limit("a", 1, db=db)
+    keeper = spawned.sleeper()
+    ok(gcl(db, "acquire", "a", "--holder-pid", str(keeper.pid)))
+    verbose, quiet = gcl_all(
+        db, [["run", "a", "--verbose", "--timeout", "2", "--", "true"], ["run", "a", "--timeout", "2", "--", "true"]]
+    )
+    assert verbose.returncode == 75
+    lines = verbose.stderr.splitlines()
+    assert len(lines) == 2, verbose.stderr
+    assert re.fullmatch(rf"gcl: waiting for 'a' \([01] ahead, held by pid {keeper.pid} .*\)", lines[0])
+    assert "waiting" not in one_line_error(quiet, 75)
+
+
+# -- rate-limit ----------------------------------------------------------------------------------
+
+
+def test_rate_limit_paces_calls(db: str, shell_env: dict[str, str], tmp_path: Path) -> None:
+    create_limit("r", 1, slot_decay_per_second=4.0, db=db)
+    create_limit("roomy", 100, slot_decay_per_second=4.0, db=db)
+    loop = "for i in 1 2 3 4 5; do gcl rate-limit {} || exit 1; done"
+    started = time.monotonic()
+    ok(bash(loop.format("roomy"), shell_env, tmp_path))
+    overhead = time.monotonic() - started
+    started = time.monotonic()
+    ok(bash(loop.format("r"), shell_env, tmp_path))
+    paced = time.monotonic() - started
+    assert paced >= 0.95  # 4 intervals of 0.25 s after the first call
+    assert paced <= max(1.0, overhead) + 2.5, (paced, overhead)
+
+
+def test_rate_limit_nonblock_when_the_bucket_is_full(db: str, tmp_path: Path) -> None:
+    create_limit("r", 1, slot_decay_per_second=0.2, db=db)
+    marker = tmp_path / "ran"
+    ok(gcl(db, "rate-limit", "r", "-n"))
+    busy, custom = gcl_all(
+        db, [["rate-limit", "r", "-n", "--", "touch", str(marker)], ["rate-limit", "r", "-n", "--busy-exit-code", "9"]]
+    )
+    one_line_error(busy, 75)
+    one_line_error(custom, 9)
+    assert not marker.exists()
+
+
+def test_rate_limit_runs_the_command_with_its_exit_code(db: str) -> None:
+    create_limit("r", 5, slot_decay_per_second=1.0, db=db)
+    result = gcl(db, "rate-limit", "r", "--", "sh", "-c", "echo out; cat; echo err >&2; exit 4", input="in\n")
+    assert result.returncode == 4
+    assert result.stdout == "out\nin\n"
+    assert result.stderr == "err\n"
+    assert read_limit("r", db=db).active_slots == 1  # the slot stays in the bucket
+
+
+def test_rate_limit_errors(db: str) -> None:
+    create_limit("no-decay", 3, db=db)
+    create_limit("r", 1, slot_decay_per_second=1.0, db=db)
+    no_decay, too_many, strict = gcl_all(
+        db,
+        [["rate-limit", "no-decay"], ["rate-limit", "r", "--occupy", "2"], ["rate-limit", "missing", "--strict"]],
+    )
+    one_line_error(no_decay)
+    one_line_error(too_many)
+    one_line_error(strict)
+    assert read_limit("r", db=db).active_slots == 0
+
+
+# -- acquire, renew, release ---------------------------------------------------------------------
+
+
+def test_acquire_prints_a_lease_id(db: str, spawned: Spawned) -> None:
+    create_limit("a", 2, db=db)
+    keeper = spawned.sleeper()
+    result = gcl(db, "acquire", "a", "--holder-pid", str(keeper.pid))
+    lease_id = ok(result).strip()
+    assert re.fullmatch(r"\S+", lease_id)
+    assert result.stdout == lease_id + "\n"
+    assert result.stderr == ""
+    (holder,) = read_limit("a", db=db).holders
+    assert (holder.id, holder.pid, holder.held_by, holder.label) == (lease_id, keeper.pid, "pid", "sleep")
+    as_json = json.loads(ok(gcl(db, "acquire", "a", "--holder-pid", str(keeper.pid), "-o", "json")))
+    assert as_json["names"] == ["a"]
+    assert as_json["pid"] == keeper.pid
+    assert isinstance(as_json["token"], int)
+    assert as_json["token"] > holder.token  # type: ignore[operator]
+
+
+def test_a_lease_of_a_holder_pid_goes_when_that_process_dies(db: str, spawned: Spawned) -> None:
+    create_limit("a", 1, db=db)
+    keeper, other = spawned.sleeper(), spawned.sleeper()
+    ok(gcl(db, "acquire", "a", "--holder-pid", str(keeper.pid)))
+    one_line_error(gcl(db, "acquire", "a", "-n", "--holder-pid", str(other.pid)), 75)
+    keeper.kill()
+    keeper.wait()
+    lease_id = ok(gcl(db, "acquire", "a", "-n", "--holder-pid", str(other.pid))).strip()
+    assert [h.id for h in read_limit("a", db=db).holders] == [lease_id]
+
+
+def test_acquire_is_held_by_the_calling_shell(
+    db: str, spawned: Spawned, shell_env: dict[str, str], tmp_path: Path
+) -> None:
+    create_limit("x", 1, db=db)
+    go = tmp_path / "go"
+    script = f'L=$(gcl acquire x) || exit 1; echo "$L $$"; while [ ! -e {go} ]; do sleep 0.05; done'
+    shell = subprocess.Popen(
+        ["bash", "-c", script], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True, env=shell_env
+    )
+    spawned.started.append(shell)
+    assert shell.stdout is not None
+    lease_id, pid = shell.stdout.readline().split()
+    assert int(pid) == shell.pid
+    (holder,) = read_limit("x", db=db).holders
+    assert (holder.id, holder.pid, holder.label, holder.held_by) == (lease_id, shell.pid, "bash", "pid")
+    one_line_error(gcl(db, "run", "x", "-n", "--", "true"), 75)
+    go.touch()
+    assert shell.wait(timeout=20) == 0
+    ok(gcl(db, "run", "x", "-n", "--", "true"))
+
+
+def test_renew_extends_the_lease(db: str, spawned: Spawned) -> None:
+    create_limit("a", 1, db=db)
+    keeper = spawned.sleeper()
+    lease = json.loads(ok(gcl(db, "acquire", "a", "--holder-pid", str(keeper.pid), "-o", "json")))
+    renewed = json.loads(ok(gcl(db, "renew", lease["id"], "--lease-duration", "900", "-o", "json")))
+    assert renewed["id"] == lease["id"]
+    gained = datetime.fromisoformat(renewed["expires"]) - datetime.fromisoformat(lease["expires"])
+    assert 500 < gained.total_seconds() < 700  # 300 s -> 900 s from (nearly) the same moment
+    plain = gcl(db, "renew", lease["id"])
+    assert ok(plain) == ""
+    assert plain.stderr == ""
+    (holder,) = read_limit("a", db=db).holders
+    assert holder.expires is not None
+    assert holder.expires < datetime.fromisoformat(renewed["expires"])  # renewed to the default 300 s
+
+
+def test_renew_errors(db: str, spawned: Spawned) -> None:
+    create_limit("a", 1, db=db)
+    keeper = spawned.sleeper()
+    lease_id = ok(gcl(db, "acquire", "a", "--holder-pid", str(keeper.pid))).strip()
+    unknown, short = gcl_all(db, [["renew", "999-deadbeef"], ["renew", lease_id, "--lease-duration", "5"]])
+    assert "999-deadbeef" in one_line_error(unknown)
+    one_line_error(short)
+
+
+def test_release_is_idempotent(db: str, spawned: Spawned) -> None:
+    create_limit("a", 1, db=db)
+    keeper = spawned.sleeper()
+    lease_id = ok(gcl(db, "acquire", "a", "--holder-pid", str(keeper.pid))).strip()
+    first = gcl(db, "release", lease_id)
+    assert ok(first) == ""
+    assert first.stderr == ""
+    assert free(db, "a")
+    second = gcl(db, "release", lease_id, "--verbose")
+    assert ok(second) == ""
+    assert "not held" in second.stderr
+    ok(gcl(db, "release", "12345-00000000"))
+
+
+def test_released_by_a_trap_when_the_script_fails(db: str, shell_env: dict[str, str], tmp_path: Path) -> None:
+    create_limit("db", 1, db=db)
+    script = """
+    set -e
+    lease=$(gcl acquire db) && trap 'gcl release "$lease"' EXIT
+    gcl run db -n -- true || echo "busy=$?"
+    false
+    echo "not reached"
+    """
+    result = bash(script, shell_env, tmp_path)
+    assert result.returncode == 1
+    assert result.stdout == "busy=75\n"
+    assert free(db, "db")
+    ok(gcl(db, "run", "db", "-n", "--", "true"))
+
+
+def test_released_by_the_trap_even_while_the_holder_lives(
+    db: str, spawned: Spawned, shell_env: dict[str, str], tmp_path: Path
+) -> None:
+    """The lease's holder outlives the script here: only the trap can have freed the slot."""
+    create_limit("db", 1, db=db)
+    keeper = spawned.sleeper()
+    script = f"""
+    lease=$(gcl acquire db --holder-pid {keeper.pid}) && trap 'gcl release "$lease"' EXIT
+    gcl run db -n -- true || echo "busy=$?"
+    exit 7
+    """
+    result = bash(script, shell_env, tmp_path)
+    assert result.returncode == 7
+    assert result.stdout == "busy=75\n"
+    assert alive(keeper.pid)
+    assert free(db, "db")
+
+
+def test_the_trap_idiom_with_a_missing_limit(db: str, shell_env: dict[str, str], tmp_path: Path) -> None:
+    """No limit, no limiting (a warning); and whatever acquire printed, release accepts it."""
+    script = """
+    lease=$(gcl acquire nope) && trap 'gcl release "$lease"' EXIT
+    echo "body ran"
+    """
+    result = bash(script, shell_env, tmp_path)
+    assert result.stdout == "body ran\n"
+    assert "nope" in result.stderr
+    assert result.returncode == 0, result.stderr
+    assert len(result.stderr.splitlines()) == 1, result.stderr
+
+
+def test_the_first_hot_command_on_a_fresh_machine_creates_the_default_file(tmp_path: Path) -> None:
+    """No --db, no GCL_DB and no state directory yet: the default path's parent is created (0700)."""
+    state = tmp_path / "state"  # XDG_STATE_HOME, as conftest sets it; it does not exist yet
+    assert not state.exists()
+    run = subprocess.run(
+        [*GCL, "run", "x", "--", "echo", "hi"],
+        check=False,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        env=env(),
+        timeout=60,
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout == "hi\n"
+    assert (state / "gcl_local" / "gcl.db").is_file()
+    assert (state / "gcl_local").stat().st_mode & 0o777 == 0o700
