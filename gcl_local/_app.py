@@ -10,6 +10,7 @@ import sys
 from typing import Annotated, Any, Optional
 
 import typer
+from typer.core import TyperCommand
 
 from . import _cli, _output
 from ._limits import create_limit, delete_limit, list_limits, read_limit, update_limit
@@ -41,6 +42,15 @@ BusyCode = Annotated[int, typer.Option("--busy-exit-code", help="Exit code when 
 
 class _State:
     db: str | None = None
+
+
+class _KeepsRawArgs(TyperCommand):
+    """Remembers the arguments as given: click drops the ``--`` that ends the names of ``run``."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        ctx.meta["gcl_raw_args"] = list(args)
+        result: list[str] = super().parse_args(ctx, args)
+        return result
 
 
 @app.callback()
@@ -217,8 +227,9 @@ def delete(
     _run(action)
 
 
-@app.command()
+@app.command(cls=_KeepsRawArgs)
 def run(
+    ctx: typer.Context,
     names_and_command: NamesAndCommand,
     occupy: Occupy = 1,
     timeout: Timeout = None,
@@ -232,7 +243,7 @@ def run(
 
     Example: gcl run nightly-db --timeout 600 -- ./backup.sh
     """
-    names, tail = _split(names_and_command)
+    names, tail = _split(ctx, names_and_command)
     code = _cli.guarded(
         lambda: _cli.cmd_run(names, tail, occupy=occupy, timeout=timeout, nonblock=nonblock,
                              lease_duration=lease_duration, strict=strict, verbose=verbose, db=_State.db),
@@ -241,8 +252,9 @@ def run(
     raise typer.Exit(code)
 
 
-@app.command("rate-limit")
+@app.command("rate-limit", cls=_KeepsRawArgs)
 def rate_limit(
+    ctx: typer.Context,
     names_and_command: NamesAndCommand,
     occupy: Occupy = 1,
     timeout: Timeout = None,
@@ -255,7 +267,7 @@ def rate_limit(
 
     Example: gcl rate-limit vendor-api -- curl -s https://api.example.com/
     """
-    names, tail = _split(names_and_command)
+    names, tail = _split(ctx, names_and_command)
     code = _cli.guarded(
         lambda: _cli.cmd_rate_limit(names, tail, occupy=occupy, timeout=timeout, nonblock=nonblock, strict=strict,
                                     verbose=verbose, db=_State.db),
@@ -322,9 +334,9 @@ def release(
     raise typer.Exit(_cli.guarded(lambda: _cli.cmd_release(lease, db=_State.db, verbose=verbose)))
 
 
-def _split(values: list[str]) -> tuple[list[str], list[str]]:
+def _split(ctx: typer.Context, values: list[str]) -> tuple[list[str], list[str]]:
     """Click hands over names and command as one list: the raw arguments after ``--`` are the command."""
-    raw = _argv or []
+    raw = ctx.meta.get("gcl_raw_args", [])
     if "--" not in raw:
         return values, []
     tail = raw[raw.index("--") + 1 :]
@@ -335,12 +347,7 @@ def _run(action: Any) -> None:
     raise typer.Exit(_cli.guarded(action))
 
 
-_argv: list[str] | None = None
-
-
 def run_app(args: list[str]) -> None:
-    global _argv
-    _argv = args
     app(args=args, prog_name="gcl")
 
 

@@ -81,11 +81,9 @@ class Denied:
 Outcome = Granted | Denied
 
 
-POKE = b"!"
-"""Written to a waiter's pipe: look again. A grant is written as ``GRANT_PREFIX`` + the lease's fields."""
+POKE = b"!\n"
+"""Written to a waiter's pipe: look again. A grant is written as ``GRANT_PREFIX`` + JSON, one line."""
 GRANT_PREFIX = b"G"
-RATE_GRANT = b"R\n"
-_FIELD_SEP = "\x1e"
 _MAX_MESSAGE = 4000  # below PIPE_BUF: one write, never interleaved with another's
 
 
@@ -99,36 +97,43 @@ class Effects:
     def poke(self, pipe: str) -> None:
         self.wakes.append((pipe, POKE))
 
-    def hand_over(self, pipe: str, lease: Lease | None) -> None:
+    def hand_over(self, pipe: str, granted: Granted) -> None:
         """Tell a waiter it was served, with what it needs to know, so it has nothing left to read or write."""
-        if lease is None:
-            self.wakes.append((pipe, RATE_GRANT))
-            return
-        assert lease.acquired is not None
-        assert lease.expires is not None
-        fields = (
-            lease.id,
-            repr(lease.acquired.timestamp()),
-            repr(lease.expires.timestamp()),
-            _sql.NAME_SEP.join(lease.names),
-        )
-        message = GRANT_PREFIX + _FIELD_SEP.join(fields).encode() + b"\n"
+        import json
+
+        lease = granted.lease
+        fields: dict[str, object] = {"missing": list(granted.missing)}
+        if lease is not None:
+            fields.update(
+                id=lease.id,
+                token=lease.token,
+                names=list(lease.names),
+                acquired=lease.acquired.timestamp() if lease.acquired else None,
+                expires=lease.expires.timestamp() if lease.expires else None,
+            )
+        message = GRANT_PREFIX + json.dumps(fields).encode() + b"\n"
         self.wakes.append((pipe, message if len(message) <= _MAX_MESSAGE else POKE))
 
 
 def read_grant(request: Request, data: bytes) -> Granted | None:
     """The grant a releaser wrote to our pipe, if *data* holds one (else it held only pokes)."""
     for line in data.split(b"\n"):
-        if line.startswith(RATE_GRANT.strip()) and request.kind == "rate":
-            return Granted(None)
-        if line.startswith(GRANT_PREFIX) and request.kind == "concurrency":
-            lease_id, acquired, expires, names = line[1:].decode().split(_FIELD_SEP)
-            holder = request.holder
-            lease = Lease(id=lease_id, token=int(lease_id.partition("-")[0]), names=tuple(names.split(_sql.NAME_SEP)),
-                          slots=request.occupy, pid=holder.pid, host=holder.host, user=holder.user,
-                          label=holder.label, acquired=utc(float(acquired)), expires=utc(float(expires)),
-                          held_by="token" if holder.token is not None else "pid")  # fmt: skip
-            return Granted(lease)
+        if not line.startswith(GRANT_PREFIX):
+            continue
+        import json
+
+        fields = json.loads(line[len(GRANT_PREFIX) :])
+        missing = tuple(fields["missing"])
+        if request.kind == "rate":
+            return Granted(None, missing)
+        holder = request.holder
+        acquired, expires = fields.get("acquired"), fields.get("expires")
+        lease = Lease(id=fields.get("id", ""), token=fields.get("token"), names=tuple(fields.get("names", ())),
+                      slots=request.occupy, pid=holder.pid, host=holder.host, user=holder.user, label=holder.label,
+                      acquired=None if acquired is None else utc(acquired),
+                      expires=None if expires is None else utc(expires),
+                      held_by="token" if holder.token is not None else "pid")  # fmt: skip
+        return Granted(lease, missing)
     return None
 
 
@@ -499,12 +504,12 @@ def _serve(tx: Tx, effects: Effects, names: set[str], me: int | None, *, freed: 
                 active, missing = _active_limits(tx, request)
                 short = _short_limits(tx, active, request.occupy)
             if not short:
-                lease = _grant(tx, request, active, ticket)
+                granted = Granted(_grant(tx, request, active, ticket), missing)
                 _sql.delete_ticket(conn, row)
                 if ticket == me:
-                    mine = Granted(lease, missing)
+                    mine = granted
                 else:
-                    effects.hand_over(row.pipe, lease)
+                    effects.hand_over(row.pipe, granted)
                 continue
             blocked.update(ticket_names)
             if ticket == me:
@@ -555,8 +560,12 @@ def _existing_lease(tx: Tx, lease_id: str) -> LeaseRow:
 
 
 def renew(tx: Tx, effects: Effects, lease_id: str, duration: float) -> Lease:
-    """Extend a lease to *duration* seconds from now."""
+    """Extend a lease to *duration* seconds from now; a lease that is over (expired, or its holder died) is
+    reclaimed instead, and cannot be renewed."""
     row = _existing_lease(tx, lease_id)
+    if _Liveness(tx).lease_gone(row):
+        _serve(tx, effects, set(_drop_lease(tx, row)), None, freed=True)
+        raise LeaseNotFoundError(lease_id)
     _sql.renew_lease(tx.conn, row, duration, tx.now)
     return _lease(_existing_lease(tx, lease_id))
 
@@ -652,6 +661,8 @@ def _tidy(tx: Tx, effects: Effects, names: list[str]) -> None:
 
 def sweep(tx: Tx, effects: Effects, live: _Liveness | None = None, freed: set[str] | None = None) -> None:
     """Reap every dead process's token in the run directory, and the rows that name it."""
+    if not tx.store.run_dir_is_safe():
+        return  # missing, or planted by someone else: nothing of ours to sweep there
     live = live or _Liveness(tx)
     freed_here: set[str] = set()
     run_dir = tx.store.run_dir

@@ -65,20 +65,31 @@ def validate_decay(value: object) -> float:
     """``slot_decay_per_second``: a finite number >= 0."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise InvalidLimitError(f"slot_decay_per_second must be a number, not {value!r}.")
-    decay = float(value)
-    if not math.isfinite(decay) or decay < 0:
+    decay = _as_float(value)
+    if decay is None or not math.isfinite(decay) or decay < 0:
         raise InvalidLimitError(f"slot_decay_per_second must be a finite number >= 0, not {value!r}.")
     return decay
 
 
 def validate_seconds(value: object, what: str, *, minimum: float = 0.0, maximum: float = math.inf) -> float:
     """A finite number of seconds within ``[minimum, maximum]``."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    seconds = None if isinstance(value, bool) else _as_float(value)
+    if seconds is None or not math.isfinite(seconds):
         raise InvalidLimitError(f"{what} must be a finite number of seconds, not {value!r}.")
-    if not minimum <= value <= maximum:
+    if not minimum <= seconds <= maximum:
         upper = "" if maximum == math.inf else f" and at most {maximum:g}"
         raise InvalidLimitError(f"{what} must be at least {minimum:g}{upper} seconds, not {value!r}.")
-    return float(value)
+    return seconds
+
+
+def _as_float(value: object) -> float | None:
+    """*value* as a float, or None when it is no number or an integer too big for a float."""
+    if not isinstance(value, (int, float)):
+        return None
+    try:
+        return float(value)
+    except OverflowError:
+        return None
 
 
 def validate_bool(value: object, what: str) -> bool:

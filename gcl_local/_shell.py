@@ -75,7 +75,11 @@ SWEEP_ABOVE = 64
 
 
 def token_of(store: Store) -> _tokens.ProcessToken:
-    token, created = _tokens.process_token(store.ensure_run_dir(), store.file_mode)
+    run_dir = store.ensure_run_dir()
+    try:
+        token, created = _tokens.process_token(run_dir, store.file_mode)
+    except OSError as exc:
+        raise StoreError(f"Cannot create a liveness token in {run_dir}: {exc.strerror or exc}.") from None
     if created:
         if len(os.listdir(store.run_dir)) > SWEEP_ABOVE:
             _core.transact(store, _core.sweep)  # processes that died without cleaning up
@@ -151,11 +155,18 @@ def check_wait_args(timeout_seconds: object, max_retries: object) -> None:
         validate_count(max_retries, "max_retries")
 
 
-def warn_missing(granted: Granted) -> None:
-    if granted.missing:
-        message = f"Concurrency limits {list(granted.missing)!r} do not exist - skipping acquisition."
-        _log.warning(message)
+def warn_missing(store: Store, granted: Granted) -> None:
+    """Warn about missing names; if the warning is made an error, give back what was taken first."""
+    if not granted.missing:
+        return
+    message = f"Concurrency limits {list(granted.missing)!r} do not exist - skipping acquisition."
+    _log.warning(message)
+    try:
         warnings.warn(message, MissingLimitWarning, stacklevel=4)
+    except BaseException:
+        if granted.lease is not None and granted.lease.token is not None:
+            _core.transact(store, _core.release, granted.lease.id)
+        raise
 
 
 def timeout_error(
@@ -217,11 +228,14 @@ class Queued:
         return self.look() if found else None
 
     def counts_as_attempt(self, woken: bool, outcome: Outcome, max_retries: int | None) -> bool:
-        """Count a wake-up that did not serve us; True when ``max_retries`` is used up."""
+        """Count a wake-up that did not serve us; True when ``max_retries`` is used up.
+
+        The first attempt was the call itself: ``max_retries=N`` gives up after N + 1 attempts.
+        """
         if isinstance(outcome, Granted) or not woken:
             return False
         self.attempts += 1
-        return max_retries is not None and self.attempts > max_retries
+        return max_retries is not None and self.attempts >= max_retries
 
     def look(self) -> Outcome:
         assert self.ticket is not None

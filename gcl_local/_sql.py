@@ -10,6 +10,7 @@ hold seconds of the boot clock of the boot named in ``meta.boot_id``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -159,8 +160,16 @@ class LimitRow(NamedTuple):
 _LIMIT_COLUMNS = "name, lim, active, decay, level, level_boot, level_wall, avg_occupancy, created, updated"
 
 
+class CorruptRowError(Exception):
+    """A row holds values no version of gcl_local writes: another program damaged the file."""
+
+
 def _limit(row: Sequence[Any]) -> LimitRow:
-    return LimitRow(row[0], row[1], bool(row[2]), *row[3:])
+    name, limit, numbers = row[0], row[1], row[3:]
+    sound = isinstance(name, str) and type(limit) is int and limit >= 0
+    if not sound or not all(type(v) in (int, float) and math.isfinite(v) for v in numbers):
+        raise CorruptRowError(f"limit row {row!r}")
+    return LimitRow(name, limit, bool(row[2]), *numbers)
 
 
 def _fetch(conn: apsw.Connection, sql: str, params: Sequence[Any] = ()) -> list[Any]:

@@ -140,6 +140,8 @@ def _prepare_file(path: Path, is_default: bool) -> bool:
             raise StoreError(f"Cannot use state file {path}: it is a directory; give the path of a file.")
         if not stat.S_ISREG(st.st_mode):
             raise StoreError(f"Cannot use state file {path}: it is not a regular file.")
+        if 0 < st.st_size < 512:  # SQLite files are empty or at least one 512-byte page
+            raise StoreError(f"Cannot use state file {path}: it is not a SQLite database (wrong path?).")
         return False
     if not parent.is_dir():
         raise StoreError(f"Cannot create state file {path}: the directory {parent} does not exist.")
@@ -160,15 +162,19 @@ def _prepare_file(path: Path, is_default: bool) -> bool:
     return True
 
 
+def _corrupt(path: Path) -> StoreError:
+    return StoreError(
+        f"State file {path} is corrupt. It holds only transient slot state: remove {path.name}, "
+        f"{path.name}-wal and {path.name}-shm when no process uses them, and recreate the limits."
+    )
+
+
 def _explain_open_error(path: Path, exc: apsw.Error) -> StoreError:
     extended = getattr(exc, "extendedresult", None)
     if isinstance(exc, apsw.NotADBError):
         return StoreError(f"Cannot use state file {path}: it is not a SQLite database (wrong path?).")
     if isinstance(exc, apsw.CorruptError):
-        return StoreError(
-            f"State file {path} is corrupt. It holds only transient slot state: remove {path.name}, "
-            f"{path.name}-wal and {path.name}-shm when no process uses them, and recreate the limits."
-        )
+        return _corrupt(path)
     if isinstance(exc, apsw.ReadOnlyError) or extended == apsw.SQLITE_READONLY_DIRECTORY:
         if extended == apsw.SQLITE_READONLY_DIRECTORY or not os.access(path.parent, os.W_OK):
             return StoreError(
@@ -307,6 +313,12 @@ class Store:
         return version == _sql.SCHEMA_VERSION
 
     def _check_header(self, app_id: int, version: int) -> None:
+        if app_id == _sql.APPLICATION_ID and version < 1:
+            raise StoreError(
+                f"State file {self.path} is corrupt (schema version {version}). It holds only transient slot "
+                f"state: remove {self.path.name}, {self.path.name}-wal and {self.path.name}-shm when no process "
+                "uses them, and recreate the limits."
+            )
         if app_id != _sql.APPLICATION_ID:
             raise StoreError(
                 f"Cannot use state file {self.path}: it is a SQLite database of another program; "
@@ -366,6 +378,8 @@ class Store:
                 raise
         except apsw.Error as exc:
             raise _explain_open_error(self.path, exc) from None
+        except (UnicodeDecodeError, _sql.CorruptRowError):
+            raise _corrupt(self.path) from None
         finally:
             conn.blocking = True
             if durable:
@@ -388,6 +402,8 @@ class Store:
                 c.execute("COMMIT")
         except apsw.Error as exc:
             raise _explain_open_error(self.path, exc) from None
+        except (UnicodeDecodeError, _sql.CorruptRowError):
+            raise _corrupt(self.path) from None
 
     def close(self) -> None:
         """Close this thread's connection (others close when their threads' stores are collected)."""
@@ -418,11 +434,32 @@ class Store:
             pass
         except OSError as exc:
             raise StoreError(f"Cannot create {d}: {exc.strerror}.") from None
-        st = os.lstat(d)
-        if not stat.S_ISDIR(st.st_mode) or (st.st_uid != os.getuid() and not shared):
-            raise StoreError(f"Refusing to use {d}: it is not a directory owned by you.")
+        if not self.run_dir_is_safe():
+            raise StoreError(
+                f"Refusing to use {d}: it must be a real directory owned by you (or by the shared group), "
+                "writable by nobody else."
+            )
         self._run_dir_ok = os.getpid()
         return d
+
+    def run_dir_is_safe(self) -> bool:
+        """Whether the run directory is ours to trust: not a symlink, ours (or the group's), not open to others.
+
+        Loose modes on a directory we own are tightened rather than refused.
+        """
+        shared = _shared_dir(self.path.parent)
+        try:
+            st = os.lstat(self.run_dir)
+        except OSError:
+            return False
+        mine = st.st_uid == os.getuid()
+        if not stat.S_ISDIR(st.st_mode) or not (mine or (shared and st.st_gid == os.stat(self.path.parent).st_gid)):
+            return False
+        loose = st.st_mode & (0o002 if shared else 0o022)
+        if loose and mine:
+            os.chmod(self.run_dir, 0o2770 if shared else 0o700)
+            return True
+        return not loose
 
 
 class WouldBlock(GclError):

@@ -28,10 +28,17 @@ class ProcessToken:
 
     def __init__(self, run_dir: Path, mode: int) -> None:
         self.pid = os.getpid()
-        self.name = f"{self.pid}-{os.urandom(4).hex()}"
+        for _ in range(8):
+            self.name = f"{self.pid}-{os.urandom(4).hex()}"
+            tmp = run_dir / f".{self.name}.tmp"
+            try:
+                fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+                break
+            except FileExistsError:
+                continue  # something sits at that name (maybe planted): never open it, take another
+        else:
+            raise FileExistsError(f"no free token name in {run_dir}")
         self.path = run_dir / (self.name + TOKEN_SUFFIX)
-        tmp = run_dir / f".{self.name}.tmp"
-        fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
         try:
             os.fchmod(fd, mode)  # the umask must not take the group bits of a shared directory
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -103,7 +110,8 @@ def token_alive(run_dir: Path, name: str) -> bool | None:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             return None
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            # Shared: two processes probing the same dead token at once must both see it dead.
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
             return True
         return False
@@ -143,7 +151,7 @@ def stale_temporaries(run_dir: Path) -> list[Path]:
                 except OSError:
                     continue
                 try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
                     found.append(path)
                 except BlockingIOError:
                     pass
@@ -159,9 +167,13 @@ class Pipe:
         self.name = name
         self.path = run_dir / name
         os.mkfifo(self.path, mode)
-        os.chmod(self.path, mode)  # mkfifo obeys the umask; a team's shared directory needs the group bits
-        # O_RDWR: the pipe never reports EOF, and writers find a reader at once.
-        self.fd = os.open(self.path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+        # O_RDWR: the pipe never reports EOF, and writers find a reader at once. O_NOFOLLOW and the
+        # check below: what we open must be the pipe we made, not something swapped in.
+        self.fd = os.open(self.path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOFOLLOW)
+        if not stat.S_ISFIFO(os.fstat(self.fd).st_mode):
+            os.close(self.fd)
+            raise FileExistsError(f"{self.path} is not our pipe")
+        os.fchmod(self.fd, mode)  # mkfifo obeys the umask; a team's shared directory needs the group bits
 
     def drain(self) -> bytes:
         """Read whatever woke us (empty if nothing)."""

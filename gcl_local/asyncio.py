@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any, TypeVar
@@ -38,21 +39,63 @@ async def _transact(store: Store, fn: Callable[..., T], *args: object) -> T:
         return await asyncio.to_thread(_core.transact, store, fn, *args)
 
 
-async def _wait_readable(fd: int, seconds: float) -> bool:
-    loop = asyncio.get_running_loop()
-    ready = loop.create_future()
+async def _attempt(store: Store, request: Request, pipe_name: str | None) -> _core.Outcome:
+    """The first attempt; when it must run in a thread and we are cancelled meanwhile, undo what it did.
 
-    def readable() -> None:
-        if not ready.done():
-            ready.set_result(None)
-
-    loop.add_reader(fd, readable)
+    A thread cannot be stopped: whatever its transaction commits (a lease, a ticket) would belong to
+    nobody, so whoever of the thread and the cancelled task comes second gives it back.
+    """
     try:
-        await asyncio.wait_for(ready, seconds)
-        return True
-    except asyncio.TimeoutError:
-        return False
+        return _core.transact(store, _core.attempt, request, pipe_name, blocking=False)
+    except WouldBlock:
+        pass
+    lock = threading.Lock()
+    state: dict[str, Any] = {"abandoned": False, "outcome": None}
+
+    def work() -> _core.Outcome:
+        outcome = _core.transact(store, _core.attempt, request, pipe_name)
+        with lock:
+            abandoned = state["abandoned"]
+            state["outcome"] = outcome
+        if abandoned:
+            _undo(store, request, outcome)
+        return outcome
+
+    future = asyncio.get_running_loop().run_in_executor(None, work)
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        with lock:
+            state["abandoned"] = True
+            finished = state["outcome"]
+        if finished is not None:
+            threading.Thread(target=_undo, args=(store, request, finished), name="gcl-undo").start()
+        raise
+
+
+def _undo(store: Store, request: Request, outcome: _core.Outcome) -> None:
+    """Give back a grant nobody will use, or leave the queue (giving back a grant that came meanwhile)."""
+    if isinstance(outcome, Denied) and outcome.ticket is not None:
+        outcome = _core.transact(store, _core.cancel, outcome.ticket, request.kind) or outcome
+    if isinstance(outcome, Granted) and outcome.lease is not None and outcome.lease.token is not None:
+        _core.transact(store, _core.release, outcome.lease.id)
+
+
+async def _wait_readable(fd: int, seconds: float) -> bool:
+    """Sleep until *fd* is readable or *seconds* pass (no ``wait_for``: on 3.11 it can swallow a cancel)."""
+    loop = asyncio.get_running_loop()
+    woken = loop.create_future()
+
+    def wake(readable: bool) -> None:
+        if not woken.done():
+            woken.set_result(readable)
+
+    loop.add_reader(fd, wake, True)
+    timer = loop.call_later(seconds, wake, False)
+    try:
+        return bool(await woken)
     finally:
+        timer.cancel()
         loop.remove_reader(fd)
 
 
@@ -63,7 +106,7 @@ async def acquire_slots(
     start = time.monotonic()
     may_wait = timeout_seconds != 0 and max_retries != 0
     pipe_name = _shell.token_of(store).new_pipe_name() if may_wait else None
-    outcome = await _transact(store, _core.attempt, request, pipe_name)
+    outcome = await _attempt(store, request, pipe_name)
     if isinstance(outcome, Granted):
         return outcome
     if outcome.ticket is None or pipe_name is None:
@@ -85,16 +128,23 @@ async def acquire_slots(
         queue.ticket = None
         return outcome
     except BaseException as exc:
-        # Leaving must finish even when we were cancelled: run it in a thread, shielded.
-        late = await asyncio.shield(asyncio.to_thread(queue.leave))
+        # Leaving (and giving back a grant that came meanwhile) runs in a thread that finishes even
+        # if we are cancelled again while we wait for it.
+        keep = isinstance(exc, AcquireConcurrencySlotTimeoutError)
+        late = await asyncio.shield(asyncio.to_thread(_leave, store, queue, keep))
         if late is not None:
-            if isinstance(exc, AcquireConcurrencySlotTimeoutError):
-                return late
-            if late.lease is not None and late.lease.token is not None:
-                await asyncio.to_thread(_core.transact, store, _core.release, late.lease.id)
+            return late  # granted at the last moment of a timeout: take it
         raise
     finally:
         queue.close()
+
+
+def _leave(store: Store, queue: _shell.Queued, keep: bool) -> Granted | None:
+    late = queue.leave()
+    if late is not None and not keep:
+        _undo(store, queue.request, late)
+        return None
+    return late
 
 
 async def _after_wake(queue: _shell.Queued, data: bytes, moment: bool) -> _core.Outcome | None:
@@ -154,24 +204,27 @@ async def concurrency(
     _shell.check_wait_args(timeout_seconds, max_retries)
     raising = strict if raise_on_lease_renewal_failure is None else bool(raise_on_lease_renewal_failure)
     granted = await acquire_slots(store, request, timeout_seconds, max_retries)
-    _shell.warn_missing(granted)
     lease = granted.lease
     assert lease is not None
-    if lease.token is None:
-        yield lease
-        return
-    owner = asyncio.current_task()
-    assert owner is not None
-    renewing = asyncio.create_task(_renew_forever(store, lease.id, request.lease_duration, raising, owner))
-    try:
-        yield lease
-    except asyncio.CancelledError:
-        if renewing.done() and not renewing.cancelled():
-            raise LeaseRenewalError(renewal_failed_message(lease.id, True)) from None
-        raise
+    try:  # from the first moment: a cancellation must not strand the slots in a live process
+        _shell.warn_missing(store, granted)
+        if lease.token is None:
+            yield lease
+            return
+        owner = asyncio.current_task()
+        assert owner is not None
+        renewing = asyncio.create_task(_renew_forever(store, lease.id, request.lease_duration, raising, owner))
+        try:
+            yield lease
+        except asyncio.CancelledError:
+            if renewing.done() and not renewing.cancelled():
+                raise LeaseRenewalError(renewal_failed_message(lease.id, True)) from None
+            raise
+        finally:
+            renewing.cancel()
     finally:
-        renewing.cancel()
-        await asyncio.shield(_transact(store, _core.release, lease.id))
+        if lease.token is not None:
+            await asyncio.shield(_transact(store, _core.release, lease.id))
 
 
 async def rate_limit(
@@ -186,7 +239,7 @@ async def rate_limit(
     store = get_store(db)
     request = _shell.make_request(store, names, occupy, "rate", strict=strict)
     _shell.check_wait_args(timeout_seconds, None)
-    _shell.warn_missing(await acquire_slots(store, request, timeout_seconds, None))
+    _shell.warn_missing(store, await acquire_slots(store, request, timeout_seconds, None))
 
 
 __all__ = ["acquire_slots", "concurrency", "rate_limit"]

@@ -119,20 +119,23 @@ def concurrency(
     _shell.check_wait_args(timeout_seconds, max_retries)
     raise_on_failure = strict if raise_on_lease_renewal_failure is None else bool(raise_on_lease_renewal_failure)
     granted = acquire_slots(store, request, timeout_seconds, max_retries)
-    _shell.warn_missing(granted)
     lease = granted.lease
     assert lease is not None
-    if lease.token is None:
-        yield lease
-        return
-    renewal = Renewal(store, lease.id, request.lease_duration, raise_on_failure)
-    renewals = renewer()
-    renewals.add(renewal)
-    try:
-        yield lease
+    try:  # from the first moment: an interrupt must not strand the slots in a live process
+        _shell.warn_missing(store, granted)
+        if lease.token is None:
+            yield lease
+            return
+        renewal = Renewal(store, lease.id, request.lease_duration, raise_on_failure)
+        renewals = renewer()
+        renewals.add(renewal)
+        try:
+            yield lease
+        finally:
+            renewals.cancel(renewal)
     finally:
-        renewals.cancel(renewal)
-        _core.transact(store, _core.release, lease.id)
+        if lease.token is not None:
+            _core.transact(store, _core.release, lease.id)
 
 
 def rate_limit(
@@ -154,7 +157,7 @@ def rate_limit(
     store = get_store(db)
     request = _shell.make_request(store, names, occupy, "rate", strict=strict)
     _shell.check_wait_args(timeout_seconds, None)
-    _shell.warn_missing(acquire_slots(store, request, timeout_seconds, None))
+    _shell.warn_missing(store, acquire_slots(store, request, timeout_seconds, None))
 
 
 def acquire_lease(
@@ -183,7 +186,7 @@ def acquire_lease(
         request = _with_waiter(store, request)
     _shell.check_wait_args(timeout_seconds, max_retries)
     granted = acquire_slots(store, request, timeout_seconds, max_retries)
-    _shell.warn_missing(granted)
+    _shell.warn_missing(store, granted)
     assert granted.lease is not None
     return granted.lease
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import time
+import warnings
 
 import pytest
 
@@ -103,7 +105,7 @@ def test_waiting_does_not_block_the_event_loop(db):
     waited, ticks = asyncio.run(main())
     assert 0.45 <= waited <= 1.0
     assert len(ticks) >= 20
-    assert max(b - a for a, b in zip(ticks, ticks[1:], strict=False)) < 0.1
+    assert max(b - a for a, b in itertools.pairwise(ticks)) < 0.1
 
 
 def test_async_rate_limit_waits_for_decay(db):
@@ -143,16 +145,16 @@ def test_async_rules_that_fail_at_once(db):
             pass
 
     cases = [
-        hold("small", occupy=2, timeout_seconds=10),
-        rate_limit("small", occupy=2, timeout_seconds=10, db=db),
-        rate_limit("plain", db=db),
-        hold(["plain", "nope"], strict=True),
-        rate_limit(["small", "nope"], strict=True, db=db),
+        lambda: hold("small", occupy=2, timeout_seconds=10),  # occupy > limit
+        lambda: rate_limit("small", occupy=2, timeout_seconds=10, db=db),
+        lambda: rate_limit("plain", db=db),  # no decay
+        lambda: hold(["plain", "nope"], strict=True),
+        lambda: rate_limit(["small", "nope"], strict=True, db=db),
     ]
     for case in cases:
         start = time.monotonic()
         with pytest.raises(ConcurrencySlotAcquisitionError) as caught:
-            asyncio.run(case)
+            asyncio.run(case())
         assert not isinstance(caught.value, AcquireConcurrencySlotTimeoutError)
         assert time.monotonic() - start < 2.0
     assert read_limit("plain", db=db).active_slots == 0
@@ -187,6 +189,20 @@ def test_async_inactive_and_missing_are_pass_through(db):
     assert token is None
     with pytest.warns(MissingLimitWarning, match="nope"):
         asyncio.run(rate_limit("nope", db=db))
+
+
+def test_async_missing_warning_raised_as_an_error_leaves_no_slot_taken(db):
+    create_limit("a", 1, db=db)
+
+    async def main() -> None:
+        async with concurrency(["a", "nope"], db=db):
+            pass
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", MissingLimitWarning)
+        with pytest.raises(MissingLimitWarning):
+            asyncio.run(main())
+    assert read_limit("a", db=db).active_slots == 0
 
 
 def test_cancelled_async_waiter_leaves_the_queue(db):

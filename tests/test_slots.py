@@ -328,11 +328,13 @@ def test_denied_attempts_do_not_stall_decay(db, procs, tmp_path):
     rate_limit("api", timeout_seconds=0, db=db)
     start = time.monotonic()
     go.touch()
+    # The hammer is alone for 0.3 s (no waiter queued, so each try is judged on the level), then we wait too.
+    time.sleep(0.3)
     rate_limit("api", timeout_seconds=5, db=db)
     elapsed = time.monotonic() - start
     stop.touch()
     granted, denied = json.loads(finish(hammer))
-    assert 0.4 <= elapsed <= 0.8
+    assert 0.45 <= elapsed <= 0.7
     assert granted == 0
     assert denied >= 10
 
@@ -359,7 +361,11 @@ def test_names_as_str_or_list_with_duplicates_collapsed(db):
         assert lease.names == ("a", "b")
         assert read_limit("a", db=db).active_slots == 1
         assert read_limit("b", db=db).active_slots == 1
+        with pytest.raises(AcquireConcurrencySlotTimeoutError):  # a waiting request collapses them too
+            with concurrency(["b", "b"], timeout_seconds=0.2, db=db):
+                pass
     assert read_limit("a", db=db).active_slots == 0
+    assert read_limit("b", db=db).waiters == ()
 
 
 def test_several_names_are_taken_all_or_nothing(db):
@@ -406,6 +412,19 @@ def test_missing_names_warn_log_and_do_not_limit(db, caplog):
     with pytest.warns(MissingLimitWarning):
         with concurrency(["off", "nope"], db=db) as lease:
             assert lease.token is None
+
+
+def test_missing_warning_raised_as_an_error_leaves_no_slot_taken(db):
+    create_limit("a", 1, db=db)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", MissingLimitWarning)  # as under python -W error, or pytest's filterwarnings
+        with pytest.raises(MissingLimitWarning):
+            with concurrency(["a", "nope"], db=db):
+                pass
+        assert read_limit("a", db=db).active_slots == 0
+        with pytest.raises(MissingLimitWarning):
+            acquire_lease(["a", "nope"], db=db)  # the caller never learns the lease id: nothing may be held
+        assert read_limit("a", db=db).active_slots == 0
 
 
 def test_strict_raises_when_any_named_limit_is_missing(db):
@@ -478,6 +497,37 @@ def test_max_retries_zero_tries_once(db):
     release_lease(held.id, db=db)
     with concurrency("one", max_retries=0, db=db) as lease:
         assert lease.token is not None
+
+
+def test_max_retries_n_gives_up_after_n_unsuccessful_wake_ups(db):
+    create_limit("pool", 4, db=db)
+    held = [acquire_lease("pool", db=db) for _ in range(4)]
+    outcome: list[str] = []
+
+    def wait() -> None:
+        try:
+            with concurrency("pool", occupy=3, max_retries=1, timeout_seconds=30, db=db):
+                outcome.append("granted")
+        except AcquireConcurrencySlotTimeoutError:
+            outcome.append("gave up")
+
+    waiter = threading.Thread(target=wait)
+    waiter.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not read_limit("pool", db=db).waiters and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.6)  # safety-net looks are not attempts
+        assert waiter.is_alive()
+        release_lease(held[0].id, db=db)  # woken, still 1 slot short: the one retry is spent (2 attempts)
+        waiter.join(3)
+        gave_up_in_time = not waiter.is_alive()
+    finally:
+        for lease in held[1:]:
+            release_lease(lease.id, db=db)
+        waiter.join(30)
+    assert gave_up_in_time
+    assert outcome == ["gave up"]
 
 
 def test_timeout_counts_from_the_call(db):
@@ -591,6 +641,18 @@ def test_pid_held_lease_expires_unless_renewed(clock_store, procs):
     assert owner.poll() is None
     with pytest.raises(LeaseNotFoundError):
         renew_lease(lease.id, 60, db=store)
+
+
+def test_an_expired_pid_held_lease_cannot_be_renewed(clock_store, procs):
+    clock, store = clock_store
+    create_limit("one", 1, db=store)
+    owner = procs.python(SLEEP)
+    lease = acquire_lease("one", lease_duration=60, holder_pid=owner.pid, db=store)
+    clock.advance(61)
+    # Nobody looked since it expired; expiry is computed from timestamps, so that must not matter.
+    with pytest.raises(LeaseNotFoundError):
+        renew_lease(lease.id, 60, db=store)
+    assert not busy("one", store)
 
 
 def test_token_held_lease_is_not_taken_from_a_live_holder_past_expiry(clock_store, procs):
