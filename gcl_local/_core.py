@@ -559,15 +559,23 @@ def _existing_lease(tx: Tx, lease_id: str) -> LeaseRow:
     return row
 
 
-def renew(tx: Tx, effects: Effects, lease_id: str, duration: float) -> Lease:
-    """Extend a lease to *duration* seconds from now; a lease that is over (expired, or its holder died) is
-    reclaimed instead, and cannot be renewed."""
+def renew(tx: Tx, effects: Effects, lease_id: str, duration: float) -> Lease | None:
+    """Extend a lease to *duration* seconds from now. A lease that is over (expired, or its holder
+    died) is reclaimed instead, and None returned: the caller raises, after this commits."""
     row = _existing_lease(tx, lease_id)
     if _Liveness(tx).lease_gone(row):
         _serve(tx, effects, set(_drop_lease(tx, row)), None, freed=True)
-        raise LeaseNotFoundError(lease_id)
+        return None
     _sql.renew_lease(tx.conn, row, duration, tx.now)
     return _lease(_existing_lease(tx, lease_id))
+
+
+def renewed(store: Store, lease_id: str, duration: float, *, blocking: bool = True) -> Lease:
+    """:func:`renew` in its own transaction. :raises LeaseNotFoundError: if the lease is over."""
+    lease = transact(store, renew, lease_id, duration, blocking=blocking)
+    if lease is None:
+        raise LeaseNotFoundError(lease_id)
+    return lease
 
 
 def set_holder(tx: Tx, effects: Effects, lease_id: str, pid: int, label: str) -> None:

@@ -56,7 +56,7 @@ class Renewal:
         if self.cancelled:
             return None
         try:
-            _core.transact(self.store, _core.renew, self.lease_id, self.duration)
+            _core.renewed(self.store, self.lease_id, self.duration)
         except GclError as exc:
             self.failures += 1
             if not isinstance(exc, LeaseNotFoundError) and self.failures <= len(RETRY_DELAYS):

@@ -166,7 +166,7 @@ async def _renew_forever(store: Store, lease_id: str, duration: float, raising: 
         await asyncio.sleep(RENEWAL_FRACTION * duration)
         for delay in (*RETRY_DELAYS, None):
             try:
-                await _transact(store, _core.renew, lease_id, duration)
+                await asyncio.to_thread(_core.renewed, store, lease_id, duration)
                 break
             except LeaseNotFoundError:
                 delay = None

@@ -210,7 +210,7 @@ def renew_lease(lease_id: str, lease_duration: float = DEFAULT_LEASE_SECONDS, *,
     :raises LeaseNotFoundError: if the lease was released, expired or reclaimed.
     """
     validate_seconds(lease_duration, "lease_duration", minimum=60, maximum=86400)
-    return _core.transact(get_store(db), _core.renew, lease_id, float(lease_duration))
+    return _core.renewed(get_store(db), lease_id, float(lease_duration))
 
 
 __all__ = ["acquire_lease", "acquire_slots", "concurrency", "rate_limit", "release_lease", "renew_lease"]
