@@ -81,10 +81,11 @@ class Denied:
 Outcome = Granted | Denied
 
 
-POKE = b"!\n"
-"""Written to a waiter's pipe: look again. A grant is written as ``GRANT_PREFIX`` + JSON, one line."""
 GRANT_PREFIX = b"G"
+POKE_PREFIX = b"!"
 _MAX_MESSAGE = 4000  # below PIPE_BUF: one write, never interleaved with another's
+# A waiter's pipe may outlive one wait (the sync shell keeps one per thread), so every message
+# names the ticket it is meant for: "!<ticket>" (look again) or "G" + JSON of the grant, one line each.
 
 
 @dataclass
@@ -94,15 +95,15 @@ class Effects:
     wakes: list[tuple[str, bytes]] = field(default_factory=list)
     dead_tokens: set[str] = field(default_factory=set)
 
-    def poke(self, pipe: str) -> None:
-        self.wakes.append((pipe, POKE))
+    def poke(self, pipe: str, ticket: int) -> None:
+        self.wakes.append((pipe, POKE_PREFIX + b"%d\n" % ticket))
 
-    def hand_over(self, pipe: str, granted: Granted) -> None:
+    def hand_over(self, pipe: str, ticket: int, granted: Granted) -> None:
         """Tell a waiter it was served, with what it needs to know, so it has nothing left to read or write."""
         import json
 
         lease = granted.lease
-        fields: dict[str, object] = {"missing": list(granted.missing)}
+        fields: dict[str, object] = {"ticket": ticket, "missing": list(granted.missing)}
         if lease is not None:
             fields.update(
                 id=lease.id,
@@ -112,20 +113,30 @@ class Effects:
                 expires=lease.expires.timestamp() if lease.expires else None,
             )
         message = GRANT_PREFIX + json.dumps(fields).encode() + b"\n"
-        self.wakes.append((pipe, message if len(message) <= _MAX_MESSAGE else POKE))
+        self.wakes.append((pipe, message if len(message) <= _MAX_MESSAGE else POKE_PREFIX + b"%d\n" % ticket))
 
 
-def read_grant(request: Request, data: bytes) -> Granted | None:
-    """The grant a releaser wrote to our pipe, if *data* holds one (else it held only pokes)."""
+def read_wake(request: Request, ticket: int, data: bytes) -> tuple[Granted | None, bool]:
+    """What our pipe held for *ticket*: the grant if a releaser served us, and whether we were poked.
+
+    Messages for an earlier ticket of ours (a wake-up that came after that wait ended) are ignored.
+    """
+    poked = False
+    mine = b"%d" % ticket
     for line in data.split(b"\n"):
+        if line.startswith(POKE_PREFIX):
+            poked = poked or line[len(POKE_PREFIX) :] == mine
+            continue
         if not line.startswith(GRANT_PREFIX):
             continue
         import json
 
         fields = json.loads(line[len(GRANT_PREFIX) :])
+        if fields.get("ticket") != ticket:
+            continue
         missing = tuple(fields["missing"])
         if request.kind == "rate":
-            return Granted(None, missing)
+            return Granted(None, missing), True
         holder = request.holder
         acquired, expires = fields.get("acquired"), fields.get("expires")
         lease = Lease(id=fields.get("id", ""), token=fields.get("token"), names=tuple(fields.get("names", ())),
@@ -133,8 +144,8 @@ def read_grant(request: Request, data: bytes) -> Granted | None:
                       acquired=None if acquired is None else utc(acquired),
                       expires=None if expires is None else utc(expires),
                       held_by="token" if holder.token is not None else "pid")  # fmt: skip
-        return Granted(lease, missing)
-    return None
+        return Granted(lease, missing), True
+    return None, poked
 
 
 T = TypeVar("T")
@@ -143,8 +154,7 @@ T = TypeVar("T")
 def transact(store: Store, fn: Callable[..., T], *args: object, blocking: bool = True, durable: bool = False) -> T:
     """Run ``fn(tx, effects, *args)`` in one write transaction, then wake whom it served."""
     effects = Effects()
-    with store.write(blocking=blocking, durable=durable) as tx:
-        result = fn(tx, effects, *args)
+    result = store.write(lambda tx: fn(tx, effects, *args), blocking=blocking, durable=durable)
     for pipe, message in effects.wakes:
         _tokens.wake(store.run_dir, pipe, message)
     for name in effects.dead_tokens:
@@ -496,7 +506,7 @@ def _serve(tx: Tx, effects: Effects, names: set[str], me: int | None, *, freed: 
             except ConcurrencySlotAcquisitionError:
                 if ticket == me:
                     raise
-                effects.poke(row.pipe)  # it will raise the error in its own process
+                effects.poke(row.pipe, ticket)  # it will raise the error in its own process
                 blocked.update(ticket_names)
                 continue
             short = _short_limits(tx, active, request.occupy)
@@ -509,7 +519,7 @@ def _serve(tx: Tx, effects: Effects, names: set[str], me: int | None, *, freed: 
                 if ticket == me:
                     mine = granted
                 else:
-                    effects.hand_over(row.pipe, granted)
+                    effects.hand_over(row.pipe, ticket, granted)
                 continue
             blocked.update(ticket_names)
             if ticket == me:
@@ -519,7 +529,7 @@ def _serve(tx: Tx, effects: Effects, names: set[str], me: int | None, *, freed: 
             ):
                 # Room was freed but not enough for the head (that counts as an attempt), or the head
                 # can wait for a computed moment of decay or expiry: let it look and set its timer.
-                effects.poke(row.pipe)
+                effects.poke(row.pipe, ticket)
         freed = True
     return mine
 

@@ -87,6 +87,15 @@ def token_of(store: Store) -> _tokens.ProcessToken:
     return token
 
 
+def kept_pipe(store: Store) -> _tokens.Pipe:
+    """The calling thread's wake-up pipe, kept across its waits."""
+    token = token_of(store)
+    try:
+        return token.thread_pipe(store.run_dir, store.file_mode)
+    except OSError as exc:
+        raise StoreError(f"Cannot create a wake-up pipe in {store.run_dir}: {exc.strerror or exc}.") from None
+
+
 def _forget_token(store: Store, token: _tokens.ProcessToken) -> None:
     """At exit, remove this process's token file if nothing names it any more."""
     if token.pid != os.getpid():
@@ -109,6 +118,34 @@ def make_request(
     holder_pid: int | None = None,
 ) -> Request:
     """Check every argument and describe the request; nothing touches the file before this passes."""
+    if holder_pid is None and type(names) is str and (holder is None or type(holder) is str):
+        # The same request again (a loop around concurrency()): reuse the checked description.
+        # Types are part of the key: True == 1 must not pass for a checked occupy of 1.
+        key = (store, names, occupy, type(occupy), kind, strict, type(strict), lease_duration,
+               type(lease_duration), holder, os.getpid())  # fmt: skip
+        request = _recent.get(key)
+        if request is None:
+            request = _describe(store, names, occupy, kind, strict, lease_duration, holder, None)
+            if len(_recent) >= 256:
+                _recent.clear()
+            _recent[key] = request
+        return request
+    return _describe(store, names, occupy, kind, strict, lease_duration, holder, holder_pid)
+
+
+_recent: dict[tuple[Any, ...], Request] = {}
+
+
+def _describe(
+    store: Store,
+    names: str | Iterable[str],
+    occupy: int,
+    kind: Kind,
+    strict: bool,
+    lease_duration: float,
+    holder: Any,
+    holder_pid: int | None,
+) -> Request:
     checked = validate_names(names)
     validate_count(occupy, "occupy", minimum=1)
     validate_bool(strict, "strict")
@@ -190,19 +227,23 @@ class Queued:
     so a grant written before the pipe existed is found by :meth:`peek`.
     """
 
-    def __init__(self, store: Store, request: Request, ticket: int, pipe_name: str) -> None:
+    def __init__(self, store: Store, request: Request, ticket: int, pipe: _tokens.Pipe | str) -> None:
         self.store = store
         self.request = request
         self.ticket: int | None = ticket
-        self.pipe_name = pipe_name
-        self.pipe: _tokens.Pipe | None = None
+        self.kept = not isinstance(pipe, str)
+        """The pipe is the thread's own, kept across waits (sync), not one made for this wait (async)."""
+        self.pipe: _tokens.Pipe | None = None if isinstance(pipe, str) else pipe
+        self.pipe_name = pipe if isinstance(pipe, str) else pipe.name
         self.attempts = 0
 
     def open_pipe(self) -> Granted | None:
-        """Make our pipe; return the grant if we were served before it existed."""
+        """Make our pipe (if it is not a kept one); return the grant if we were served before it existed."""
+        if self.pipe is not None:
+            return None  # it existed before the ticket: any grant is in it
         try:
             self.pipe = _tokens.Pipe(self.store.run_dir, self.pipe_name, self.store.file_mode)
-        except OSError as exc:
+        except OSError as exc:  # the ticket names this pipe: no other name will do
             raise StoreError(f"Cannot create a wake-up pipe in {self.store.run_dir}: {exc.strerror}.") from None
         return self.peek()
 
@@ -216,23 +257,32 @@ class Queued:
             sleep, moment = remaining, False
         return max(0.0, sleep), moment
 
-    def after_wake(self, data: bytes, moment: bool) -> Outcome | None:
-        """What a wake-up brought: a grant, a new look (after a poke or at the computed moment), or None."""
+    def woken(self, data: bytes) -> tuple[Granted | None, bool]:
+        """(the grant, whether poked) from what the pipe held for our ticket."""
+        assert self.ticket is not None
+        return _core.read_wake(self.request, self.ticket, data) if data else (None, False)
+
+    def after_wake(self, data: bytes, moment: bool) -> tuple[Outcome | None, bool]:
+        """What a wake-up brought: a grant, or a new look (after a poke or at the computed moment), or
+        nothing; and whether it counts as an attempt."""
+        granted, poked = self.woken(data)
+        if granted is not None:
+            return granted, False
+        if poked or moment:
+            return self.look(), True
         if data:
-            return _core.read_grant(self.request, data) or self.look()
-        if moment:
-            return self.look()
+            return None, False  # only messages for an earlier wait of this thread
         found = self.probe()  # the safety net: a read, and a write only when it could help
         if isinstance(found, Granted):
-            return found
-        return self.look() if found else None
+            return found, False
+        return (self.look() if found else None), False
 
-    def counts_as_attempt(self, woken: bool, outcome: Outcome, max_retries: int | None) -> bool:
+    def counts_as_attempt(self, counted: bool, outcome: Outcome, max_retries: int | None) -> bool:
         """Count a wake-up that did not serve us; True when ``max_retries`` is used up.
 
         The first attempt was the call itself: ``max_retries=N`` gives up after N + 1 attempts.
         """
-        if isinstance(outcome, Granted) or not woken:
+        if isinstance(outcome, Granted) or not counted:
             return False
         self.attempts += 1
         return max_retries is not None and self.attempts >= max_retries
@@ -262,7 +312,7 @@ class Queued:
             self.close()
 
     def close(self) -> None:
-        if self.pipe is not None:
+        if self.pipe is not None and not self.kept:
             self.pipe.close()
 
 

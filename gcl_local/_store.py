@@ -13,9 +13,9 @@ import os
 import stat
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import apsw
 
@@ -232,6 +232,8 @@ class _Connection:
         self.conn.set_busy_handler(_busy_handler(self))
 
 
+T = TypeVar("T")
+
 _leaked: list[object] = []
 """Connections opened before a fork: the child must neither use nor close them."""
 
@@ -350,9 +352,11 @@ class Store:
 
     # -- transactions ----------------------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def write(self, *, durable: bool = False, blocking: bool = True) -> Iterator[Tx]:
-        """One short ``BEGIN IMMEDIATE`` transaction; "now" is read once, inside the lock."""
+    def write(self, work: Callable[[Tx], T], *, durable: bool = False, blocking: bool = True) -> T:
+        """Run ``work(tx)`` in one short ``BEGIN IMMEDIATE`` transaction; "now" is read once, inside the lock.
+
+        A plain method rather than a context manager: this is the hot path of every acquire and release.
+        """
         conn = self._connection()
         c = conn.conn
         conn.blocking = blocking
@@ -370,8 +374,9 @@ class Store:
                 if not conn.boot_checked:
                     _sql.rebase_after_reboot(c, tx.now)
                     conn.boot_checked = True
-                yield tx
+                result = work(tx)
                 c.execute("COMMIT")
+                return result
             except BaseException:
                 if c.in_transaction:
                     c.execute("ROLLBACK")
@@ -390,9 +395,7 @@ class Store:
         """A read transaction: a consistent snapshot, taken without the write lock."""
         conn = self._connection()
         if not conn.boot_checked:
-            with self.write() as tx:
-                yield tx
-            return
+            self.write(lambda tx: None)  # the first transaction of a connection may have to rebase times
         c = conn.conn
         try:
             c.execute("BEGIN DEFERRED")

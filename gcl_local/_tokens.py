@@ -17,6 +17,7 @@ import fcntl
 import os
 import stat
 import threading
+import time
 from pathlib import Path
 
 TOKEN_SUFFIX = ".lock"
@@ -41,7 +42,7 @@ class ProcessToken:
         self.path = run_dir / (self.name + TOKEN_SUFFIX)
         try:
             os.fchmod(fd, mode)  # the umask must not take the group bits of a shared directory
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX)  # blocking: a sweeper may be probing it for a moment
             os.rename(tmp, self.path)
         except BaseException:
             os.close(fd)
@@ -51,11 +52,20 @@ class ProcessToken:
         self.fd = fd
         self._pipes = 0
         self._lock = threading.Lock()
+        self._threads = threading.local()
 
     def new_pipe_name(self) -> str:
         with self._lock:
             self._pipes += 1
             return f"{self.name}.{self._pipes}{PIPE_SUFFIX}"
+
+    def thread_pipe(self, run_dir: Path, mode: int) -> Pipe:
+        """The calling thread's own pipe, made once and kept for every wait of that thread."""
+        pipe: Pipe | None = getattr(self._threads, "pipe", None)
+        if pipe is None or pipe.fd < 0:
+            pipe = new_pipe(run_dir, self, mode)
+            self._threads.pipe = pipe
+        return pipe
 
 
 _tokens: dict[str, ProcessToken] = {}
@@ -139,13 +149,25 @@ def tokens_in(run_dir: Path) -> list[str]:
     return [e[: -len(TOKEN_SUFFIX)] for e in entries if e.endswith(TOKEN_SUFFIX) and not e.startswith(".")]
 
 
+STALE_TEMPORARY_SECONDS = 60.0
+
+
 def stale_temporaries(run_dir: Path) -> list[Path]:
-    """Temporary token files whose creator died between creating and renaming them."""
+    """Temporary token files whose creator died between creating and renaming them.
+
+    Only old ones: a new one may belong to a process that has not locked it yet.
+    """
     found = []
+    now = time.time()
     with contextlib.suppress(OSError):
         for entry in os.listdir(run_dir):
             if entry.startswith(".") and entry.endswith(".tmp"):
                 path = run_dir / entry
+                try:
+                    if now - os.lstat(path).st_mtime < STALE_TEMPORARY_SECONDS:
+                        continue
+                except OSError:
+                    continue
                 try:
                     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
                 except OSError:
@@ -164,6 +186,8 @@ class Pipe:
     """A waiter's named pipe, read end open; closed and unlinked by :meth:`close`."""
 
     def __init__(self, run_dir: Path, name: str, mode: int) -> None:
+        self.fd = -1
+        self.pid = os.getpid()
         self.name = name
         self.path = run_dir / name
         os.mkfifo(self.path, mode)
@@ -188,15 +212,28 @@ class Pipe:
             chunks.append(data)
         return b"".join(chunks)
 
+    def __del__(self) -> None:
+        self.close()  # a thread's kept pipe goes when the thread does
+
     def close(self) -> None:
         """Close and unlink; safe to call twice (a second close must not hit a reused descriptor)."""
         fd, self.fd = self.fd, -1
-        if fd < 0:
-            return
+        if fd < 0 or self.pid != os.getpid():
+            return  # a forked child's copy: the pipe is its parent's
         with contextlib.suppress(OSError):
             os.close(fd)
         with contextlib.suppress(OSError):
             os.unlink(self.path)
+
+
+def new_pipe(run_dir: Path, token: ProcessToken, mode: int) -> Pipe:
+    """A new pipe under a fresh name; a name already taken (maybe by a planted file) is skipped, never opened."""
+    for _ in range(8):
+        try:
+            return Pipe(run_dir, token.new_pipe_name(), mode)
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free pipe name in {run_dir}")
 
 
 def wake(run_dir: Path, pipe_name: str, message: bytes = b"!") -> None:

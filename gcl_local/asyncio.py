@@ -122,8 +122,9 @@ async def acquire_slots(
             sleep, moment = queue.next_sleep(outcome, left)
             assert queue.pipe is not None
             data = queue.pipe.drain() if await _wait_readable(queue.pipe.fd, sleep) else b""
-            outcome = await _after_wake(queue, data, moment) or outcome
-            if queue.counts_as_attempt(bool(data) or moment, outcome, max_retries):
+            looked, counted = await _after_wake(queue, data, moment)
+            outcome = looked or outcome
+            if queue.counts_as_attempt(counted, outcome, max_retries):
                 raise _shell.timeout_error(request, timeout_seconds)
         queue.ticket = None
         return outcome
@@ -147,18 +148,20 @@ def _leave(store: Store, queue: _shell.Queued, keep: bool) -> Granted | None:
     return late
 
 
-async def _after_wake(queue: _shell.Queued, data: bytes, moment: bool) -> _core.Outcome | None:
+async def _after_wake(queue: _shell.Queued, data: bytes, moment: bool) -> tuple[_core.Outcome | None, bool]:
     """:meth:`Queued.after_wake`, with its write transactions kept off the event loop when busy."""
-    granted = _core.read_grant(queue.request, data) if data else None
+    granted, poked = queue.woken(data)
     if granted is not None:
-        return granted
-    if not data and not moment:
+        return granted, False
+    if not (poked or moment):
+        if data:
+            return None, False
         found = queue.probe()
         if isinstance(found, Granted):
-            return found
+            return found, False
         if not found:
-            return None
-    return await _transact(queue.store, _core.attempt_ticket, queue.ticket, queue.request.kind)
+            return None, False
+    return await _transact(queue.store, _core.attempt_ticket, queue.ticket, queue.request.kind), poked or moment
 
 
 async def _renew_forever(store: Store, lease_id: str, duration: float, raising: bool, owner: asyncio.Task[Any]) -> None:

@@ -44,14 +44,14 @@ def acquire_slots(
     """Wait in the queue until the request is granted; the one blocking wait loop of the sync shell."""
     start = time.monotonic()
     may_wait = timeout_seconds != 0 and max_retries != 0
-    pipe_name = _shell.token_of(store).new_pipe_name() if may_wait else None
-    outcome = _core.transact(store, _core.attempt, request, pipe_name)
+    pipe = _shell.kept_pipe(store) if may_wait else None
+    outcome = _core.transact(store, _core.attempt, request, pipe.name if pipe else None)
     if isinstance(outcome, Granted):
         return outcome
-    if outcome.ticket is None or pipe_name is None:
+    if outcome.ticket is None or pipe is None:
         raise _shell.timeout_error(request, timeout_seconds, max_retries)
     deadline = _shell.deadline_of(timeout_seconds, start)
-    queue = _shell.Queued(store, request, outcome.ticket, pipe_name)
+    queue = _shell.Queued(store, request, outcome.ticket, pipe)
     told = False
     try:
         outcome = queue.open_pipe() or outcome
@@ -66,8 +66,9 @@ def acquire_slots(
             sleep, moment = queue.next_sleep(outcome, left)
             assert queue.pipe is not None
             data = queue.pipe.drain() if _wait_readable(queue.pipe.fd, sleep) else b""
-            outcome = queue.after_wake(data, moment) or outcome
-            if queue.counts_as_attempt(bool(data) or moment, outcome, max_retries):
+            looked, counted = queue.after_wake(data, moment)
+            outcome = looked or outcome
+            if queue.counts_as_attempt(counted, outcome, max_retries):
                 raise _shell.timeout_error(request, timeout_seconds)
         queue.ticket = None  # served: nothing to leave
         return outcome
