@@ -313,7 +313,8 @@ def _grant(tx: Tx, request: Request, active: list[LimitRow], ticket: int | None)
             _sql.set_level(tx.conn, row.name, row.level_at(now.boot) + request.occupy, now)
         return None
     holder = request.holder
-    names = tuple(row.name for row in active)
+    active_names = {row.name for row in active}
+    names = tuple(name for name in request.names if name in active_names)  # in the caller's order
     if not names:
         return Lease(id="", token=None, names=(), slots=request.occupy, pid=holder.pid, host=holder.host,
                      user=holder.user, label=holder.label, acquired=utc(now.wall), expires=None)  # fmt: skip

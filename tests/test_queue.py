@@ -88,9 +88,13 @@ while not os.path.exists(stop):
 """
 
 
-def wait_for(predicate, what: str, timeout: float = 30.0) -> None:
+def wait_for(predicate, what: str, children=(), timeout: float = 30.0) -> None:
+    """Poll until *predicate* holds; fail at once, with its stderr, if one of *children* exits meanwhile."""
     deadline = time.monotonic() + timeout
     while not predicate():
+        for child in children:
+            if child.poll() is not None:
+                pytest.fail(f"child {child.pid} exited with {child.returncode}: {child.stderr.read()}")
         if time.monotonic() > deadline:
             pytest.fail(f"timed out waiting for {what}")
         time.sleep(0.02)
@@ -106,7 +110,7 @@ def enqueue_in_order(procs, db: str, programs: list[str], hold: float = 0.05):
     for program in programs:
         child = procs.python(program, db, "one", str(hold))
         children.append(child)
-        wait_for(lambda: len(waiting_pids("one", db)) == len(children), "a waiter to queue")
+        wait_for(lambda: len(waiting_pids("one", db)) == len(children), "a waiter to queue", children)
         time.sleep(0.15)
     assert waiting_pids("one", db) == [c.pid for c in children]
     return children
@@ -178,7 +182,7 @@ def test_a_waiter_gets_the_slot_of_a_pid_holder_that_died_meanwhile(db, procs):
 
 def queue_patient(procs, db: str, how: str = "lenient"):
     child = procs.python(PATIENT, db, how)
-    wait_for(lambda: waiting_pids("one", db) == [child.pid], "the waiter to queue")
+    wait_for(lambda: waiting_pids("one", db) == [child.pid], "the waiter to queue", [child])
     return child
 
 
@@ -204,7 +208,7 @@ def test_deleting_a_limit_lets_its_waiters_through_with_a_warning(db, procs):
     acquire_lease("one", db=db)
     lenient = queue_patient(procs, db)
     strict = procs.python(PATIENT, db, "strict")
-    wait_for(lambda: waiting_pids("one", db) == [lenient.pid, strict.pid], "both waiters to queue")
+    wait_for(lambda: waiting_pids("one", db) == [lenient.pid, strict.pid], "both waiters to queue", [lenient, strict])
     delete_limit("one", db=db)
     assert result_of(lenient) == {"token": None, "warnings": ["MissingLimitWarning"]}
     assert result_of(strict) == {"error": "ConcurrencySlotAcquisitionError", "warnings": []}

@@ -90,6 +90,41 @@ print(json.dumps([granted, denied]))
 """
 
 
+INSPECT = """
+import os, sys
+from gcl_local import list_limits
+db, stop = sys.argv[1], sys.argv[2]
+print("inspecting", flush=True)
+while not os.path.exists(stop):
+    list_limits(db=db)
+"""
+
+STARTERS = """
+import json, os, sys
+from gcl_local import concurrency
+db, n = sys.argv[1], int(sys.argv[2])
+errors = []
+for _ in range(n):
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read)
+        try:
+            with concurrency("pool", timeout_seconds=10, db=db):
+                pass
+        except BaseException as exc:
+            os.write(write, repr(exc).encode()[:500])
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as f:
+        message = f.read().decode()
+    os.waitpid(pid, 0)
+    if message:
+        errors.append(message)
+print(json.dumps(errors))
+"""
+
+
 # -- helpers -----------------------------------------------------------------------------------------
 
 
@@ -163,6 +198,20 @@ def test_eight_processes_never_exceed_a_limit_of_three(db, procs):
     assert len(spans) == 120
     assert max_overlap(spans) <= 3
     assert read_limit("pool", db=db).active_slots == 0
+
+
+def test_processes_starting_while_others_inspect_do_not_fail(db, procs, tmp_path):
+    create_limit("pool", 1000, db=db)
+    stop = tmp_path / "stop"
+    inspectors = [procs.python(INSPECT, db, str(stop)) for _ in range(2)]
+    for inspector in inspectors:
+        assert read_line(inspector) == "inspecting"
+    starters = procs.python(STARTERS, db, "150")  # each forked process makes its own liveness token
+    errors = json.loads(finish(starters))
+    stop.touch()
+    for inspector in inspectors:
+        finish(inspector)
+    assert errors == []
 
 
 def test_fencing_tokens_strictly_increase_across_processes(db, procs):
