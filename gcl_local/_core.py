@@ -99,21 +99,29 @@ class Effects:
         self.wakes.append((pipe, POKE_PREFIX + b"%d\n" % ticket))
 
     def hand_over(self, pipe: str, ticket: int, granted: Granted) -> None:
-        """Tell a waiter it was served, with what it needs to know, so it has nothing left to read or write."""
-        import json
+        """Tell a waiter it was served, with what it needs to know, so it has nothing left to read or write.
 
+        One line of fields joined by RS (names by US): names never hold control characters.
+        """
         lease = granted.lease
-        fields: dict[str, object] = {"ticket": ticket, "missing": list(granted.missing)}
+        fields = [str(ticket), _sql.NAME_SEP.join(granted.missing)]
         if lease is not None:
-            fields.update(
-                id=lease.id,
-                token=lease.token,
-                names=list(lease.names),
-                acquired=lease.acquired.timestamp() if lease.acquired else None,
-                expires=lease.expires.timestamp() if lease.expires else None,
-            )
-        message = GRANT_PREFIX + json.dumps(fields).encode() + b"\n"
+            fields += [
+                lease.id,
+                str(lease.token),
+                _sql.NAME_SEP.join(lease.names),
+                repr(lease.acquired.timestamp()) if lease.acquired else "",
+                repr(lease.expires.timestamp()) if lease.expires else "",
+            ]
+        message = GRANT_PREFIX + _FIELD_SEP.join(fields).encode() + b"\n"
         self.wakes.append((pipe, message if len(message) <= _MAX_MESSAGE else POKE_PREFIX + b"%d\n" % ticket))
+
+
+_FIELD_SEP = "\x1e"
+
+
+def _split_names(text: str) -> tuple[str, ...]:
+    return tuple(text.split(_sql.NAME_SEP)) if text else ()
 
 
 def read_wake(request: Request, ticket: int, data: bytes) -> tuple[Granted | None, bool]:
@@ -129,23 +137,27 @@ def read_wake(request: Request, ticket: int, data: bytes) -> tuple[Granted | Non
             continue
         if not line.startswith(GRANT_PREFIX):
             continue
-        import json
-
-        fields = json.loads(line[len(GRANT_PREFIX) :])
-        if fields.get("ticket") != ticket:
+        fields = line[len(GRANT_PREFIX) :].decode().split(_FIELD_SEP)
+        if fields[0] != str(ticket):
             continue
-        missing = tuple(fields["missing"])
-        if request.kind == "rate":
-            return Granted(None, missing), True
+        missing = _split_names(fields[1])
+        if request.kind == "rate" or len(fields) < 7:
+            return Granted(None if request.kind == "rate" else _no_slot_lease(request), missing), True
+        lease_id, token, names, acquired, expires = fields[2:7]
         holder = request.holder
-        acquired, expires = fields.get("acquired"), fields.get("expires")
-        lease = Lease(id=fields.get("id", ""), token=fields.get("token"), names=tuple(fields.get("names", ())),
+        lease = Lease(id=lease_id, token=int(token) if token != "None" else None, names=_split_names(names),
                       slots=request.occupy, pid=holder.pid, host=holder.host, user=holder.user, label=holder.label,
-                      acquired=None if acquired is None else utc(acquired),
-                      expires=None if expires is None else utc(expires),
+                      acquired=utc(float(acquired)) if acquired else None,
+                      expires=utc(float(expires)) if expires else None,
                       held_by="token" if holder.token is not None else "pid")  # fmt: skip
         return Granted(lease, missing), True
     return None, poked
+
+
+def _no_slot_lease(request: Request) -> Lease:
+    holder = request.holder
+    return Lease(id="", token=None, names=(), slots=request.occupy, pid=holder.pid, host=holder.host,
+                 user=holder.user, label=holder.label)  # fmt: skip
 
 
 T = TypeVar("T")
@@ -436,10 +448,12 @@ def probe(tx: Tx, ticket: int, kind: Kind) -> Granted | bool:
         return _granted_ticket(tx, ticket, kind)
     live = _Liveness(tx)
     names = row.name_list
-    for older in _sql.older_tickets_on(tx.conn, names, ticket):
-        ahead = _sql.select_ticket(tx.conn, older)
-        if ahead is not None and live.token(ahead.holder_token) is False:
-            return True
+    older = _sql.older_tickets_on(tx.conn, names, ticket)
+    if older:
+        # Each waiter watches the one just ahead of it, the head watches the holders: every death
+        # is seen by someone, at a cost that does not grow with the queue.
+        ahead = _sql.select_ticket(tx.conn, older[-1])
+        return ahead is not None and live.token(ahead.holder_token) is False
     return any(live.lease_gone(lease) for name in names for lease in _sql.leases_on(tx.conn, name))
 
 
@@ -472,8 +486,9 @@ def _serve(tx: Tx, effects: Effects, names: set[str], me: int | None, *, freed: 
     A ticket is served only when no older ticket shares one of its names (so the oldest waiter is
     at the head of each of its queues, and multi-name waiters cannot deadlock) and its request
     fits. A head that does not fit blocks every later ticket on its names: a big request is never
-    starved by small ones. Dead waiters and holders met on the way are reaped, which may free
-    more names; the scan repeats until nothing changes.
+    starved by small ones. For its own ticket (*me*), a waiter also reaps dead waiters ahead of it
+    and dead holders of its limits, which may free more names; the scan repeats until nothing
+    changes. A releaser does not reap: its transaction is on every hand-off's path.
     """
     conn = tx.conn
     live = _Liveness(tx)
@@ -483,6 +498,10 @@ def _serve(tx: Tx, effects: Effects, names: set[str], me: int | None, *, freed: 
         scan, pending = sorted(pending), set()
         blocked: set[str] = set()
         for ticket in _sql.tickets_on(conn, scan):
+            if blocked.issuperset(scan):
+                if me is not None and mine is None:
+                    mine = Denied(None, me)  # ours is further back in a blocked queue
+                break  # every queue scanned is held up by its head
             row = _sql.select_ticket(conn, ticket)
             if row is None:
                 continue  # reaped or served earlier in this scan
@@ -492,14 +511,11 @@ def _serve(tx: Tx, effects: Effects, names: set[str], me: int | None, *, freed: 
                 mine = Denied(None, me) if ticket == me else mine
                 continue
             older = _sql.older_tickets_on(conn, ticket_names, ticket)
-            if older and _reap_tickets(tx, effects, older, live, pending):
+            if older and ticket == me and _reap_tickets(tx, effects, older, live, pending):
                 older = _sql.older_tickets_on(conn, ticket_names, ticket)
             if older:
                 blocked.update(ticket_names)
                 mine = Denied(None, me) if ticket == me else mine
-                continue
-            if ticket != me and live.token(row.holder_token) is False:
-                _drop_holder(tx, effects, row.holder_token, pending)
                 continue
             request = _request_of(row, ticket_names)
             try:
@@ -511,10 +527,13 @@ def _serve(tx: Tx, effects: Effects, names: set[str], me: int | None, *, freed: 
                 blocked.update(ticket_names)
                 continue
             short = _short_limits(tx, active, request.occupy)
-            if short and _reap_leases(tx, effects, [r.name for r in short], live, pending):
+            if short and ticket == me and _reap_leases(tx, effects, [r.name for r in short], live, pending):
                 active, missing = _active_limits(tx, request)
                 short = _short_limits(tx, active, request.occupy)
             if not short:
+                if ticket != me and live.token(row.holder_token) is False:
+                    _drop_holder(tx, effects, row.holder_token, pending)  # never grant to the dead
+                    continue
                 granted = Granted(_grant(tx, request, active, ticket), missing)
                 _sql.delete_ticket(conn, row)
                 if ticket == me:
@@ -525,11 +544,11 @@ def _serve(tx: Tx, effects: Effects, names: set[str], me: int | None, *, freed: 
             blocked.update(ticket_names)
             if ticket == me:
                 mine = Denied(_retry_in(tx, short, request.occupy), me)
-            elif (freed and all(_shortfall(tx, r, request.occupy) <= request.occupy - 1 + EPSILON for r in short)) or (
-                _retry_in(tx, short, request.occupy) is not None
+            elif any(r.decay > 0 for r in short) or (
+                freed and all(_shortfall(tx, r, request.occupy) <= request.occupy - 1 + EPSILON for r in short)
             ):
-                # Room was freed but not enough for the head (that counts as an attempt), or the head
-                # can wait for a computed moment of decay or expiry: let it look and set its timer.
+                # The head can wait for a computed moment of decay: let it look and set its timer; or
+                # room was freed but not enough for it (that counts as an attempt).
                 effects.poke(row.pipe, ticket)
         freed = True
     return mine

@@ -111,7 +111,9 @@ def token_alive(run_dir: Path, name: str) -> bool | None:
     if mine is not None and mine.name == name and mine.pid == os.getpid():
         return True
     try:
-        fd = os.open(run_dir / (name + TOKEN_SUFFIX), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+        fd = os.open(
+            os.path.join(run_dir, name + TOKEN_SUFFIX), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+        )
     except FileNotFoundError:
         return False
     except OSError:
@@ -239,7 +241,7 @@ def new_pipe(run_dir: Path, token: ProcessToken, mode: int) -> Pipe:
 def wake(run_dir: Path, pipe_name: str, message: bytes = b"!") -> None:
     """Write a short message (< PIPE_BUF: atomic) to a waiter's pipe; a waiter that is gone is no error."""
     try:
-        fd = os.open(run_dir / pipe_name, os.O_WRONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = os.open(os.path.join(run_dir, pipe_name), os.O_WRONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError:
         return  # ENXIO: no reader (dead); ENOENT: gone; ELOOP: planted symlink
     try:

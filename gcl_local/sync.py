@@ -30,8 +30,10 @@ DbArg = str | os.PathLike[str] | Store | None
 
 
 def _wait_readable(fd: int, seconds: float) -> bool:
-    readable, _, _ = select.select([fd], [], [], seconds)
-    return bool(readable)
+    """Sleep until *fd* is readable or *seconds* pass (poll, not select: descriptors may exceed 1024)."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(max(0.0, seconds) * 1000.0))
 
 
 def acquire_slots(
