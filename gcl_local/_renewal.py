@@ -47,6 +47,7 @@ class Renewal:
         self.cancelled = False
         self.failed = False
         self.failures = 0
+        self.due = 0.0
 
     def cancel(self) -> None:
         self.cancelled = True
@@ -81,51 +82,58 @@ class Renewal:
         ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self.thread_id), ctypes.py_object(LeaseRenewalError))
 
 
+TICK_SECONDS = 5.0
+"""The renewal thread looks at its schedule at least this often; a lease is at least 60 s long."""
+
+
 class Renewer:
-    """The process's renewal thread and its schedule (a heap; released leases are dropped lazily)."""
+    """The process's renewal thread and its schedule.
+
+    Acquiring and releasing only append to a list and set a flag (no lock, no wake-up: they are on
+    every block's path); the thread takes new leases into its heap when it wakes, at least every
+    ``TICK_SECONDS``, which is early enough for the shortest lease (renewed 45 s after its start).
+    """
 
     def __init__(self) -> None:
         self.pid = os.getpid()
+        self._new: list[Renewal] = []
         self._heap: list[tuple[float, int, Renewal]] = []
         self._order = itertools.count()
-        self._wake = threading.Condition()
-        self._thread: threading.Thread | None = None
-        self._cancelled = 0
+        self._started = False
+        self._start_lock = threading.Lock()
 
     def add(self, renewal: Renewal) -> None:
-        self._schedule(renewal, RENEWAL_FRACTION * renewal.duration)
+        renewal.due = time.monotonic() + RENEWAL_FRACTION * renewal.duration
+        self._new.append(renewal)  # atomic under the GIL
+        if not self._started:
+            with self._start_lock:
+                if not self._started:
+                    threading.Thread(target=self._run, name="gcl-lease-renewal", daemon=True).start()
+                    self._started = True
 
     def cancel(self, renewal: Renewal) -> None:
         renewal.cancel()
-        with self._wake:
-            self._cancelled += 1
-            if self._cancelled > 64 and self._cancelled * 2 > len(self._heap):
-                self._heap = [entry for entry in self._heap if not entry[2].cancelled]
-                heapq.heapify(self._heap)
-                self._cancelled = 0
-
-    def _schedule(self, renewal: Renewal, delay: float) -> None:
-        with self._wake:
-            heapq.heappush(self._heap, (time.monotonic() + delay, next(self._order), renewal))
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="gcl-lease-renewal", daemon=True)
-                self._thread.start()
-            if self._heap[0][2] is renewal:
-                self._wake.notify()  # only an earlier deadline needs the thread to look again
 
     def _run(self) -> None:
         while True:
-            with self._wake:
-                while not self._heap or self._heap[0][0] > time.monotonic():
-                    timeout = self._heap[0][0] - time.monotonic() if self._heap else None
-                    self._wake.wait(timeout)
+            now = time.monotonic()
+            while self._new:
+                renewal = self._new.pop()
+                if not renewal.cancelled:
+                    heapq.heappush(self._heap, (renewal.due, next(self._order), renewal))
+            while self._heap and (self._heap[0][2].cancelled or self._heap[0][0] <= now):
                 _, _, renewal = heapq.heappop(self._heap)
                 if renewal.cancelled:
-                    self._cancelled = max(0, self._cancelled - 1)
                     continue
-            delay = renewal.renew_once()
-            if delay is not None:
-                self._schedule(renewal, delay)
+                delay = renewal.renew_once()
+                if delay is not None:
+                    renewal.due = time.monotonic() + delay
+                    heapq.heappush(self._heap, (renewal.due, next(self._order), renewal))
+            if len(self._heap) > 64:  # forget released leases that are not due yet
+                self._heap = [entry for entry in self._heap if not entry[2].cancelled]
+                heapq.heapify(self._heap)
+            next_due = self._heap[0][0] - time.monotonic() if self._heap else TICK_SECONDS
+            time.sleep(min(TICK_SECONDS, max(0.0, next_due)))
 
 
 _renewer: Renewer | None = None

@@ -27,7 +27,7 @@ from ._model import (
 )
 from ._store import Store
 
-SAFETY_NET_SECONDS = 0.25
+SAFETY_NET_SECONDS = 0.5
 """A waiter looks again at least this often, in case a wake-up was lost or a holder died."""
 MAX_LABEL = 200
 
