@@ -166,8 +166,11 @@ class CorruptRowError(Exception):
 
 def _limit(row: Sequence[Any]) -> LimitRow:
     name, limit, numbers = row[0], row[1], row[3:]
-    sound = isinstance(name, str) and type(limit) is int and limit >= 0
-    if not sound or not all(type(v) in (int, float) and math.isfinite(v) for v in numbers):
+    try:
+        finite = math.isfinite(math.fsum(numbers))  # fails on text or blobs, and on NaN or infinity
+    except TypeError:
+        finite = False
+    if not (finite and isinstance(name, str) and type(limit) is int and limit >= 0):
         raise CorruptRowError(f"limit row {row!r}")
     return LimitRow(name, limit, bool(row[2]), *numbers)
 
@@ -177,8 +180,12 @@ def _fetch(conn: apsw.Connection, sql: str, params: Sequence[Any] = ()) -> list[
     return conn.execute(sql, params).fetchall()
 
 
+_MARKS = [",".join("?" * n) for n in range(16)]
+
+
 def _marks(n: int) -> str:
-    return ",".join("?" * n)
+    """``?,?,?`` for *n* parameters."""
+    return _MARKS[n] if n < len(_MARKS) else ",".join("?" * n)
 
 
 def select_limits(conn: apsw.Connection, names: Sequence[str]) -> list[LimitRow]:
