@@ -16,14 +16,15 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from helpers import holding, wait_for
 from typer.testing import CliRunner
 
-from gcl_local import Lease, Limit, LimitNotFoundError, list_limits, read_limit
+from gcl_local import Limit, LimitNotFoundError, list_limits, read_limit
 from gcl_local._app import app
 from gcl_local._cli import main
 
@@ -113,32 +114,6 @@ def as_json(db: str, *args: str) -> Any:
 
 def names_in(db: str) -> list[str]:
     return [limit.name for limit in list_limits(db=db)]
-
-
-def wait_for(predicate: Callable[[], T | None], timeout: float = 20.0, what: str = "condition") -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
-def holding(db: str, name: str, label: str, proc: subprocess.Popen[str]) -> Lease:
-    """Wait until ``gcl run`` (*proc*) holds *name* and has named its command (*label*) as the holder."""
-
-    def holder() -> Lease | None:
-        if proc.poll() is not None:
-            raise AssertionError(f"{proc.args} ended early: {proc.returncode} {proc.communicate()}")
-        holders = read_limit(name, db=db).holders
-        if not holders or holders[0].label != label:
-            return None
-        # gcl run takes the lease under its own pid, then names its command's pid once started
-        return None if holders[0].pid == proc.pid else holders[0]
-
-    return wait_for(holder, what=f"a holder of {name!r}")
 
 
 def waiting(db: str, name: str) -> Limit:

@@ -11,14 +11,15 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from helpers import holding, wait_for
 
-from gcl_local import Lease, create_limit, read_limit
+from gcl_local import create_limit, read_limit
 
 REPO = Path(__file__).resolve().parent.parent
 GCL = [sys.executable, "-m", "gcl_local"]
@@ -79,32 +80,6 @@ def one_line_error(result: Result, code: int = 1) -> str:
     assert len(lines) == 1, (result.args, result.stderr)
     assert lines[0].startswith("gcl: "), (result.args, result.stderr)
     return lines[0]
-
-
-def wait_for(predicate: Callable[[], T | None], timeout: float = 20.0, what: str = "condition") -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
-
-
-def holding(db: str, name: str, label: str, proc: subprocess.Popen[str]) -> Lease:
-    """Wait until ``gcl run`` (*proc*) holds *name* and has named its command (*label*) as the holder."""
-
-    def holder() -> Lease | None:
-        if proc.poll() is not None:
-            raise AssertionError(f"{proc.args} ended early: {proc.returncode} {proc.communicate()}")
-        holders = read_limit(name, db=db).holders
-        if not holders or holders[0].label != label:
-            return None
-        # gcl run takes the lease under its own pid, then names its command's pid once started
-        return None if holders[0].pid == proc.pid else holders[0]
-
-    return wait_for(holder, what=f"a holder of {name!r} named {label!r}")
 
 
 def free(db: str, name: str) -> bool:
