@@ -517,6 +517,11 @@ def _serve(tx: Tx, effects: Effects, names: set[str], me: int | None, *, freed: 
                 blocked.update(ticket_names)
                 mine = Denied(None, me) if ticket == me else mine
                 continue
+            if me is not None and ticket != me and live.token(row.holder_token) is False:
+                # A waiter looking for itself reaps the dead ahead of it (a releaser does not: its
+                # transaction is on the hand-off's path, and it checks whom it grants to below).
+                _drop_holder(tx, effects, row.holder_token, pending)
+                continue
             request = _request_of(row, ticket_names)
             try:
                 active, missing = _active_limits(tx, request)

@@ -69,3 +69,41 @@ def test_a_threads_kept_pipe_ignores_wake_ups_meant_for_its_earlier_wait(db: str
     time.sleep(0.05)
     assert read_limit("a", db=db).active_slots == 0
     assert not read_limit("a", db=db).waiters
+
+
+def test_a_waiter_reaps_a_dead_waiter_ahead_of_it_while_the_slot_stays_held(db: str, procs) -> None:
+    """Found by the soak run: a dead head of the queue was kept while its limit stayed full."""
+    import signal
+
+    import apsw
+
+    create_limit("a", 1, db=db)
+    wait_code = (
+        "import sys\nfrom gcl_local import concurrency\n"
+        "with concurrency('a', timeout_seconds=30, db=sys.argv[1]):\n    pass\n"
+    )
+
+    def tickets() -> int:
+        conn = apsw.Connection(db, flags=apsw.SQLITE_OPEN_READONLY)
+        try:
+            return int(conn.execute("SELECT count(*) FROM tickets").fetchall()[0][0])
+        finally:
+            conn.close()
+
+    def wait_until(predicate, seconds: float) -> bool:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if predicate():
+                return True
+            time.sleep(0.05)
+        return False
+
+    with concurrency("a", db=db):
+        first = procs.python(wait_code, db)
+        assert wait_until(lambda: tickets() == 1, 20)
+        procs.python(wait_code, db)
+        assert wait_until(lambda: tickets() == 2, 20)
+        first.send_signal(signal.SIGKILL)
+        first.wait(10)
+        # Nobody releases and nobody in this process looks: the second waiter must reap the first.
+        assert wait_until(lambda: tickets() == 1, 5), "the dead head of the queue was kept"
