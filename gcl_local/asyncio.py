@@ -21,11 +21,11 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any, TypeVar
 
-from . import _core, _log, _shell
+from . import _core, _log, _renewal, _shell
 from ._core import Denied, Granted, Request
 from ._errors import AcquireConcurrencySlotTimeoutError, GclError, LeaseNotFoundError, LeaseRenewalError
 from ._model import DEFAULT_LEASE_SECONDS, Lease
-from ._renewal import RENEWAL_FRACTION, RETRY_DELAYS, renewal_failed_message
+from ._renewal import renewal_failed_message
 from ._store import Store, WouldBlock, get_store
 from .sync import DbArg
 
@@ -166,8 +166,8 @@ async def _after_wake(queue: _shell.Queued, data: bytes, moment: bool) -> tuple[
 
 async def _renew_forever(store: Store, lease_id: str, duration: float, raising: bool, owner: asyncio.Task[Any]) -> None:
     while True:
-        await asyncio.sleep(RENEWAL_FRACTION * duration)
-        for delay in (*RETRY_DELAYS, None):
+        await asyncio.sleep(_renewal.RENEWAL_FRACTION * duration)
+        for delay in (*_renewal.RETRY_DELAYS, None):
             try:
                 await asyncio.to_thread(_core.renewed, store, lease_id, duration)
                 break
