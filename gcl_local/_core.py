@@ -13,6 +13,7 @@ waiting ticket shares one of its active names (first come, first served).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from collections.abc import Callable, Iterable
@@ -713,7 +714,8 @@ def sweep(tx: Tx, effects: Effects, live: _Liveness | None = None, freed: set[st
         if live.token(token) is False:
             _drop_holder(tx, effects, token, freed_here)
     for path in _tokens.stale_temporaries(run_dir):
-        path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            os.unlink(path)
     if freed is not None:
         freed.update(freed_here)
     elif freed_here:

@@ -14,7 +14,6 @@ import stat
 import threading
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any, TypeVar
 
 import apsw
@@ -56,29 +55,29 @@ BUSY_GIVE_UP_SECONDS = 30.0
 """A write lock held this long means a stuck process, not contention: report it."""
 
 
-def default_path() -> Path:
+def default_path() -> str:
     state = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
-    return Path(state) / "gcl_local" / "gcl.db"
+    return os.path.join(state, "gcl_local", "gcl.db")
 
 
-def resolve_path(db: str | os.PathLike[str] | None) -> tuple[Path, bool]:
+def resolve_path(db: str | os.PathLike[str] | None) -> tuple[str, bool]:
     """The state file's path, and whether it is the default one (whose parent we may create)."""
     if db is None:
         env = os.environ.get("GCL_DB")
         if env:
-            return Path(env).expanduser().absolute(), False
+            return os.path.abspath(os.path.expanduser(env)), False
         return default_path(), True
     text = os.fspath(db)
     if not text:
         raise StoreError("The state file path must not be empty.")
-    return Path(text).expanduser().absolute(), False
+    return os.path.abspath(os.path.expanduser(text)), False
 
 
 def _unescape_mount(field: str) -> str:
     return field.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
 
 
-def filesystem_type(directory: Path) -> str | None:
+def filesystem_type(directory: str) -> str | None:
     """The type of the filesystem that holds *directory*, from the mount table (None if unknown)."""
     try:
         with open(MOUNTINFO, encoding="utf-8", errors="replace") as f:
@@ -99,8 +98,8 @@ def filesystem_type(directory: Path) -> str | None:
     return best_type
 
 
-def _check_local(path: Path) -> None:
-    fstype = filesystem_type(path.parent)
+def _check_local(path: str) -> None:
+    fstype = filesystem_type(os.path.dirname(path))
     if fstype and (fstype in NETWORK_FILESYSTEMS or fstype.startswith("fuse")):
         raise StoreError(
             f"State file {path} is on a {fstype!r} filesystem. SQLite WAL needs shared memory and reliable "
@@ -108,7 +107,7 @@ def _check_local(path: Path) -> None:
         )
 
 
-def _shared_dir(directory: Path) -> bool:
+def _shared_dir(directory: str) -> bool:
     """A setgid directory marks files that a team's users share on purpose."""
     try:
         return bool(os.stat(directory).st_mode & stat.S_ISGID)
@@ -116,14 +115,14 @@ def _shared_dir(directory: Path) -> bool:
         return False
 
 
-def file_mode(directory: Path) -> int:
+def file_mode(directory: str) -> int:
     return 0o660 if _shared_dir(directory) else 0o600
 
 
-def _prepare_file(path: Path, is_default: bool) -> bool:
+def _prepare_file(path: str, is_default: bool) -> bool:
     """Check the path and create an empty file with the right mode if there is none; True if created."""
-    parent = path.parent
-    if is_default and not parent.exists():
+    parent = os.path.dirname(path)
+    if is_default and not os.path.exists(parent):
         try:
             os.makedirs(parent, mode=0o700, exist_ok=True)
             os.chmod(parent, 0o700)
@@ -143,7 +142,7 @@ def _prepare_file(path: Path, is_default: bool) -> bool:
         if 0 < st.st_size < 512:  # SQLite files are empty or at least one 512-byte page
             raise StoreError(f"Cannot use state file {path}: it is not a SQLite database (wrong path?).")
         return False
-    if not parent.is_dir():
+    if not os.path.isdir(parent):
         raise StoreError(f"Cannot create state file {path}: the directory {parent} does not exist.")
     _check_local(path)
     mode = file_mode(parent)
@@ -162,31 +161,33 @@ def _prepare_file(path: Path, is_default: bool) -> bool:
     return True
 
 
-def _corrupt(path: Path) -> StoreError:
+def _corrupt(path: str) -> StoreError:
+    name = os.path.basename(path)
     return StoreError(
-        f"State file {path} is corrupt. It holds only transient slot state: remove {path.name}, "
-        f"{path.name}-wal and {path.name}-shm when no process uses them, and recreate the limits."
+        f"State file {path} is corrupt. It holds only transient slot state: remove {name}, "
+        f"{name}-wal and {name}-shm when no process uses them, and recreate the limits."
     )
 
 
-def _explain_open_error(path: Path, exc: apsw.Error) -> StoreError:
+def _explain_open_error(path: str, exc: apsw.Error) -> StoreError:
+    parent = os.path.dirname(path)
     extended = getattr(exc, "extendedresult", None)
     if isinstance(exc, apsw.NotADBError):
         return StoreError(f"Cannot use state file {path}: it is not a SQLite database (wrong path?).")
     if isinstance(exc, apsw.CorruptError):
         return _corrupt(path)
     if isinstance(exc, apsw.ReadOnlyError) or extended == apsw.SQLITE_READONLY_DIRECTORY:
-        if extended == apsw.SQLITE_READONLY_DIRECTORY or not os.access(path.parent, os.W_OK):
+        if extended == apsw.SQLITE_READONLY_DIRECTORY or not os.access(parent, os.W_OK):
             return StoreError(
-                f"Cannot use state file {path}: its directory {path.parent} is not writable by you, and SQLite "
+                f"Cannot use state file {path}: its directory {parent} is not writable by you, and SQLite "
                 "must create -wal and -shm files there."
             )
-        culprits = [p for p in (path, Path(f"{path}-wal"), Path(f"{path}-shm")) if p.exists()]
+        culprits = [p for p in (path, f"{path}-wal", f"{path}-shm") if os.path.exists(p)]
         culprits = [p for p in culprits if not os.access(p, os.W_OK)] or culprits[:1]
         return StoreError(f"Cannot use state file {path}: {culprits[0]} is not writable by you.")
     if isinstance(exc, apsw.CantOpenError):
-        if not path.parent.is_dir():
-            return StoreError(f"Cannot open state file {path}: the directory {path.parent} does not exist.")
+        if not os.path.isdir(parent):
+            return StoreError(f"Cannot open state file {path}: the directory {parent} does not exist.")
         return StoreError(f"Cannot open state file {path}: permission denied or not a file.")
     if isinstance(exc, apsw.BusyError):
         return StoreError(
@@ -223,7 +224,7 @@ class _Connection:
 
     __slots__ = ("blocking", "boot_checked", "conn", "pid")
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: str) -> None:
         self.pid = os.getpid()
         self.blocking = True
         self.boot_checked = False
@@ -244,7 +245,7 @@ class Store:
     def __init__(self, db: str | os.PathLike[str] | None = None, *, clock: Clock | None = None) -> None:
         self.path, self._is_default = resolve_path(db)
         self.clock: Clock = clock or SYSTEM_CLOCK
-        self.run_dir = Path(f"{self.path}-run")
+        self.run_dir = f"{self.path}-run"
         self._local = threading.local()
         self._pid = os.getpid()
         self._ready = False
@@ -293,7 +294,7 @@ class Store:
 
         lock_path = f"{self.path}.lock"
         try:
-            with FileLock(lock_path, mode=file_mode(self.path.parent)):
+            with FileLock(lock_path, mode=file_mode(os.path.dirname(self.path))):
                 self._create_or_migrate()
         except OSError as exc:
             raise StoreError(f"Cannot lock {lock_path}: {exc.strerror or exc}.") from None
@@ -318,7 +319,7 @@ class Store:
         if app_id == _sql.APPLICATION_ID and version < 1:
             raise StoreError(
                 f"State file {self.path} is corrupt (schema version {version}). It holds only transient slot "
-                f"state: remove {self.path.name}, {self.path.name}-wal and {self.path.name}-shm when no process "
+                f"state: remove {os.path.basename(self.path)} and its -wal and -shm files when no process "
                 "uses them, and recreate the limits."
             )
         if app_id != _sql.APPLICATION_ID:
@@ -419,16 +420,16 @@ class Store:
     def file_mode(self) -> int:
         """Mode of every file we create: 0600, or 0660 in a setgid (shared) directory."""
         if self._mode is None:
-            self._mode = file_mode(self.path.parent)
+            self._mode = file_mode(os.path.dirname(self.path))
         return self._mode
 
-    def ensure_run_dir(self) -> Path:
+    def ensure_run_dir(self) -> str:
         """The directory beside the file that holds liveness tokens and wake-up pipes (0700, or 2770 shared)."""
         if self._run_dir_ok == os.getpid():
             return self.run_dir
         self._connection()  # the file first: it checks the path and creates the default directory
         d = self.run_dir
-        shared = _shared_dir(self.path.parent)
+        shared = _shared_dir(os.path.dirname(self.path))
         mode = 0o2770 if shared else 0o700
         try:
             os.mkdir(d, mode)
@@ -450,13 +451,15 @@ class Store:
 
         Loose modes on a directory we own are tightened rather than refused.
         """
-        shared = _shared_dir(self.path.parent)
+        shared = _shared_dir(os.path.dirname(self.path))
         try:
             st = os.lstat(self.run_dir)
         except OSError:
             return False
         mine = st.st_uid == os.getuid()
-        if not stat.S_ISDIR(st.st_mode) or not (mine or (shared and st.st_gid == os.stat(self.path.parent).st_gid)):
+        if not stat.S_ISDIR(st.st_mode) or not (
+            mine or (shared and st.st_gid == os.stat(os.path.dirname(self.path)).st_gid)
+        ):
             return False
         loose = st.st_mode & (0o002 if shared else 0o022)
         if loose and mine:

@@ -18,7 +18,6 @@ import os
 import stat
 import threading
 import time
-from pathlib import Path
 
 TOKEN_SUFFIX = ".lock"
 PIPE_SUFFIX = ".fifo"
@@ -27,11 +26,11 @@ PIPE_SUFFIX = ".fifo"
 class ProcessToken:
     """This process's liveness token in one run directory."""
 
-    def __init__(self, run_dir: Path, mode: int) -> None:
+    def __init__(self, run_dir: str, mode: int) -> None:
         self.pid = os.getpid()
         for _ in range(8):
             self.name = f"{self.pid}-{os.urandom(4).hex()}"
-            tmp = run_dir / f".{self.name}.tmp"
+            tmp = os.path.join(run_dir, f".{self.name}.tmp")
             try:
                 fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
                 break
@@ -39,7 +38,7 @@ class ProcessToken:
                 continue  # something sits at that name (maybe planted): never open it, take another
         else:
             raise FileExistsError(f"no free token name in {run_dir}")
-        self.path = run_dir / (self.name + TOKEN_SUFFIX)
+        self.path = os.path.join(run_dir, self.name + TOKEN_SUFFIX)
         try:
             os.fchmod(fd, mode)  # the umask must not take the group bits of a shared directory
             fcntl.flock(fd, fcntl.LOCK_EX)  # blocking: a sweeper may be probing it for a moment
@@ -59,7 +58,7 @@ class ProcessToken:
             self._pipes += 1
             return f"{self.name}.{self._pipes}{PIPE_SUFFIX}"
 
-    def thread_pipe(self, run_dir: Path, mode: int) -> Pipe:
+    def thread_pipe(self, run_dir: str, mode: int) -> Pipe:
         """The calling thread's own pipe, made once and kept for every wait of that thread."""
         pipe: Pipe | None = getattr(self._threads, "pipe", None)
         if pipe is None or pipe.fd < 0:
@@ -72,7 +71,7 @@ _tokens: dict[str, ProcessToken] = {}
 _tokens_lock = threading.Lock()
 
 
-def process_token(run_dir: Path, mode: int) -> tuple[ProcessToken, bool]:
+def process_token(run_dir: str, mode: int) -> tuple[ProcessToken, bool]:
     """This process's token in *run_dir*, and whether it was just created."""
     key = str(run_dir)
     token = _tokens.get(key)
@@ -100,7 +99,7 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_close_tokens_in_child)
 
 
-def token_alive(run_dir: Path, name: str) -> bool | None:
+def token_alive(run_dir: str, name: str) -> bool | None:
     """Whether the process that holds token *name* still runs; None when that cannot be told.
 
     A missing token means a dead process: a token is visible from before any lease or ticket names
@@ -131,18 +130,18 @@ def token_alive(run_dir: Path, name: str) -> bool | None:
         os.close(fd)  # also drops the lock we may just have taken
 
 
-def remove_token_files(run_dir: Path, name: str) -> None:
+def remove_token_files(run_dir: str, name: str) -> None:
     """Unlink a dead process's token and its pipes."""
     with contextlib.suppress(OSError):
-        os.unlink(run_dir / (name + TOKEN_SUFFIX))
+        os.unlink(os.path.join(run_dir, name + TOKEN_SUFFIX))
     with contextlib.suppress(OSError):
         for entry in os.listdir(run_dir):
             if entry.startswith(name + ".") and entry.endswith(PIPE_SUFFIX):
                 with contextlib.suppress(OSError):
-                    os.unlink(run_dir / entry)
+                    os.unlink(os.path.join(run_dir, entry))
 
 
-def tokens_in(run_dir: Path) -> list[str]:
+def tokens_in(run_dir: str) -> list[str]:
     """Names of the token files in *run_dir*."""
     try:
         entries = os.listdir(run_dir)
@@ -154,7 +153,7 @@ def tokens_in(run_dir: Path) -> list[str]:
 STALE_TEMPORARY_SECONDS = 60.0
 
 
-def stale_temporaries(run_dir: Path) -> list[Path]:
+def stale_temporaries(run_dir: str) -> list[str]:
     """Temporary token files whose creator died between creating and renaming them.
 
     Only old ones: a new one may belong to a process that has not locked it yet.
@@ -164,7 +163,7 @@ def stale_temporaries(run_dir: Path) -> list[Path]:
     with contextlib.suppress(OSError):
         for entry in os.listdir(run_dir):
             if entry.startswith(".") and entry.endswith(".tmp"):
-                path = run_dir / entry
+                path = os.path.join(run_dir, entry)
                 try:
                     if now - os.lstat(path).st_mtime < STALE_TEMPORARY_SECONDS:
                         continue
@@ -187,11 +186,11 @@ def stale_temporaries(run_dir: Path) -> list[Path]:
 class Pipe:
     """A waiter's named pipe, read end open; closed and unlinked by :meth:`close`."""
 
-    def __init__(self, run_dir: Path, name: str, mode: int) -> None:
+    def __init__(self, run_dir: str, name: str, mode: int) -> None:
         self.fd = -1
         self.pid = os.getpid()
         self.name = name
-        self.path = run_dir / name
+        self.path = os.path.join(run_dir, name)
         os.mkfifo(self.path, mode)
         # O_RDWR: the pipe never reports EOF, and writers find a reader at once. O_NOFOLLOW and the
         # check below: what we open must be the pipe we made, not something swapped in.
@@ -228,7 +227,7 @@ class Pipe:
             os.unlink(self.path)
 
 
-def new_pipe(run_dir: Path, token: ProcessToken, mode: int) -> Pipe:
+def new_pipe(run_dir: str, token: ProcessToken, mode: int) -> Pipe:
     """A new pipe under a fresh name; a name already taken (maybe by a planted file) is skipped, never opened."""
     for _ in range(8):
         try:
@@ -238,7 +237,7 @@ def new_pipe(run_dir: Path, token: ProcessToken, mode: int) -> Pipe:
     raise FileExistsError(f"no free pipe name in {run_dir}")
 
 
-def wake(run_dir: Path, pipe_name: str, message: bytes = b"!") -> None:
+def wake(run_dir: str, pipe_name: str, message: bytes = b"!") -> None:
     """Write a short message (< PIPE_BUF: atomic) to a waiter's pipe; a waiter that is gone is no error."""
     try:
         fd = os.open(os.path.join(run_dir, pipe_name), os.O_WRONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)

@@ -744,7 +744,7 @@ class Driver:
         from gcl_local._store import get_store
 
         store = get_store(str(self.db))
-        run_dir = store.run_dir
+        run_dir = Path(store.run_dir)
         with self.ledger.locked(LEDGER_TIMEOUT) as tx:
             st = tx.state
             with store.read() as rtx:
@@ -995,7 +995,7 @@ def final_checks(driver: Driver) -> dict[str, Any]:
         )
 
     store = get_store(str(db))
-    run_dir = store.run_dir
+    run_dir = Path(store.run_dir)
     with store.read() as rtx:
         checks["before_sweep"] = {
             "leases": _sql.count_leases(rtx.conn),

@@ -707,7 +707,7 @@ def test_an_expired_pid_held_lease_cannot_be_renewed(clock_store, procs):
 def test_token_held_lease_is_not_taken_from_a_live_holder_past_expiry(clock_store, procs):
     clock, store = clock_store
     create_limit("one", 1, db=store)
-    holder = procs.python(HOLD_FAKE_CLOCK, store.path.as_posix())
+    holder = procs.python(HOLD_FAKE_CLOCK, str(store.path))
     assert read_line(holder) == "held"
     clock.advance(10_000)
     assert busy("one", store)
