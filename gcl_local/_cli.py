@@ -136,8 +136,6 @@ def cmd_acquire(
     verbose: bool = False,
     db: str | None = None,
 ) -> int:
-    from dataclasses import replace
-
     from . import _shell
     from ._store import get_store
     from .sync import acquire_slots
@@ -148,7 +146,7 @@ def cmd_acquire(
         store, names, occupy, "concurrency", strict=strict, lease_duration=lease_duration,
         holder=_program_of(pid), holder_pid=pid,
     )  # fmt: skip
-    request = replace(request, waiter_token=_shell.token_of(store).name)
+    request = request._replace(waiter_token=_shell.token_of(store).name)
     _shell.check_wait_args(timeout, None)
     granted = acquire_slots(store, request, timeout, 0 if nonblock else None, _waiting_notice(names, verbose))
     _warn_missing(granted.missing)

@@ -10,12 +10,10 @@ reboot the store rebases every stored boot time from wall-clock deltas clamped a
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 
-@dataclass(frozen=True)
-class Instant:
+class Instant(NamedTuple):
     """One reading of the clocks, taken once per transaction."""
 
     wall: float

@@ -17,8 +17,7 @@ import contextlib
 import math
 import os
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from typing import Literal, TypeVar
+from typing import Literal, NamedTuple, TypeVar
 
 from . import _log, _sql, _tokens
 from ._errors import (
@@ -39,8 +38,7 @@ DEFAULT_AVG_OCCUPANCY = 2.0
 Kind = Literal["concurrency", "rate"]
 
 
-@dataclass(frozen=True)
-class Holder:
+class Holder(NamedTuple):
     """Who asks: the process identity recorded on its leases and tickets."""
 
     token: str | None
@@ -52,8 +50,7 @@ class Holder:
     label: str
 
 
-@dataclass(frozen=True)
-class Request:
+class Request(NamedTuple):
     names: tuple[str, ...]
     occupy: int
     kind: Kind
@@ -64,15 +61,13 @@ class Request:
     """The liveness token of the process that waits (it differs from a pid-held lease's holder)."""
 
 
-@dataclass(frozen=True)
-class Granted:
+class Granted(NamedTuple):
     lease: Lease | None
     """The lease (``token`` None when no slot was taken); None for a rate limit."""
     missing: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True)
-class Denied:
+class Denied(NamedTuple):
     retry_in: float | None
     """Seconds until decay or an expiry could let the request in; None when only a release can."""
     ticket: int | None = None
@@ -89,12 +84,14 @@ _MAX_MESSAGE = 4000  # below PIPE_BUF: one write, never interleaved with another
 # names the ticket it is meant for: "!<ticket>" (look again) or "G" + JSON of the grant, one line each.
 
 
-@dataclass
 class Effects:
     """What a transaction leaves to do after its commit: waiters to wake, files to remove."""
 
-    wakes: list[tuple[str, bytes]] = field(default_factory=list)
-    dead_tokens: set[str] = field(default_factory=set)
+    __slots__ = ("dead_tokens", "wakes")
+
+    def __init__(self) -> None:
+        self.wakes: list[tuple[str, bytes]] = []
+        self.dead_tokens: set[str] = set()
 
     def poke(self, pipe: str, ticket: int) -> None:
         self.wakes.append((pipe, POKE_PREFIX + b"%d\n" % ticket))

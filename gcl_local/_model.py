@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, NamedTuple
 
 from ._errors import InvalidLimitError
 
@@ -102,8 +101,7 @@ def utc(wall: float) -> datetime:
     return datetime.fromtimestamp(wall, tz=timezone.utc)
 
 
-@dataclass(frozen=True)
-class Lease:
+class Lease(NamedTuple):
     """Slots held by one ``concurrency()`` block, ``gcl run`` or ``gcl acquire``.
 
     ``token`` is the fencing token: strictly increasing per file, so a resource can refuse work
@@ -125,12 +123,11 @@ class Lease:
     """How the holder's liveness is checked: ``token`` (a kernel-released flock) or ``pid``."""
 
     def to_json(self) -> dict[str, Any]:
-        result: dict[str, Any] = _jsonable(asdict(self))
+        result: dict[str, Any] = _jsonable(self)
         return result
 
 
-@dataclass(frozen=True)
-class Waiter:
+class Waiter(NamedTuple):
     """A request waiting in the first-come-first-served queue."""
 
     ticket: int
@@ -141,12 +138,11 @@ class Waiter:
     since: datetime
 
     def to_json(self) -> dict[str, Any]:
-        result: dict[str, Any] = _jsonable(asdict(self))
+        result: dict[str, Any] = _jsonable(self)
         return result
 
 
-@dataclass(frozen=True)
-class Limit:
+class Limit(NamedTuple):
     """A named limit as stored, with its occupancy, holders and waiters as of one moment."""
 
     name: str
@@ -158,15 +154,17 @@ class Limit:
     avg_slot_occupancy_seconds: float
     created: datetime
     updated: datetime
-    holders: tuple[Lease, ...] = field(default=())
-    waiters: tuple[Waiter, ...] = field(default=())
+    holders: tuple[Lease, ...] = ()
+    waiters: tuple[Waiter, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
-        result: dict[str, Any] = _jsonable(asdict(self))
+        result: dict[str, Any] = _jsonable(self)
         return result
 
 
 def _jsonable(value: Any) -> Any:
+    if hasattr(value, "_asdict"):  # one of the records above
+        return {k: _jsonable(v) for k, v in value._asdict().items()}
     if isinstance(value, dict):
         return {k: _jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):

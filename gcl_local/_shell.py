@@ -118,11 +118,11 @@ def make_request(
     holder_pid: int | None = None,
 ) -> Request:
     """Check every argument and describe the request; nothing touches the file before this passes."""
-    if holder_pid is None and type(names) is str and (holder is None or type(holder) is str):
+    plain = type(occupy) is int and type(strict) is bool and type(lease_duration) in (int, float)
+    if plain and holder_pid is None and type(names) is str and (holder is None or type(holder) is str):
         # The same request again (a loop around concurrency()): reuse the checked description.
-        # Types are part of the key: True == 1 must not pass for a checked occupy of 1.
-        key = (store, names, occupy, type(occupy), kind, strict, type(strict), lease_duration,
-               type(lease_duration), holder, os.getpid())  # fmt: skip
+        # Only plain values are keys (True == 1 must not pass for a checked occupy of 1).
+        key = (store, names, occupy, kind, strict, lease_duration, type(lease_duration), holder, os.getpid())
         request = _recent.get(key)
         if request is None:
             request = _describe(store, names, occupy, kind, strict, lease_duration, holder, None)

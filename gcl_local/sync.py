@@ -195,9 +195,7 @@ def acquire_lease(
 
 
 def _with_waiter(store: Store, request: Request) -> Request:
-    from dataclasses import replace
-
-    return replace(request, waiter_token=_shell.token_of(store).name)
+    return request._replace(waiter_token=_shell.token_of(store).name)
 
 
 def release_lease(lease_id: str, *, db: DbArg = None) -> bool:

@@ -107,3 +107,15 @@ def test_a_waiter_reaps_a_dead_waiter_ahead_of_it_while_the_slot_stays_held(db: 
         first.wait(10)
         # Nobody releases and nobody in this process looks: the second waiter must reap the first.
         assert wait_until(lambda: tickets() == 1, 5), "the dead head of the queue was kept"
+
+
+def test_unhashable_arguments_get_a_clear_error_not_a_type_error(db: str) -> None:
+    """The cache of checked requests once hashed every argument: a list for strict escaped as TypeError."""
+    from gcl_local import InvalidLimitError, rate_limit
+
+    create_limit("r", 1, slot_decay_per_second=1.0, db=db)
+    with pytest.raises(InvalidLimitError):
+        rate_limit("r", strict=[1], db=db)  # type: ignore[arg-type]
+    with pytest.raises(InvalidLimitError):
+        with concurrency("r", occupy=[1], db=db):  # type: ignore[arg-type]
+            pass
