@@ -154,7 +154,7 @@ STALE_TEMPORARY_SECONDS = 60.0
 
 
 def stale_temporaries(run_dir: str) -> list[str]:
-    """Temporary token files whose creator died between creating and renaming them.
+    """Temporary token and pipe files whose creator died between creating and renaming them.
 
     Only old ones: a new one may belong to a process that has not locked it yet.
     """
@@ -170,10 +170,14 @@ def stale_temporaries(run_dir: str) -> list[str]:
                 except OSError:
                     continue
                 try:
-                    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                    # O_NONBLOCK: a pipe's temporary must not make us wait for a writer.
+                    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
                 except OSError:
                     continue
                 try:
+                    if stat.S_ISFIFO(os.fstat(fd).st_mode):
+                        found.append(path)  # a pipe is renamed into place at once: an old one is stale
+                        continue
                     fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
                     found.append(path)
                 except BlockingIOError:
@@ -191,14 +195,26 @@ class Pipe:
         self.pid = os.getpid()
         self.name = name
         self.path = os.path.join(run_dir, name)
-        os.mkfifo(self.path, mode)
-        # O_RDWR: the pipe never reports EOF, and writers find a reader at once. O_NOFOLLOW and the
-        # check below: what we open must be the pipe we made, not something swapped in.
-        self.fd = os.open(self.path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOFOLLOW)
-        if not stat.S_ISFIFO(os.fstat(self.fd).st_mode):
-            os.close(self.fd)
-            raise FileExistsError(f"{self.path} is not our pipe")
-        os.fchmod(self.fd, mode)  # mkfifo obeys the umask; a team's shared directory needs the group bits
+        if os.path.lexists(self.path):
+            raise FileExistsError(f"{self.path} exists")
+        # Made under a temporary name and renamed into place once its mode is right: mkfifo obeys
+        # the umask, and a team's shared directory needs the group bits from the first moment.
+        tmp = os.path.join(run_dir, f".{name}.tmp")
+        os.mkfifo(tmp, mode)
+        try:
+            # O_RDWR: the pipe never reports EOF, and writers find a reader at once. O_NOFOLLOW and
+            # the check below: what we open must be the pipe we made, not something swapped in.
+            fd = os.open(tmp, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOFOLLOW)
+            if not stat.S_ISFIFO(os.fstat(fd).st_mode):
+                os.close(fd)
+                raise FileExistsError(f"{tmp} is not our pipe")
+            os.fchmod(fd, mode)
+            os.rename(tmp, self.path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        self.fd = fd
 
     def drain(self) -> bytes:
         """Read whatever woke us (empty if nothing)."""

@@ -93,7 +93,10 @@ def held_with_a_waiter(db: str, name: str) -> Iterator[list[Path]]:
     thread = threading.Thread(target=wait)
     with concurrency(name, db=db):
         thread.start()
-        yield wait_for(lambda: run_dir_entries(db, ".fifo"), what="the waiter's pipe")
+        # Its ticket is visible only once its pipe is in place (a pipe is made under a temporary
+        # name and renamed when its mode is right).
+        wait_for(lambda: read_limit(name, db=db).waiters, what="the waiter's ticket")
+        yield run_dir_entries(db, ".fifo")
     thread.join(60)
     assert not thread.is_alive()
     assert errors == []
