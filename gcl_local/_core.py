@@ -616,10 +616,6 @@ def set_holder(tx: Tx, effects: Effects, lease_id: str, pid: int, label: str) ->
     _sql.set_lease_holder(tx.conn, _existing_lease(tx, lease_id), pid, _tokens.process_start_time(pid), label)
 
 
-def read_lease(tx: Tx, effects: Effects, lease_id: str) -> Lease:
-    return _lease(_existing_lease(tx, lease_id))
-
-
 # -- administration --------------------------------------------------------------------------------
 
 

@@ -463,13 +463,6 @@ def count_tickets(conn: apsw.Connection) -> int:
     return int(_fetch(conn, "SELECT count(*) FROM tickets")[0][0])
 
 
-def referenced_holder_tokens(conn: apsw.Connection) -> set[str]:
-    rows = _fetch(
-        conn, "SELECT holder_token FROM leases WHERE holder_token IS NOT NULL UNION SELECT holder_token FROM tickets"
-    )
-    return {r[0] for r in rows}
-
-
 __all__ = [
     "APPLICATION_ID",
     "SCHEMA_VERSION",
