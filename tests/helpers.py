@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TypeVar
 
 from gcl_local import Lease, read_limit
 
 T = TypeVar("T")
+REPO = Path(__file__).resolve().parent.parent
+GCL = [sys.executable, "-m", "gcl_local"]
+Result = subprocess.CompletedProcess[str]
 
 
 def wait_for(predicate: Callable[[], T | None], timeout: float = 20.0, what: str = "condition") -> T:
@@ -36,3 +42,59 @@ def holding(db: str, name: str, label: str, proc: subprocess.Popen[str]) -> Leas
         return None if holders[0].pid == proc.pid else holders[0]
 
     return wait_for(holder, what=f"a holder of {name!r} named {label!r}")
+
+
+def env(**extra: str) -> dict[str, str]:
+    result = dict(os.environ)
+    result["PYTHONPATH"] = str(REPO) + os.pathsep + result.get("PYTHONPATH", "")
+    result.update(extra)
+    return result
+
+
+def _start(db: str | None, args: Sequence[str], input: str | None, extra_env: dict[str, str]) -> subprocess.Popen[str]:
+    prefix = ["--db", db] if db is not None else []
+    return subprocess.Popen(
+        [*GCL, *prefix, *args],
+        stdin=subprocess.DEVNULL if input is None else subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env(**extra_env),
+    )
+
+
+def _finish(proc: subprocess.Popen[str], input: str | None = None) -> Result:
+    try:
+        out, err = proc.communicate(input, timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def gcl(db: str | None, *args: str, input: str | None = None, **extra_env: str) -> Result:
+    """Run ``gcl [--db DB] ARGS`` to completion; stdin is /dev/null unless *input* is given."""
+    return _finish(_start(db, args, input, extra_env), input)
+
+
+def gcl_all(db: str | None, cases: Sequence[Sequence[str]]) -> list[Result]:
+    """Run several independent ``gcl`` commands at once; their results in order."""
+    started = [_start(db, args, None, {}) for args in cases]
+    return [_finish(proc) for proc in started]
+
+
+def ok(result: Result) -> str:
+    assert result.returncode == 0, (result.args, result.returncode, result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr
+    return result.stdout
+
+
+def one_line_error(result: Result, code: int = 1) -> str:
+    """The command failed with *code* and said why in exactly one line on stderr, without a traceback."""
+    assert result.returncode == code, (result.args, result.returncode, result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr, result.args
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, (result.args, result.stderr)
+    assert lines[0].startswith("gcl: "), (result.args, result.stderr)
+    return lines[0]

@@ -14,14 +14,13 @@ import re
 import select
 import signal
 import subprocess
-import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from helpers import holding, wait_for
+from helpers import GCL, Result, env, gcl, gcl_all, holding, ok, one_line_error, wait_for
 from typer.testing import CliRunner
 
 from gcl_local import Limit, LimitNotFoundError, list_limits, read_limit
@@ -29,67 +28,9 @@ from gcl_local._app import app
 from gcl_local._cli import main
 
 REPO = Path(__file__).resolve().parent.parent
-GCL = [sys.executable, "-m", "gcl_local"]
 COMMANDS = ["create", "ls", "inspect", "update", "enable", "disable", "delete"]
 HOT_COMMANDS = ["run", "rate-limit", "acquire", "renew", "release"]
 T = TypeVar("T")
-Result = subprocess.CompletedProcess[str]
-
-
-def env(**extra: str) -> dict[str, str]:
-    result = dict(os.environ)
-    result["PYTHONPATH"] = str(REPO) + os.pathsep + result.get("PYTHONPATH", "")
-    result.update(extra)
-    return result
-
-
-def _start(db: str | None, args: Sequence[str], input: str | None, extra_env: dict[str, str]) -> subprocess.Popen[str]:
-    prefix = ["--db", db] if db is not None else []
-    return subprocess.Popen(
-        [*GCL, *prefix, *args],
-        stdin=subprocess.DEVNULL if input is None else subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env(**extra_env),
-    )
-
-
-def _finish(proc: subprocess.Popen[str], input: str | None = None) -> Result:
-    try:
-        out, err = proc.communicate(input, timeout=60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.communicate()
-        raise
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
-
-
-def gcl(db: str | None, *args: str, input: str | None = None, **extra_env: str) -> Result:
-    """Run ``gcl [--db DB] ARGS`` to completion; stdin is /dev/null unless *input* is given."""
-    return _finish(_start(db, args, input, extra_env), input)
-
-
-def gcl_all(db: str | None, cases: Sequence[Sequence[str]]) -> list[Result]:
-    """Run several independent ``gcl`` commands at once; their results in order."""
-    started = [_start(db, args, None, {}) for args in cases]
-    return [_finish(proc) for proc in started]
-
-
-def ok(result: Result) -> str:
-    assert result.returncode == 0, (result.args, result.returncode, result.stdout, result.stderr)
-    assert "Traceback" not in result.stderr
-    return result.stdout
-
-
-def one_line_error(result: Result, code: int = 1) -> str:
-    """The command failed with *code* and said why in exactly one line on stderr, without a traceback."""
-    assert result.returncode == code, (result.args, result.returncode, result.stdout, result.stderr)
-    assert "Traceback" not in result.stderr, result.args
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1, (result.args, result.stderr)
-    assert lines[0].startswith("gcl: "), (result.args, result.stderr)
-    return lines[0]
 
 
 def usage_error(result: Result) -> str:
