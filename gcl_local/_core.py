@@ -79,9 +79,10 @@ Outcome = Granted | Denied
 
 GRANT_PREFIX = b"G"
 POKE_PREFIX = b"!"
+_FIELD_SEP = "\x1e"
 _MAX_MESSAGE = 4000  # below PIPE_BUF: one write, never interleaved with another's
 # A waiter's pipe may outlive one wait (the sync shell keeps one per thread), so every message
-# names the ticket it is meant for: "!<ticket>" (look again) or "G" + JSON of the grant, one line each.
+# names the ticket it is meant for: "!<ticket>" (look again) or "G<ticket>" + the grant's fields.
 
 
 class Effects:
@@ -115,9 +116,6 @@ class Effects:
         self.wakes.append((pipe, message if len(message) <= _MAX_MESSAGE else POKE_PREFIX + b"%d\n" % ticket))
 
 
-_FIELD_SEP = "\x1e"
-
-
 def _split_names(text: str) -> tuple[str, ...]:
     return tuple(text.split(_sql.NAME_SEP)) if text else ()
 
@@ -140,7 +138,7 @@ def read_wake(request: Request, ticket: int, data: bytes) -> tuple[Granted | Non
             continue
         missing = _split_names(fields[1])
         if request.kind == "rate" or len(fields) < 7:
-            return Granted(None if request.kind == "rate" else _no_slot_lease(request), missing), True
+            return Granted(None if request.kind == "rate" else _no_slot_lease(request, None), missing), True
         lease_id, token, names, acquired, expires = fields[2:7]
         holder = request.holder
         lease = Lease(id=lease_id, token=int(token) if token != "None" else None, names=_split_names(names),
@@ -152,10 +150,11 @@ def read_wake(request: Request, ticket: int, data: bytes) -> tuple[Granted | Non
     return None, poked
 
 
-def _no_slot_lease(request: Request) -> Lease:
+def _no_slot_lease(request: Request, wall: float | None) -> Lease:
+    """What a request gets when every name it gave is inactive or missing: no slot, no token."""
     holder = request.holder
     return Lease(id="", token=None, names=(), slots=request.occupy, pid=holder.pid, host=holder.host,
-                 user=holder.user, label=holder.label)  # fmt: skip
+                 user=holder.user, label=holder.label, acquired=None if wall is None else utc(wall))  # fmt: skip
 
 
 T = TypeVar("T")
@@ -248,9 +247,7 @@ def _reap_tickets(tx: Tx, effects: Effects, tickets: Iterable[int], live: _Liven
     for number in tickets:
         ticket = _sql.select_ticket(conn, number)
         if ticket is not None and live.token(ticket.holder_token) is False:
-            _drop_holder(tx, effects, ticket.holder_token, freed)
-            freed.update(ticket.name_list)
-            _sql.delete_ticket(conn, ticket)
+            _drop_holder(tx, effects, ticket.holder_token, freed)  # its tickets, this one included
             reaped = True
     return reaped
 
@@ -326,8 +323,7 @@ def _grant(tx: Tx, request: Request, active: list[LimitRow], ticket: int | None)
     active_names = {row.name for row in active}
     names = tuple(name for name in request.names if name in active_names)  # in the caller's order
     if not names:
-        return Lease(id="", token=None, names=(), slots=request.occupy, pid=holder.pid, host=holder.host,
-                     user=holder.user, label=holder.label, acquired=utc(now.wall), expires=None)  # fmt: skip
+        return _no_slot_lease(request, now.wall)
     lease = LeaseRow(
         token=0,
         secret=os.urandom(4).hex(),

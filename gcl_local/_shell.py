@@ -201,9 +201,16 @@ def warn_missing(store: Store, granted: Granted) -> None:
     try:
         warnings.warn(message, MissingLimitWarning, stacklevel=4)
     except BaseException:
-        if granted.lease is not None and granted.lease.token is not None:
-            _core.transact(store, _core.release, granted.lease.id)
+        give_back(store, granted)
         raise
+
+
+def give_back(store: Store, outcome: Outcome, kind: Kind = "concurrency") -> None:
+    """Return what nobody will use: the slots of a grant, or a ticket (and a grant that came to it meanwhile)."""
+    if isinstance(outcome, Denied) and outcome.ticket is not None:
+        outcome = _core.transact(store, _core.cancel, outcome.ticket, kind) or outcome
+    if isinstance(outcome, Granted) and outcome.lease is not None and outcome.lease.token is not None:
+        _core.transact(store, _core.release, outcome.lease.id)
 
 
 def timeout_error(
@@ -302,12 +309,17 @@ class Queued:
         with self.store.read() as tx:
             return _core.probe(tx, self.ticket, self.request.kind)
 
-    def leave(self) -> Granted | None:
-        """Remove the ticket; a grant that arrived meanwhile is returned (the caller keeps or releases it)."""
+    def leave(self, *, keep_late: bool) -> Granted | None:
+        """Remove the ticket. A grant that arrived meanwhile is returned if *keep_late* (a timeout at the
+        last moment takes it), else given back."""
         try:
             if self.ticket is None:
                 return None
-            return _core.transact(self.store, _core.cancel, self.ticket, self.request.kind)
+            late = _core.transact(self.store, _core.cancel, self.ticket, self.request.kind)
+            if late is not None and not keep_late:
+                give_back(self.store, late)
+                return None
+            return late
         finally:
             self.close()
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -58,7 +59,7 @@ async def _attempt(store: Store, request: Request, pipe_name: str | None) -> _co
             abandoned = state["abandoned"]
             state["outcome"] = outcome
         if abandoned:
-            _undo(store, request, outcome)
+            _shell.give_back(store, outcome, request.kind)
         return outcome
 
     future = asyncio.get_running_loop().run_in_executor(None, work)
@@ -69,16 +70,8 @@ async def _attempt(store: Store, request: Request, pipe_name: str | None) -> _co
             state["abandoned"] = True
             finished = state["outcome"]
         if finished is not None:
-            threading.Thread(target=_undo, args=(store, request, finished), name="gcl-undo").start()
+            threading.Thread(target=_shell.give_back, args=(store, finished, request.kind), name="gcl-undo").start()
         raise
-
-
-def _undo(store: Store, request: Request, outcome: _core.Outcome) -> None:
-    """Give back a grant nobody will use, or leave the queue (giving back a grant that came meanwhile)."""
-    if isinstance(outcome, Denied) and outcome.ticket is not None:
-        outcome = _core.transact(store, _core.cancel, outcome.ticket, request.kind) or outcome
-    if isinstance(outcome, Granted) and outcome.lease is not None and outcome.lease.token is not None:
-        _core.transact(store, _core.release, outcome.lease.id)
 
 
 async def _wait_readable(fd: int, seconds: float) -> bool:
@@ -132,20 +125,12 @@ async def acquire_slots(
         # Leaving (and giving back a grant that came meanwhile) runs in a thread that finishes even
         # if we are cancelled again while we wait for it.
         keep = isinstance(exc, AcquireConcurrencySlotTimeoutError)
-        late = await asyncio.shield(asyncio.to_thread(_leave, store, queue, keep))
+        late = await asyncio.shield(asyncio.to_thread(functools.partial(queue.leave, keep_late=keep)))
         if late is not None:
             return late  # granted at the last moment of a timeout: take it
         raise
     finally:
         queue.close()
-
-
-def _leave(store: Store, queue: _shell.Queued, keep: bool) -> Granted | None:
-    late = queue.leave()
-    if late is not None and not keep:
-        _undo(store, queue.request, late)
-        return None
-    return late
 
 
 async def _after_wake(queue: _shell.Queued, data: bytes, moment: bool) -> tuple[_core.Outcome | None, bool]:

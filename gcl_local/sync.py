@@ -75,12 +75,9 @@ def acquire_slots(
         queue.ticket = None  # served: nothing to leave
         return outcome
     except BaseException as exc:
-        late = queue.leave()
+        late = queue.leave(keep_late=isinstance(exc, AcquireConcurrencySlotTimeoutError))
         if late is not None:
-            if isinstance(exc, AcquireConcurrencySlotTimeoutError):
-                return late  # granted at the last moment: take it
-            if late.lease is not None and late.lease.token is not None:
-                _core.transact(store, _core.release, late.lease.id)
+            return late  # granted at the last moment of a timeout: take it
         raise
     finally:
         queue.close()

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers import Spawned
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -59,3 +60,13 @@ def procs() -> Iterator[Procs]:
         yield p
     finally:
         p.cleanup()
+
+
+@pytest.fixture
+def spawned() -> Iterator[Spawned]:
+    """Background processes in their own sessions, killed with their children at teardown."""
+    s = Spawned()
+    try:
+        yield s
+    finally:
+        s.cleanup()

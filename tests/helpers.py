@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from gcl_local import Lease, read_limit
 
@@ -98,3 +99,33 @@ def one_line_error(result: Result, code: int = 1) -> str:
     assert len(lines) == 1, (result.args, result.stderr)
     assert lines[0].startswith("gcl: "), (result.args, result.stderr)
     return lines[0]
+
+
+class Spawned:
+    """Background processes, each in its own session; killed with their children at teardown."""
+
+    def __init__(self) -> None:
+        self.started: list[subprocess.Popen[str]] = []
+
+    def start(self, argv: Sequence[str], **kwargs: Any) -> subprocess.Popen[str]:
+        kwargs.setdefault("stdin", subprocess.DEVNULL)
+        kwargs.setdefault("stdout", subprocess.PIPE)
+        kwargs.setdefault("stderr", subprocess.PIPE)
+        proc = subprocess.Popen(list(argv), text=True, env=env(), start_new_session=True, **kwargs)
+        self.started.append(proc)
+        return proc
+
+    def gcl(self, db: str, *args: str, **kwargs: Any) -> subprocess.Popen[str]:
+        return self.start([*GCL, "--db", db, *args], **kwargs)
+
+    def sleeper(self) -> subprocess.Popen[str]:
+        """A process to name with --holder-pid."""
+        return self.start(["sleep", "60"])
+
+    def cleanup(self) -> None:
+        for proc in self.started:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.communicate(timeout=30)

@@ -15,12 +15,11 @@ import select
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from helpers import GCL, Result, env, gcl, gcl_all, holding, ok, one_line_error, wait_for
+from helpers import GCL, Result, Spawned, env, gcl, gcl_all, holding, ok, one_line_error, wait_for
 from typer.testing import CliRunner
 
 from gcl_local import Limit, LimitNotFoundError, list_limits, read_limit
@@ -59,43 +58,6 @@ def names_in(db: str) -> list[str]:
 
 def waiting(db: str, name: str) -> Limit:
     return wait_for(lambda: (lim := read_limit(name, db=db)).waiters and lim, what=f"a waiter on {name!r}")
-
-
-class Spawned:
-    """Background ``gcl`` processes, each in its own session; killed with their children at teardown."""
-
-    def __init__(self) -> None:
-        self.started: list[subprocess.Popen[str]] = []
-
-    def gcl(self, db: str, *args: str) -> subprocess.Popen[str]:
-        proc = subprocess.Popen(
-            [*GCL, "--db", db, *args],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env(),
-            start_new_session=True,
-        )
-        self.started.append(proc)
-        return proc
-
-    def cleanup(self) -> None:
-        for proc in self.started:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            proc.communicate(timeout=30)
-
-
-@pytest.fixture
-def spawned() -> Iterator[Spawned]:
-    s = Spawned()
-    try:
-        yield s
-    finally:
-        s.cleanup()
 
 
 # -- create ---------------------------------------------------------------------------------------

@@ -11,13 +11,12 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import pytest
-from helpers import GCL, Result, env, gcl, gcl_all, holding, ok, one_line_error, wait_for
+from helpers import GCL, Result, Spawned, env, gcl, gcl_all, holding, ok, one_line_error, wait_for
 
 from gcl_local import create_limit, read_limit
 
@@ -42,45 +41,6 @@ def alive(pid: int) -> bool:
 def parent_of(pid: int) -> int:
     with open(f"/proc/{pid}/stat", encoding="utf-8") as f:
         return int(f.read().rpartition(")")[2].split()[1])
-
-
-class Spawned:
-    """Background processes, each in its own session; killed with their children at teardown."""
-
-    def __init__(self) -> None:
-        self.started: list[subprocess.Popen[str]] = []
-
-    def start(self, argv: Sequence[str], **kwargs: Any) -> subprocess.Popen[str]:
-        kwargs.setdefault("stdin", subprocess.DEVNULL)
-        kwargs.setdefault("stdout", subprocess.PIPE)
-        kwargs.setdefault("stderr", subprocess.PIPE)
-        proc = subprocess.Popen(list(argv), text=True, env=env(), start_new_session=True, **kwargs)
-        self.started.append(proc)
-        return proc
-
-    def gcl(self, db: str, *args: str, **kwargs: Any) -> subprocess.Popen[str]:
-        return self.start([*GCL, "--db", db, *args], **kwargs)
-
-    def sleeper(self) -> subprocess.Popen[str]:
-        """A process to name with --holder-pid."""
-        return self.start(["sleep", "60"])
-
-    def cleanup(self) -> None:
-        for proc in self.started:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            proc.communicate(timeout=30)
-
-
-@pytest.fixture
-def spawned() -> Iterator[Spawned]:
-    s = Spawned()
-    try:
-        yield s
-    finally:
-        s.cleanup()
 
 
 @pytest.fixture
