@@ -47,11 +47,11 @@ def _waiting_notice(names: Sequence[str], verbose: bool) -> Any:
     if not (verbose or sys.stderr.isatty()):
         return None
 
-    def notice(queue: Any) -> None:
+    def notice(acquisition: Any) -> None:
         from . import _core
 
-        with queue.store.read() as tx:
-            ahead, holder = _core.wait_summary(tx, queue.ticket, list(names))
+        with acquisition.store.read() as tx:
+            ahead, holder = _core.wait_summary(tx, acquisition.ticket, list(names))
         who = ""
         if holder is not None:
             from ._output import duration
@@ -92,12 +92,17 @@ def cmd_run(
         holder=os.path.basename(command[0]),
     )  # fmt: skip
     _shell.check_wait_args(timeout, None)
-    granted = acquire_slots(store, request, timeout, 0 if nonblock else None, _waiting_notice(names, verbose))
-    _warn_missing(granted.missing)
-    assert granted.lease is not None
-    if granted.lease.token is None:  # nothing to hold: run it plainly
-        return _exec(command)
-    return _runner.run_command(store, request, command, granted.lease.id)
+    acquisition = _shell.Acquisition(store, request)
+    try:  # from before the first transaction: a signal must not strand the slots
+        notice = _waiting_notice(names, verbose)
+        granted = acquire_slots(store, request, timeout, 0 if nonblock else None, notice, acquisition)
+        _warn_missing(granted.missing)
+        assert granted.lease is not None
+        if granted.lease.token is None:  # nothing to hold: run it plainly
+            return _exec(command)
+        return _runner.run_command(store, request, command, acquisition)
+    finally:
+        acquisition.release()
 
 
 def cmd_rate_limit(
@@ -148,10 +153,16 @@ def cmd_acquire(
     )  # fmt: skip
     request = request._replace(waiter_token=_shell.token_of(store).name)
     _shell.check_wait_args(timeout, None)
-    granted = acquire_slots(store, request, timeout, 0 if nonblock else None, _waiting_notice(names, verbose))
-    _warn_missing(granted.missing)
-    assert granted.lease is not None
-    _print_lease(granted.lease, output)
+    acquisition = _shell.Acquisition(store, request)
+    try:  # given back if anything fails before the lease is printed: nobody would know its id
+        notice = _waiting_notice(names, verbose)
+        granted = acquire_slots(store, request, timeout, 0 if nonblock else None, notice, acquisition)
+        _warn_missing(granted.missing)
+        assert granted.lease is not None
+        _print_lease(granted.lease, output)
+        acquisition.disown()  # the calling shell holds it now
+    finally:
+        acquisition.release()
     return 0
 
 

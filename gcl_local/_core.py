@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable
 from typing import Literal, NamedTuple, TypeVar
 
 from . import _log, _sql, _tokens
+from ._clock import Instant
 from ._errors import (
     ConcurrencySlotAcquisitionError,
     LeaseNotFoundError,
@@ -316,8 +317,9 @@ def _retry_in(tx: Tx, short: list[LimitRow], occupy: int) -> float | None:
 def _grant(tx: Tx, request: Request, active: list[LimitRow], ticket: int | None) -> Lease | None:
     now = tx.now
     if request.kind == "rate":
+        served = now if ticket is None else _moment_it_fit(tx, request, active)
         for row in active:
-            _sql.set_level(tx.conn, row.name, row.level_at(now.boot) + request.occupy, now)
+            _sql.set_level(tx.conn, row.name, row.level_at(served.boot) + request.occupy, served)
         return None
     holder = request.holder
     active_names = {row.name for row in active}
@@ -344,6 +346,25 @@ def _grant(tx: Tx, request: Request, active: list[LimitRow], ticket: int | None)
     )
     token = _sql.insert_lease(tx.conn, lease, names)
     return _lease(lease._replace(token=token))
+
+
+def _moment_it_fit(tx: Tx, request: Request, active: list[LimitRow]) -> Instant:
+    """When a queued rate request first fit: it is charged as if served then (think of GCRA's
+    theoretical arrival time), so the moments a waiter spends being woken are not lost to the
+    bucket's floor at zero, and the long-run rate is exactly the decay.
+
+    Never earlier than any bucket's last change: a waiter's ticket touches its buckets when it is
+    taken (:func:`_enqueue`), so this is never before the waiter arrived, nor before the grant that
+    came before it.
+    """
+    now = tx.now
+    moment = 0.0
+    for row in active:
+        room_at = row.limit - _sql.held_slots(tx.conn, row.name) - request.occupy
+        fit = row.level_boot + max(0.0, row.level - room_at) / row.decay
+        moment = max(moment, fit)
+    moment = min(moment, now.boot)
+    return Instant(now.wall - (now.boot - moment), moment, now.boot_id)
 
 
 def _lease(row: LeaseRow) -> Lease:
@@ -404,7 +425,12 @@ def _enqueue(tx: Tx, effects: Effects, request: Request, pipe: str) -> Outcome:
     waiter = request.waiter_token or request.holder.token
     if waiter is None:
         raise ValueError("a waiter needs a liveness token")
-    _active_limits(tx, request)
+    active, _ = _active_limits(tx, request)
+    if request.kind == "rate":
+        # Bring each bucket's timestamp up to now (its level carried exactly, nothing reset), so the
+        # moment this request will be said to have fit is never before it arrived.
+        for limit in active:
+            _sql.set_level(tx.conn, limit.name, limit.level_at(tx.now.boot), tx.now)
     holder = request.holder
     row = TicketRow(0, _sql.NAME_SEP.join(request.names), request.kind, request.occupy, request.strict,
                     request.lease_duration, waiter, holder.token is None, pipe, holder.pid, holder.pid_start,

@@ -14,6 +14,7 @@ import itertools
 import os
 import threading
 import time
+from collections.abc import Callable
 
 from . import _core, _log
 from ._errors import GclError, LeaseNotFoundError, LeaseRenewalError
@@ -38,12 +39,21 @@ def renewal_failed_message(lease_id: str, raising: bool) -> str:
 class Renewal:
     """One held lease the renewer looks after."""
 
-    def __init__(self, store: Store, lease_id: str, duration: float, raise_on_failure: bool) -> None:
+    def __init__(
+        self,
+        store: Store,
+        lease_id: str,
+        duration: float,
+        raise_on_failure: bool,
+        stop: Callable[[], None] | None = None,
+    ) -> None:
         self.store = store
         self.lease_id = lease_id
         self.duration = duration
         self.raise_on_failure = raise_on_failure
         self.thread_id = threading.get_ident()
+        self.stop = stop or self._raise_in_holder
+        """How a lost lease stops the block: the sync shell raises in its thread, the async one cancels its task."""
         self.cancelled = False
         self.failed = False
         self.failures = 0
@@ -77,6 +87,9 @@ class Renewal:
             _log.warning(message)
             return
         _log.error(message)
+        self.stop()
+
+    def _raise_in_holder(self) -> None:
         import ctypes  # only here: its import is slow and most processes never need it
 
         ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self.thread_id), ctypes.py_object(LeaseRenewalError))

@@ -33,8 +33,10 @@ def program_label(command: Sequence[str]) -> str:
     return _shell.label_of(os.path.basename(command[0]))
 
 
-def run_command(store: Store, request: _core.Request, command: Sequence[str], lease_id: str) -> int:
-    """Run *command* holding lease *lease_id* (already acquired); release it when the command ends."""
+def run_command(store: Store, request: _core.Request, command: Sequence[str], acquisition: _shell.Acquisition) -> int:
+    """Run *command* holding the lease of *acquisition* (already granted); release it when the command ends."""
+    lease_id = acquisition.lease_id
+    assert lease_id is not None
     token = _shell.token_of(store)
     pending: list[int] = []
     previous = {sig: signal.signal(sig, lambda signum, _frame: pending.append(signum)) for sig in FORWARDED}
@@ -42,11 +44,11 @@ def run_command(store: Store, request: _core.Request, command: Sequence[str], le
         try:
             child = _spawn(command, token.fd)
         except OSError as exc:
-            _core.transact(store, _core.release, lease_id)
+            acquisition.release()
             error = CommandNotFoundError if isinstance(exc, FileNotFoundError) else CommandError
             raise error(f"Cannot run {command[0]!r}: {exc.strerror}.") from None
         _name_holder(store, lease_id, child, program_label(command))
-        return _supervise(store, request, lease_id, child, pending)
+        return _supervise(store, request, acquisition, child, pending)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -74,7 +76,11 @@ def _exited(pid: int) -> int | None:
     return exit_status(os.waitstatus_to_exitcode(status)) if done else None
 
 
-def _supervise(store: Store, request: _core.Request, lease_id: str, child: int, pending: list[int]) -> int:
+def _supervise(
+    store: Store, request: _core.Request, acquisition: _shell.Acquisition, child: int, pending: list[int]
+) -> int:
+    lease_id = acquisition.lease_id
+    assert lease_id is not None
     waiting = hasattr(signal, "sigtimedwait")
     watched = {*FORWARDED, signal.SIGCHLD}
     if waiting:
@@ -101,9 +107,9 @@ def _supervise(store: Store, request: _core.Request, lease_id: str, child: int, 
                 _forward(child, info.si_signo)
     finally:
         renewals.cancel(renewal)
+        acquisition.release()  # before the forwarded signals are unblocked: they must not cut it short
         if waiting:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, watched)
-        _core.transact(store, _core.release, lease_id)
 
 
 def _forward(child: int, signum: int) -> None:

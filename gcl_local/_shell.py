@@ -1,21 +1,24 @@
-"""What the sync and async shells share: checking arguments, naming the holder, joining the queue.
+"""What the sync and async shells share: checking arguments, naming the holder, owning what a call
+took (:class:`Acquisition`) and holding back signals across the moments that must not be split.
 
-The waiting loops themselves (about fifteen lines each) live in ``sync`` and ``asyncio``.
+When to wake and what to do then is decided in ``_waiting``; ``sync`` and ``asyncio`` only sleep.
 """
 
 from __future__ import annotations
 
+# The C module: ``signal`` itself imports enum, a cost cron would pay at every ``gcl`` start.
+import _signal  # type: ignore[import-not-found,unused-ignore]
 import atexit
-import math
 import os
 import sys
+import threading
 import warnings
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
 
 from . import _core, _log, _tokens
-from ._core import Denied, Granted, Holder, Kind, Outcome, Request
-from ._errors import AcquireConcurrencySlotTimeoutError, InvalidLimitError, StoreError
+from ._core import Granted, Holder, Kind, Outcome, Request
+from ._errors import InvalidLimitError, StoreError
 from ._model import (
     DEFAULT_LEASE_SECONDS,
     MAX_LEASE_SECONDS,
@@ -27,8 +30,6 @@ from ._model import (
 )
 from ._store import Store
 
-SAFETY_NET_SECONDS = 0.5
-"""A waiter looks again at least this often, in case a wake-up was lost or a holder died."""
 MAX_LABEL = 200
 
 
@@ -92,6 +93,14 @@ def kept_pipe(store: Store) -> _tokens.Pipe:
     token = token_of(store)
     try:
         return token.thread_pipe(store.run_dir, store.file_mode)
+    except OSError as exc:
+        raise StoreError(f"Cannot create a wake-up pipe in {store.run_dir}: {exc.strerror or exc}.") from None
+
+
+def open_pipe(store: Store, name: str) -> _tokens.Pipe:
+    """Make the wake-up pipe a ticket names (no other name will do)."""
+    try:
+        return _tokens.Pipe(store.run_dir, name, store.file_mode)
     except OSError as exc:
         raise StoreError(f"Cannot create a wake-up pipe in {store.run_dir}: {exc.strerror or exc}.") from None
 
@@ -192,162 +201,210 @@ def check_wait_args(timeout_seconds: object, max_retries: object) -> None:
         validate_count(max_retries, "max_retries")
 
 
-def warn_missing(store: Store, granted: Granted) -> None:
-    """Warn about missing names; if the warning is made an error, give back what was taken first."""
+def warn_missing(granted: Granted) -> None:
+    """Warn about missing names (the caller's :class:`Acquisition` gives the slots back if this raises)."""
     if not granted.missing:
         return
     message = f"Concurrency limits {list(granted.missing)!r} do not exist - skipping acquisition."
     _log.warning(message)
-    try:
-        warnings.warn(message, MissingLimitWarning, stacklevel=4)
-    except BaseException:
-        give_back(store, granted)
-        raise
+    warnings.warn(message, MissingLimitWarning, stacklevel=4)
 
 
-def give_back(store: Store, outcome: Outcome, kind: Kind = "concurrency") -> None:
-    """Return what nobody will use: the slots of a grant, or a ticket (and a grant that came to it meanwhile)."""
-    if isinstance(outcome, Denied) and outcome.ticket is not None:
-        outcome = _core.transact(store, _core.cancel, outcome.ticket, kind) or outcome
-    if isinstance(outcome, Granted) and outcome.lease is not None and outcome.lease.token is not None:
-        _core.transact(store, _core.release, outcome.lease.id)
+# -- signals -----------------------------------------------------------------------------------------
+
+_HELD_BACK = tuple(
+    getattr(_signal, name)
+    for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGALRM", "SIGUSR1", "SIGUSR2")
+    if hasattr(_signal, name)
+)
+_MAIN_THREAD = threading.main_thread().ident
 
 
-def timeout_error(
-    request: Request, timeout_seconds: float | None, max_retries: int | None = None
-) -> AcquireConcurrencySlotTimeoutError:
-    if timeout_seconds == 0 or max_retries == 0:
-        return AcquireConcurrencySlotTimeoutError(f"Concurrency slots on {list(request.names)!r} are busy.")
-    if timeout_seconds is None:
-        return AcquireConcurrencySlotTimeoutError(
-            f"Unable to acquire concurrency slots on {list(request.names)!r}: retries exhausted."
-        )
-    return AcquireConcurrencySlotTimeoutError(
-        f"Attempt to acquire concurrency slots timed out after {timeout_seconds:g} second(s)"
-    )
+class SignalsHeldBack:
+    """Holds back signals with Python handlers (Ctrl-C's KeyboardInterrupt, a handler that raises on
+    SIGTERM or SIGALRM) for the length of a short critical section, then delivers them.
 
-
-class Queued:
-    """A request in the queue: its ticket, its pipe, and how long to sleep next.
-
-    The ticket is taken in the same transaction as the first attempt; the pipe is made just after,
-    so a grant written before the pipe existed is found by :meth:`peek`.
+    A transaction that grants, queues or releases, and the recording of what it committed, must not
+    be split by an exception: a lease or ticket that commits with nobody left to own it is stranded
+    in a live process. Only the main thread runs signal handlers, so elsewhere this does nothing.
+    Handlers that are not Python functions (the default action, ignore) are left alone: a signal
+    that kills the process is a crash, and crashes are reclaimed.
     """
 
-    def __init__(self, store: Store, request: Request, ticket: int, pipe: _tokens.Pipe | str) -> None:
+    __slots__ = ("caught", "saved")
+
+    def __enter__(self) -> None:
+        self.saved: dict[int, Any] = {}
+        if threading.get_ident() != _MAIN_THREAD:
+            return
+        caught: list[int] = []
+        self.caught = caught
+
+        def hold(signum: int, _frame: object) -> None:
+            caught.append(signum)
+
+        for signum in _HELD_BACK:
+            handler = _signal.getsignal(signum)
+            if callable(handler):
+                self.saved[signum] = handler
+                _signal.signal(signum, hold)
+
+    def __exit__(self, *exc_info: object) -> None:
+        if not self.saved:
+            return
+        for signum, handler in self.saved.items():
+            _signal.signal(signum, handler)
+        for signum in dict.fromkeys(self.caught):
+            self.saved[signum](signum, None)  # delivered now; a handler that raises raises here
+
+
+# -- one call's claim on the store ----------------------------------------------------------------------
+
+
+class Acquisition:
+    """What one call holds while it acquires: its ticket, then its lease, recorded the moment they commit.
+
+    Whatever happens next (a timeout, an interrupt, a cancelled task, a fork), each is either handed
+    to the caller or given back exactly once, and only by the process that took it. Thread-safe: the
+    async shell records from worker threads.
+    """
+
+    def __init__(self, store: Store, request: Request) -> None:
         self.store = store
         self.request = request
-        self.ticket: int | None = ticket
-        self.kept = not isinstance(pipe, str)
-        """The pipe is the thread's own, kept across waits (sync), not one made for this wait (async)."""
-        self.pipe: _tokens.Pipe | None = None if isinstance(pipe, str) else pipe
-        self.pipe_name = pipe if isinstance(pipe, str) else pipe.name
-        self.attempts = 0
+        self.pid = os.getpid()
+        self.ticket: int | None = None
+        self.lease_id: str | None = None
+        self.orphaned = False
+        """The async task that owned this call is gone: whatever a worker thread commits now is given back."""
+        self._lock = threading.Lock()
 
-    def open_pipe(self) -> Granted | None:
-        """Make our pipe (if it is not a kept one); return the grant if we were served before it existed."""
-        if self.pipe is not None:
-            return None  # it existed before the ticket: any grant is in it
-        try:
-            self.pipe = _tokens.Pipe(self.store.run_dir, self.pipe_name, self.store.file_mode)
-        except OSError as exc:  # the ticket names this pipe: no other name will do
-            raise StoreError(f"Cannot create a wake-up pipe in {self.store.run_dir}: {exc.strerror}.") from None
-        return self.peek()
+    def record(self, outcome: Outcome) -> Outcome:
+        """Note what a transaction just committed for us; call with signals held back."""
+        with self._lock:
+            if isinstance(outcome, Granted):
+                self.ticket = None
+                lease = outcome.lease
+                if lease is not None and lease.token is not None:
+                    self.lease_id = lease.id
+            elif outcome.ticket is not None:
+                self.ticket = outcome.ticket
+        return outcome
 
-    def next_sleep(self, outcome: Denied, remaining: float | None) -> tuple[float, bool]:
-        """Seconds to sleep, and whether waking then is a computed moment (which counts as an attempt)."""
-        sleep = SAFETY_NET_SECONDS * (0.8 + 0.4 * _log.jitter())
-        moment = False
-        if outcome.retry_in is not None and outcome.retry_in <= sleep:
-            sleep, moment = outcome.retry_in, True
-        if remaining is not None and remaining < sleep:
-            sleep, moment = remaining, False
-        return max(0.0, sleep), moment
+    def transact(self, fn: Callable[..., Outcome], *args: object, blocking: bool = True) -> Outcome:
+        """One write step of the acquisition, recorded before any signal can intervene."""
+        with SignalsHeldBack():
+            return self.record(_core.transact(self.store, fn, *args, blocking=blocking))
 
-    def woken(self, data: bytes) -> tuple[Granted | None, bool]:
-        """(the grant, whether poked) from what the pipe held for our ticket."""
+    def look(self, blocking: bool = True) -> Outcome:
+        """A real attempt for our ticket: served now, by someone else already, or still denied."""
         assert self.ticket is not None
-        return _core.read_wake(self.request, self.ticket, data) if data else (None, False)
-
-    def after_wake(self, data: bytes, moment: bool) -> tuple[Outcome | None, bool]:
-        """What a wake-up brought: a grant, or a new look (after a poke or at the computed moment), or
-        nothing; and whether it counts as an attempt."""
-        granted, poked = self.woken(data)
-        if granted is not None:
-            return granted, False
-        if poked or moment:
-            return self.look(), True
-        if data:
-            return None, False  # only messages for an earlier wait of this thread
-        found = self.probe()  # the safety net: a read, and a write only when it could help
-        if isinstance(found, Granted):
-            return found, False
-        return (self.look() if found else None), False
-
-    def counts_as_attempt(self, counted: bool, outcome: Outcome, max_retries: int | None) -> bool:
-        """Count a wake-up that did not serve us; True when ``max_retries`` is used up.
-
-        The first attempt was the call itself: ``max_retries=N`` gives up after N + 1 attempts.
-        """
-        if isinstance(outcome, Granted) or not counted:
-            return False
-        self.attempts += 1
-        return max_retries is not None and self.attempts >= max_retries
-
-    def look(self) -> Outcome:
-        assert self.ticket is not None
-        return _core.transact(self.store, _core.attempt_ticket, self.ticket, self.request.kind)
-
-    def peek(self) -> Granted | None:
-        """Was the grant handed to us? (a read, without the write lock)."""
-        assert self.ticket is not None
-        with self.store.read() as tx:
-            return _core.peek_ticket(tx, self.ticket, self.request.kind)
+        return self.transact(_core.attempt_ticket, self.ticket, self.request.kind, blocking=blocking)
 
     def probe(self) -> Granted | bool:
         assert self.ticket is not None
         with self.store.read() as tx:
-            return _core.probe(tx, self.ticket, self.request.kind)
+            found = _core.probe(tx, self.ticket, self.request.kind)
+        return self.record(found) if isinstance(found, Granted) else found  # type: ignore[return-value]
 
-    def leave(self, *, keep_late: bool) -> Granted | None:
-        """Remove the ticket. A grant that arrived meanwhile is returned if *keep_late* (a timeout at the
-        last moment takes it), else given back."""
-        try:
-            if self.ticket is None:
-                return None
-            late = _core.transact(self.store, _core.cancel, self.ticket, self.request.kind)
-            if late is not None and not keep_late:
-                give_back(self.store, late)
-                return None
+    def peek(self) -> Granted | None:
+        """Was the grant handed to us before our pipe existed? (a read, without the write lock)."""
+        assert self.ticket is not None
+        with self.store.read() as tx:
+            found = _core.peek_ticket(tx, self.ticket, self.request.kind)
+        if found is not None:
+            self.record(found)
+        return found
+
+    def served(self, granted: Granted) -> Granted:
+        """A grant that came through our pipe: the releaser committed it for our ticket."""
+        with SignalsHeldBack():
+            self.record(granted)
+        return granted
+
+    def abandon(self, *, keep_late: bool = False) -> Granted | None:
+        """Leave the queue and give back a lease not yet handed over.
+
+        With *keep_late* (a timeout), a grant that came to our ticket at the last moment is kept and
+        returned instead. An interrupt must not leave the ticket behind: see :func:`to_the_end`.
+        """
+        if self.pid != os.getpid():
+            return None  # a forked child: what we see was taken by the parent
+        late = to_the_end(self._leave)
+        if late is not None and keep_late and not self.orphaned:
             return late
-        finally:
-            self.close()
-
-    def close(self) -> None:
-        if self.pipe is not None and not self.kept:
-            self.pipe.close()
-
-
-def remaining(deadline: float | None, now: float) -> float | None:
-    return None if deadline is None else max(0.0, deadline - now)
-
-
-def deadline_of(timeout_seconds: float | None, start: float) -> float | None:
-    if timeout_seconds is None or math.isinf(timeout_seconds):
+        to_the_end(self._give_back)
         return None
-    return start + timeout_seconds
+
+    def release(self, blocking: bool = True) -> None:
+        """Give back the lease (the end of a block): only in the process that took it, only once.
+
+        :raises WouldBlock: if not *blocking* and the write lock is taken (nothing was done).
+        """
+        if self.pid == os.getpid():  # a forked child leaving the block: the lease is its parent's
+            to_the_end(lambda: self._give_back(blocking))
+
+    def disown(self) -> None:
+        """The lease now belongs to someone else (``gcl acquire`` hands it to the calling shell)."""
+        self.lease_id = None
+
+    def _leave(self) -> Granted | None:
+        """Cancel our ticket (idempotent: it may run again after an interruption)."""
+        ticket = self.ticket
+        if ticket is None:
+            return None
+        late = _core.transact(self.store, _core.cancel, ticket, self.request.kind)
+        with self._lock:
+            if self.ticket == ticket:
+                self.ticket = None
+        if late is not None:
+            self.record(late)
+        return late
+
+    def _give_back(self, blocking: bool = True) -> None:
+        """Release our lease (idempotent: releasing a released lease does nothing)."""
+        lease_id = self.lease_id
+        if lease_id is not None:
+            _core.transact(self.store, _core.release, lease_id, blocking=blocking)
+            with self._lock:
+                if self.lease_id == lease_id:
+                    self.lease_id = None
+
+
+T = TypeVar("T")
+
+
+def to_the_end(work: Callable[[], T]) -> T:
+    """Run a give-back to its end: signals held back, and run again if something that cannot be held
+    back (an exception injected into the thread) interrupted it; such an interruption, or a signal
+    that arrived meanwhile, is raised once the work is done. *work* must be idempotent."""
+    interrupted: BaseException | None = None
+    while True:
+        done = False
+        try:
+            with SignalsHeldBack():
+                result = work()
+                done = True
+        except BaseException as exc:
+            if isinstance(exc, Exception) and not done:
+                raise  # a real error (an unusable file): running it again would not help
+            interrupted = interrupted or exc
+        if done:
+            if interrupted is not None:
+                raise interrupted
+            return result
 
 
 __all__ = [
-    "SAFETY_NET_SECONDS",
+    "Acquisition",
     "MissingLimitWarning",
-    "Queued",
+    "SignalsHeldBack",
     "check_wait_args",
-    "deadline_of",
+    "kept_pipe",
     "label_of",
     "make_request",
-    "remaining",
-    "timeout_error",
+    "open_pipe",
+    "to_the_end",
     "token_of",
     "warn_missing",
 ]

@@ -22,55 +22,54 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any, TypeVar
 
-from . import _core, _log, _renewal, _shell
-from ._core import Denied, Granted, Request
-from ._errors import AcquireConcurrencySlotTimeoutError, GclError, LeaseNotFoundError, LeaseRenewalError
+from . import _core, _shell, _waiting
+from ._core import Granted, Request
+from ._errors import AcquireConcurrencySlotTimeoutError, LeaseRenewalError
 from ._model import DEFAULT_LEASE_SECONDS, Lease
-from ._renewal import renewal_failed_message
+from ._renewal import Renewal, renewal_failed_message, renewer
+from ._shell import Acquisition
 from ._store import Store, WouldBlock, get_store
+from ._tokens import Pipe
 from .sync import DbArg
 
 T = TypeVar("T")
 
 
-async def _transact(store: Store, fn: Callable[..., T], *args: object) -> T:
+async def _off_the_loop(acquisition: Acquisition, call: Callable[[bool], T]) -> T:
+    """Run ``call(blocking)`` on the loop if SQLite's write lock is free, else in a worker thread."""
     try:
-        return _core.transact(store, fn, *args, blocking=False)
+        return call(False)
     except WouldBlock:
-        return await asyncio.to_thread(_core.transact, store, fn, *args)
+        return await _in_thread(acquisition, lambda: call(True))
 
 
-async def _attempt(store: Store, request: Request, pipe_name: str | None) -> _core.Outcome:
-    """The first attempt; when it must run in a thread and we are cancelled meanwhile, undo what it did.
-
-    A thread cannot be stopped: whatever its transaction commits (a lease, a ticket) would belong to
-    nobody, so whoever of the thread and the cancelled task comes second gives it back.
-    """
-    try:
-        return _core.transact(store, _core.attempt, request, pipe_name, blocking=False)
-    except WouldBlock:
-        pass
+async def _in_thread(acquisition: Acquisition, work: Callable[[], T]) -> T:
+    """Run *work* in a worker thread. A thread cannot be stopped: if we are cancelled meanwhile,
+    whatever it commits (a lease, a ticket, a late grant) would belong to nobody, so whoever of the
+    thread and the cancelled task comes second gives it back."""
     lock = threading.Lock()
-    state: dict[str, Any] = {"abandoned": False, "outcome": None}
+    state = {"orphaned": False, "finished": False}
 
-    def work() -> _core.Outcome:
-        outcome = _core.transact(store, _core.attempt, request, pipe_name)
-        with lock:
-            abandoned = state["abandoned"]
-            state["outcome"] = outcome
-        if abandoned:
-            _shell.give_back(store, outcome, request.kind)
-        return outcome
+    def run() -> T:
+        try:
+            return work()
+        finally:
+            with lock:
+                state["finished"] = True
+                orphaned = state["orphaned"]
+            if orphaned:
+                acquisition.abandon()
 
-    future = asyncio.get_running_loop().run_in_executor(None, work)
+    future = asyncio.get_running_loop().run_in_executor(None, run)
     try:
         return await asyncio.shield(future)
     except asyncio.CancelledError:
+        acquisition.orphaned = True
         with lock:
-            state["abandoned"] = True
-            finished = state["outcome"]
-        if finished is not None:
-            threading.Thread(target=_shell.give_back, args=(store, finished, request.kind), name="gcl-undo").start()
+            state["orphaned"] = True
+            finished = state["finished"]
+        if finished:
+            threading.Thread(target=acquisition.abandon, name="gcl-give-back").start()
         raise
 
 
@@ -93,82 +92,57 @@ async def _wait_readable(fd: int, seconds: float) -> bool:
 
 
 async def acquire_slots(
-    store: Store, request: Request, timeout_seconds: float | None, max_retries: int | None
+    store: Store,
+    request: Request,
+    timeout_seconds: float | None,
+    max_retries: int | None,
+    acquisition: Acquisition | None = None,
 ) -> Granted:
-    """The async twin of :func:`gcl_local.sync.acquire_slots`."""
+    """The async twin of :func:`gcl_local.sync.acquire_slots`: the same steps, slept on the event loop."""
     start = time.monotonic()
-    may_wait = timeout_seconds != 0 and max_retries != 0
-    pipe_name = _shell.token_of(store).new_pipe_name() if may_wait else None
-    outcome = await _attempt(store, request, pipe_name)
-    if isinstance(outcome, Granted):
-        return outcome
-    if outcome.ticket is None or pipe_name is None:
-        raise _shell.timeout_error(request, timeout_seconds, max_retries)
-    deadline = _shell.deadline_of(timeout_seconds, start)
-    queue = _shell.Queued(store, request, outcome.ticket, pipe_name)
+    acquisition = acquisition or Acquisition(store, request)
+    pipe_name = _shell.token_of(store).new_pipe_name() if _waiting.may_wait(timeout_seconds, max_retries) else None
+    pipe: Pipe | None = None
     try:
-        outcome = queue.open_pipe() or outcome  # reads never wait for the write lock
-        while isinstance(outcome, Denied):
-            left = _shell.remaining(deadline, time.monotonic())
-            if left == 0:
-                raise _shell.timeout_error(request, timeout_seconds)
-            sleep, moment = queue.next_sleep(outcome, left)
-            assert queue.pipe is not None
-            data = queue.pipe.drain() if await _wait_readable(queue.pipe.fd, sleep) else b""
-            looked, counted = await _after_wake(queue, data, moment)
-            outcome = looked or outcome
-            if queue.counts_as_attempt(counted, outcome, max_retries):
-                raise _shell.timeout_error(request, timeout_seconds)
-        queue.ticket = None
-        return outcome
+        outcome = await _off_the_loop(
+            acquisition, lambda blocking: acquisition.transact(_core.attempt, request, pipe_name, blocking=blocking)
+        )
+        if isinstance(outcome, Granted):
+            return outcome
+        if outcome.ticket is None or pipe_name is None:
+            raise _waiting.timeout_error(request, timeout_seconds, max_retries)
+        # The pipe is made after the ticket (it is this wait's own): a grant written before it existed
+        # is found by the peek. Reads never wait for the write lock.
+        pipe = _shell.open_pipe(store, pipe_name)
+        granted = acquisition.peek()
+        if granted is not None:
+            return granted
+        steps = _waiting.wait(
+            request, outcome.ticket, outcome, start=start, timeout_seconds=timeout_seconds, max_retries=max_retries
+        )
+        answer: Any = None
+        while True:
+            try:
+                step = steps.send(answer)
+            except StopIteration as done:
+                served: Granted = done.value
+                return acquisition.served(served)
+            if step is _waiting.LOOK:
+                answer = await _off_the_loop(acquisition, acquisition.look)
+            elif step is _waiting.PROBE:
+                answer = acquisition.probe()
+            else:
+                assert isinstance(step, _waiting.Sleep)
+                answer = pipe.drain() if await _wait_readable(pipe.fd, step.seconds) else b""
     except BaseException as exc:
-        # Leaving (and giving back a grant that came meanwhile) runs in a thread that finishes even
-        # if we are cancelled again while we wait for it.
         keep = isinstance(exc, AcquireConcurrencySlotTimeoutError)
-        late = await asyncio.shield(asyncio.to_thread(functools.partial(queue.leave, keep_late=keep)))
+        late = await _in_thread(acquisition, functools.partial(acquisition.abandon, keep_late=keep))
         if late is not None:
             return late  # granted at the last moment of a timeout: take it
         raise
     finally:
-        queue.close()
-
-
-async def _after_wake(queue: _shell.Queued, data: bytes, moment: bool) -> tuple[_core.Outcome | None, bool]:
-    """:meth:`Queued.after_wake`, with its write transactions kept off the event loop when busy."""
-    granted, poked = queue.woken(data)
-    if granted is not None:
-        return granted, False
-    if not (poked or moment):
-        if data:
-            return None, False
-        found = queue.probe()
-        if isinstance(found, Granted):
-            return found, False
-        if not found:
-            return None, False
-    return await _transact(queue.store, _core.attempt_ticket, queue.ticket, queue.request.kind), poked or moment
-
-
-async def _renew_forever(store: Store, lease_id: str, duration: float, raising: bool, owner: asyncio.Task[Any]) -> None:
-    while True:
-        await asyncio.sleep(_renewal.RENEWAL_FRACTION * duration)
-        for delay in (*_renewal.RETRY_DELAYS, None):
-            try:
-                await asyncio.to_thread(_core.renewed, store, lease_id, duration)
-                break
-            except LeaseNotFoundError:
-                delay = None
-            except GclError:
-                pass
-            if delay is None:
-                message = renewal_failed_message(lease_id, raising)
-                if raising:
-                    _log.error(message)
-                    owner.cancel(msg="lease renewal failed")
-                else:
-                    _log.warning(message)
-                return
-            await asyncio.sleep(delay)
+        if pipe is not None:
+            pipe.close()
 
 
 @contextlib.asynccontextmanager
@@ -191,28 +165,42 @@ async def concurrency(
     )
     _shell.check_wait_args(timeout_seconds, max_retries)
     raising = strict if raise_on_lease_renewal_failure is None else bool(raise_on_lease_renewal_failure)
-    granted = await acquire_slots(store, request, timeout_seconds, max_retries)
-    lease = granted.lease
-    assert lease is not None
-    try:  # from the first moment: a cancellation must not strand the slots in a live process
-        _shell.warn_missing(store, granted)
+    acquisition = Acquisition(store, request)
+    try:  # from before the first transaction: a cancellation must not strand the slots in a live process
+        granted = await acquire_slots(store, request, timeout_seconds, max_retries, acquisition)
+        lease = granted.lease
+        assert lease is not None
+        _shell.warn_missing(granted)
         if lease.token is None:
             yield lease
             return
-        owner = asyncio.current_task()
-        assert owner is not None
-        renewing = asyncio.create_task(_renew_forever(store, lease.id, request.lease_duration, raising, owner))
+        # The process's renewal thread renews it, as for the sync shell; a lost lease cancels this task.
+        renewal = Renewal(store, lease.id, request.lease_duration, raising, _canceller())
+        renewer().add(renewal)
         try:
             yield lease
         except asyncio.CancelledError:
-            if renewing.done() and not renewing.cancelled():
+            if renewal.failed and raising:
                 raise LeaseRenewalError(renewal_failed_message(lease.id, True)) from None
             raise
         finally:
-            renewing.cancel()
+            renewal.cancel()
     finally:
-        if lease.token is not None:
-            await asyncio.shield(_transact(store, _core.release, lease.id))
+        if acquisition.lease_id is not None:
+            await _off_the_loop(acquisition, acquisition.release)
+
+
+def _canceller() -> Callable[[], None]:
+    """Cancel the calling task from another thread (the renewal thread), if its loop still runs."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+
+    def cancel() -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nothing left to stop
+            loop.call_soon_threadsafe(task.cancel, "lease renewal failed")
+
+    return cancel
 
 
 async def rate_limit(
@@ -227,7 +215,7 @@ async def rate_limit(
     store = get_store(db)
     request = _shell.make_request(store, names, occupy, "rate", strict=strict)
     _shell.check_wait_args(timeout_seconds, None)
-    _shell.warn_missing(store, await acquire_slots(store, request, timeout_seconds, None))
+    _shell.warn_missing(await acquire_slots(store, request, timeout_seconds, None))
 
 
 __all__ = ["acquire_slots", "concurrency", "rate_limit"]

@@ -16,14 +16,15 @@ import contextlib
 import os
 import select
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from . import _core, _shell
-from ._core import Denied, Granted, Request
+from . import _core, _shell, _waiting
+from ._core import Granted, Request
 from ._errors import AcquireConcurrencySlotTimeoutError, InvalidLimitError
 from ._model import DEFAULT_LEASE_SECONDS, Lease, validate_seconds
 from ._renewal import Renewal, renewer
+from ._shell import Acquisition
 from ._store import Store, get_store
 
 DbArg = str | os.PathLike[str] | Store | None
@@ -41,46 +42,48 @@ def acquire_slots(
     request: Request,
     timeout_seconds: float | None,
     max_retries: int | None,
-    on_wait: Any = None,
+    on_wait: Callable[[Acquisition], None] | None = None,
+    acquisition: Acquisition | None = None,
 ) -> Granted:
-    """Wait in the queue until the request is granted; the one blocking wait loop of the sync shell."""
+    """Wait in the queue until the request is granted: the sync shell, which only sleeps.
+
+    What it takes is recorded in *acquisition* the moment it commits; if this raises, nothing is left
+    behind. The caller that passes *acquisition* owns the returned lease through it (its ``release``).
+    """
     start = time.monotonic()
-    may_wait = timeout_seconds != 0 and max_retries != 0
-    pipe = _shell.kept_pipe(store) if may_wait else None
-    outcome = _core.transact(store, _core.attempt, request, pipe.name if pipe else None)
-    if isinstance(outcome, Granted):
-        return outcome
-    if outcome.ticket is None or pipe is None:
-        raise _shell.timeout_error(request, timeout_seconds, max_retries)
-    deadline = _shell.deadline_of(timeout_seconds, start)
-    queue = _shell.Queued(store, request, outcome.ticket, pipe)
-    told = False
+    acquisition = acquisition or Acquisition(store, request)
+    pipe = _shell.kept_pipe(store) if _waiting.may_wait(timeout_seconds, max_retries) else None
     try:
-        outcome = queue.open_pipe() or outcome
-        while isinstance(outcome, Denied):
-            now = time.monotonic()
-            left = _shell.remaining(deadline, now)
-            if left == 0:
-                raise _shell.timeout_error(request, timeout_seconds)
-            if on_wait is not None and not told and now - start >= 1.0:
-                told = True
-                on_wait(queue)
-            sleep, moment = queue.next_sleep(outcome, left)
-            assert queue.pipe is not None
-            data = queue.pipe.drain() if _wait_readable(queue.pipe.fd, sleep) else b""
-            looked, counted = queue.after_wake(data, moment)
-            outcome = looked or outcome
-            if queue.counts_as_attempt(counted, outcome, max_retries):
-                raise _shell.timeout_error(request, timeout_seconds)
-        queue.ticket = None  # served: nothing to leave
-        return outcome
+        outcome = acquisition.transact(_core.attempt, request, pipe.name if pipe else None)
+        if isinstance(outcome, Granted):
+            return outcome
+        if outcome.ticket is None or pipe is None:
+            raise _waiting.timeout_error(request, timeout_seconds, max_retries)
+        steps = _waiting.wait(
+            request, outcome.ticket, outcome, start=start, timeout_seconds=timeout_seconds, max_retries=max_retries
+        )
+        answer: Any = None
+        while True:
+            try:
+                step = steps.send(answer)
+            except StopIteration as done:
+                granted: Granted = done.value
+                return acquisition.served(granted)
+            if step is _waiting.LOOK:
+                answer = acquisition.look()
+            elif step is _waiting.PROBE:
+                answer = acquisition.probe()
+            else:
+                assert isinstance(step, _waiting.Sleep)
+                if on_wait is not None and time.monotonic() - start >= _waiting.NOTICE_AFTER_SECONDS:
+                    on_wait(acquisition)
+                    on_wait = None
+                answer = pipe.drain() if _wait_readable(pipe.fd, step.seconds) else b""
     except BaseException as exc:
-        late = queue.leave(keep_late=isinstance(exc, AcquireConcurrencySlotTimeoutError))
+        late = acquisition.abandon(keep_late=isinstance(exc, AcquireConcurrencySlotTimeoutError))
         if late is not None:
             return late  # granted at the last moment of a timeout: take it
         raise
-    finally:
-        queue.close()
 
 
 @contextlib.contextmanager
@@ -99,7 +102,9 @@ def concurrency(
     """Hold *occupy* slots on every named limit for the duration of the block.
 
     The slots are taken all or nothing, first come first served, and kept by a lease that a
-    daemon thread renews; they are released on exit, and at once if the process dies.
+    daemon thread renews; they are released on exit, and at once if the process dies. The lease
+    belongs to the process that acquired it: a forked child leaving the block neither releases nor
+    renews it.
 
     :param names: one limit name or a list of them.
     :param timeout_seconds: give up after this many seconds (None: wait as long as it takes).
@@ -118,11 +123,12 @@ def concurrency(
     )
     _shell.check_wait_args(timeout_seconds, max_retries)
     raise_on_failure = strict if raise_on_lease_renewal_failure is None else bool(raise_on_lease_renewal_failure)
-    granted = acquire_slots(store, request, timeout_seconds, max_retries)
-    lease = granted.lease
-    assert lease is not None
-    try:  # from the first moment: an interrupt must not strand the slots in a live process
-        _shell.warn_missing(store, granted)
+    acquisition = Acquisition(store, request)
+    try:  # from before the first transaction: an interrupt must not strand the slots in a live process
+        granted = acquire_slots(store, request, timeout_seconds, max_retries, acquisition=acquisition)
+        lease = granted.lease
+        assert lease is not None
+        _shell.warn_missing(granted)
         if lease.token is None:
             yield lease
             return
@@ -134,8 +140,7 @@ def concurrency(
         finally:
             renewals.cancel(renewal)
     finally:
-        if lease.token is not None:
-            _core.transact(store, _core.release, lease.id)
+        acquisition.release()
 
 
 def rate_limit(
@@ -157,7 +162,7 @@ def rate_limit(
     store = get_store(db)
     request = _shell.make_request(store, names, occupy, "rate", strict=strict)
     _shell.check_wait_args(timeout_seconds, None)
-    _shell.warn_missing(store, acquire_slots(store, request, timeout_seconds, None))
+    _shell.warn_missing(acquire_slots(store, request, timeout_seconds, None))
 
 
 def acquire_lease(
@@ -185,8 +190,13 @@ def acquire_lease(
     if holder_pid is not None:
         request = _with_waiter(store, request)
     _shell.check_wait_args(timeout_seconds, max_retries)
-    granted = acquire_slots(store, request, timeout_seconds, max_retries)
-    _shell.warn_missing(store, granted)
+    acquisition = Acquisition(store, request)
+    try:
+        granted = acquire_slots(store, request, timeout_seconds, max_retries, acquisition=acquisition)
+        _shell.warn_missing(granted)
+        acquisition.disown()  # from here on the lease is the caller's
+    finally:
+        acquisition.release()  # given back only if something failed before it was handed over
     assert granted.lease is not None
     return granted.lease
 

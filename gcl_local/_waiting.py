@@ -1,0 +1,144 @@
+"""The one waiting policy of the sync and async shells: when a waiter wakes, and what it does then.
+
+A wait is a generator of steps. It never sleeps and does no I/O: it yields :class:`Sleep` (the shell
+sleeps on the waiter's pipe and sends back what the pipe held), :data:`LOOK` (a real attempt, one
+write transaction; the shell sends back its outcome) or :data:`PROBE` (the safety net's read-only
+look; the shell sends back its answer), and returns the grant. Each shell only performs the steps.
+
+Every moment it learns is kept as an absolute moment on the monotonic clock: the caller's deadline,
+and the moment a denial names (decay or a lease's expiry could let the request in then). A waiter
+wakes at the earliest of those, of a wake-up on its pipe, and of the safety net; at a due moment it
+makes a real attempt. (Keeping the denial's *relative* delay and comparing it with each fresh
+safety-net sleep, as 0.1 did, slept for ever whenever the delay was longer than the safety net.)
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Generator
+from typing import Any, NamedTuple
+
+from . import _log
+from ._core import Denied, Granted, Outcome, Request, read_wake
+from ._errors import AcquireConcurrencySlotTimeoutError
+
+SAFETY_NET_SECONDS = 0.5
+"""A waiter looks at least this often (jittered by ±20 %), in case a wake-up was lost or a holder died."""
+NOTICE_AFTER_SECONDS = 1.0
+"""The CLI says what it waits for once a wait has lasted this long."""
+
+
+class Sleep(NamedTuple):
+    """Sleep on the pipe for at most *seconds*; send back what it held (``b""`` if nothing came)."""
+
+    seconds: float
+
+
+LOOK = "look"
+"""Make a real attempt for our ticket (one write transaction); send back its :data:`Outcome`."""
+PROBE = "probe"
+"""The safety net: a read-only look; send back our grant if one was missed, else whether a look could help."""
+
+Step = Sleep | str
+Steps = Generator[Step, Any, Granted]
+
+
+def may_wait(timeout_seconds: float | None, max_retries: int | None) -> bool:
+    return timeout_seconds != 0 and max_retries != 0
+
+
+def deadline_of(timeout_seconds: float | None, start: float) -> float | None:
+    if timeout_seconds is None or math.isinf(timeout_seconds):
+        return None
+    return start + timeout_seconds
+
+
+def timeout_error(
+    request: Request, timeout_seconds: float | None, max_retries: int | None = None
+) -> AcquireConcurrencySlotTimeoutError:
+    if timeout_seconds == 0 or max_retries == 0:
+        return AcquireConcurrencySlotTimeoutError(f"Concurrency slots on {list(request.names)!r} are busy.")
+    if timeout_seconds is None or math.isinf(timeout_seconds):
+        return AcquireConcurrencySlotTimeoutError(
+            f"Unable to acquire concurrency slots on {list(request.names)!r}: retries exhausted."
+        )
+    return AcquireConcurrencySlotTimeoutError(
+        f"Attempt to acquire concurrency slots timed out after {timeout_seconds:g} second(s)"
+    )
+
+
+def due_moment(outcome: Denied, now: float) -> float | None:
+    """The absolute moment a denial names (None: only a release or a death can let us in)."""
+    return None if outcome.retry_in is None else now + max(0.0, outcome.retry_in)
+
+
+def wait(
+    request: Request,
+    ticket: int,
+    denied: Denied,
+    *,
+    start: float,
+    timeout_seconds: float | None,
+    max_retries: int | None,
+    clock: Callable[[], float] = time.monotonic,
+    jitter: Callable[[], float] = _log.jitter,
+) -> Steps:
+    """Wait in the queue with *ticket* until granted; *denied* is the outcome that queued us.
+
+    ``timeout_seconds`` counts from *start*; ``max_retries=N`` gives up after N real attempts that
+    did not serve us (a poke, or a due moment). Raises :class:`AcquireConcurrencySlotTimeoutError`;
+    the shell then leaves the queue (keeping a grant that came at the last moment).
+    """
+    deadline = deadline_of(timeout_seconds, start)
+    due = due_moment(denied, clock())
+    retries = 0
+    while True:
+        now = clock()
+        if deadline is not None and now >= deadline:
+            raise timeout_error(request, timeout_seconds)
+        wake_at = now + SAFETY_NET_SECONDS * (0.8 + 0.4 * jitter())
+        if due is not None:
+            wake_at = min(wake_at, due)
+        if deadline is not None:
+            wake_at = min(wake_at, deadline)
+        data = yield Sleep(max(0.0, wake_at - now))
+        granted, poked = read_wake(request, ticket, data) if data else (None, False)
+        if granted is not None:
+            return granted
+        now = clock()
+        if poked or (due is not None and now >= due):
+            outcome: Outcome = yield LOOK
+            if isinstance(outcome, Granted):
+                return outcome
+            retries += 1
+            if max_retries is not None and retries >= max_retries:
+                raise timeout_error(request, None)
+            due = due_moment(outcome, clock())
+            continue
+        if data or (deadline is not None and now >= deadline) or now < wake_at:
+            continue  # only messages for an earlier wait, the deadline, or woken early: sleep again
+        found = yield PROBE  # the safety net: a read, and a write only when it could help
+        if isinstance(found, Granted):
+            return found
+        if found:
+            outcome = yield LOOK  # not a retry: nothing told us to look
+            if isinstance(outcome, Granted):
+                return outcome
+            due = due_moment(outcome, clock())
+
+
+__all__ = [
+    "LOOK",
+    "NOTICE_AFTER_SECONDS",
+    "PROBE",
+    "SAFETY_NET_SECONDS",
+    "Sleep",
+    "Step",
+    "Steps",
+    "deadline_of",
+    "due_moment",
+    "may_wait",
+    "timeout_error",
+    "wait",
+]

@@ -1,0 +1,163 @@
+"""Property tests of the one waiting policy (``_waiting.wait``), driven with a fake clock.
+
+Whatever the sequence of wake-ups (grants, pokes, stray messages for earlier tickets, the safety
+net), a waiter's next wake-up is never later than the earliest moment it knows of (the due moment a
+denial named, its deadline, the safety net), and a waiter whose request fits by then is served at
+that wake-up: it looks (a write) rather than sleeping again.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gcl_local import _waiting
+from gcl_local._core import Denied, Granted, Holder, Request
+from gcl_local._errors import AcquireConcurrencySlotTimeoutError
+
+TICKET = 7
+REQUEST = Request(("r",), 1, "rate", False, 300.0, Holder("tok", 1, None, "h", "u", "label"), "tok")
+SAFETY = _waiting.SAFETY_NET_SECONDS * 1.2
+
+
+class World:
+    """A request that fits from ``fits_at`` on: by decay (a look tells the moment) or by something only a
+    release or a death shows (then a look says nothing about when, and only the probe notices)."""
+
+    def __init__(self, fits_at: float, by_decay: bool) -> None:
+        self.now = 0.0
+        self.fits_at = fits_at
+        self.by_decay = by_decay
+
+    def clock(self) -> float:
+        return self.now
+
+    def look(self) -> Granted | Denied:
+        if self.now >= self.fits_at:
+            return Granted(None)
+        return Denied(self.fits_at - self.now if self.by_decay else None, TICKET)
+
+
+events = st.lists(
+    st.tuples(st.sampled_from(["timer", "stray", "poke", "early"]), st.floats(0.0, 1.0)),
+    max_size=60,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    fits_at=st.floats(0.0, 30.0),
+    by_decay=st.booleans(),
+    timeout=st.one_of(st.none(), st.floats(0.01, 40.0)),
+    max_retries=st.one_of(st.none(), st.integers(1, 5)),
+    script=events,
+    jitter=st.floats(0.0, 0.999),
+)
+def test_a_waiter_wakes_by_its_earliest_moment_and_is_served_when_it_fits(
+    fits_at: float, by_decay: bool, timeout: float | None, max_retries: int | None, script: list[Any], jitter: float
+) -> None:
+    world = World(fits_at, by_decay)
+    first = world.look()
+    assert isinstance(first, Denied) or fits_at == 0.0
+    if isinstance(first, Granted):
+        return
+    steps = _waiting.wait(
+        REQUEST, TICKET, first, start=0.0, timeout_seconds=timeout, max_retries=max_retries,
+        clock=world.clock, jitter=lambda: jitter,
+    )  # fmt: skip
+    due = world.now + first.retry_in if first.retry_in is not None else None
+    answer: Any = None
+    script = list(script)
+    for _ in range(2000):
+        try:
+            step = steps.send(answer)
+        except StopIteration as done:
+            assert isinstance(done.value, Granted)
+            assert world.now >= fits_at  # never served before it fits
+            return
+        except AcquireConcurrencySlotTimeoutError:
+            if timeout is not None and world.now >= timeout:
+                return  # the deadline passed (never later than the deadline: see the sleep checks)
+            assert max_retries is not None  # only retries end a wait early
+            return
+        if step is _waiting.LOOK:
+            answer = world.look()
+            if isinstance(answer, Denied) and answer.retry_in is not None:
+                due = world.now + answer.retry_in
+            continue
+        if step is _waiting.PROBE:
+            answer = world.now >= fits_at and not by_decay  # the probe sees deaths and expiries
+            continue
+        assert isinstance(step, _waiting.Sleep)
+        assert step.seconds <= SAFETY + 1e-9
+        wake_at = world.now + step.seconds
+        if due is not None:
+            assert wake_at <= due + 1e-9, "slept past the due moment"
+        if timeout is not None:
+            assert wake_at <= timeout + 1e-9, "slept past the deadline"
+        kind, fraction = script.pop(0) if script else ("timer", 0.0)
+        if kind == "timer":
+            world.now = wake_at
+            answer = b""
+        elif kind == "early":  # the timer fired a little early (rounding)
+            world.now = world.now + step.seconds * fraction
+            answer = b""
+        elif kind == "stray":  # a message meant for an earlier wait of this thread
+            world.now = world.now + step.seconds * fraction
+            answer = b"!%d\n" % (TICKET - 1)
+        else:  # a releaser freed something: look again
+            world.now = world.now + step.seconds * fraction
+            answer = b"!%d\n" % TICKET
+        woke_at = world.now
+        fits = woke_at >= fits_at and (by_decay or kind in ("timer", "poke"))
+        if timeout is not None and woke_at >= timeout:
+            fits = False  # at the deadline the wait ends (the shell keeps a grant that came meanwhile)
+        if fits and kind in ("timer", "poke") and woke_at >= wake_at - 1e-12:
+            # This wake-up must end the wait (a look, or a probe then a look), not another sleep.
+            nxt = steps.send(answer)
+            if nxt is _waiting.PROBE:
+                nxt = steps.send(not by_decay)
+            assert nxt is _waiting.LOOK, (kind, woke_at, fits_at, due)
+            answer = world.look()
+            assert isinstance(answer, Granted)
+            with pytest.raises(StopIteration):
+                steps.send(answer)
+            return
+    pytest.fail("the wait neither ended nor timed out")
+
+
+def test_a_poke_counts_as_a_retry_and_ends_the_wait_when_retries_are_used_up() -> None:
+    world = World(fits_at=100.0, by_decay=False)
+    steps = _waiting.wait(
+        REQUEST, TICKET, Denied(None, TICKET), start=0.0, timeout_seconds=None, max_retries=1, clock=world.clock
+    )
+    assert isinstance(next(steps), _waiting.Sleep)
+    assert steps.send(b"!%d\n" % TICKET) is _waiting.LOOK
+    with pytest.raises(AcquireConcurrencySlotTimeoutError, match="retries exhausted"):
+        steps.send(Denied(None, TICKET))
+
+
+def test_a_due_moment_longer_than_the_safety_net_is_kept_across_wake_ups() -> None:
+    # The bug of 0.1: a relative delay of 10 s compared with each fresh 0.5 s sleep, for ever.
+    world = World(fits_at=10.0, by_decay=True)
+    steps = _waiting.wait(
+        REQUEST, TICKET, world.look(), start=0.0, timeout_seconds=None, max_retries=None, clock=world.clock,
+        jitter=lambda: 0.5,
+    )  # fmt: skip
+    step = next(steps)
+    probes = 0
+    while True:
+        if isinstance(step, _waiting.Sleep):
+            world.now += step.seconds
+            step = steps.send(b"")
+        elif step is _waiting.PROBE:
+            probes += 1
+            step = steps.send(False)
+        else:
+            assert step is _waiting.LOOK
+            assert world.now == pytest.approx(10.0)
+            break
+    assert probes == 19  # a safety-net look every 0.5 s, then the real attempt at 10 s
