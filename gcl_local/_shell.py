@@ -9,6 +9,7 @@ from __future__ import annotations
 # The C module: ``signal`` itself imports enum, a cost cron would pay at every ``gcl`` start.
 import _signal  # type: ignore[import-not-found,unused-ignore]
 import atexit
+import contextlib
 import os
 import sys
 import threading
@@ -343,6 +344,14 @@ class Acquisition:
         """
         if self.pid == os.getpid():  # a forked child leaving the block: the lease is its parent's
             to_the_end(lambda: self._give_back(blocking))
+
+    def __del__(self) -> None:
+        # The last line of defence: an exception that struck between the code that recorded a
+        # ticket or lease and the code that owns it (a few bytecodes that no signal mask covers)
+        # drops this object with something still recorded. Give it back rather than strand it.
+        if (self.ticket is not None or self.lease_id is not None) and self.pid == os.getpid():
+            with contextlib.suppress(BaseException):
+                self.abandon()
 
     def disown(self) -> None:
         """The lease now belongs to someone else (``gcl acquire`` hands it to the calling shell)."""

@@ -31,7 +31,8 @@ REPO = Path(__file__).resolve().parent.parent
 
 CALLER = """
 import asyncio, sys, time
-db, name, calls, start, out, shell = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), sys.argv[5], sys.argv[6]
+db, name, calls, start, out, shell = sys.argv[1:7]
+calls, start = int(calls), float(start)
 if shell == "sync":
     from gcl_local import rate_limit
 else:
@@ -246,9 +247,7 @@ update_limit("refilled", active_slots=1, db=sys.argv[1])
 
 
 @pytest.mark.parametrize(("max_retries", "served"), [(1, False), (2, True)])
-def test_max_retries_counts_wake_ups_that_did_not_serve(
-    db: str, procs: object, max_retries: int, served: bool
-) -> None:
+def test_max_retries_counts_wake_ups_that_did_not_serve(db: str, procs: object, max_retries: int, served: bool) -> None:
     # The bucket is due to empty at 1 s; at 0.5 s an admin refills it, which wakes the waiter for a
     # look that does not serve it (one retry). Its next due moment (1.5 s) serves it.
     create_limit("refilled", 1, slot_decay_per_second=1.0, db=db)

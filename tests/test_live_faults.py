@@ -1,0 +1,220 @@
+"""No slot lost, none given twice, in processes that live on: interrupts, cancellation, fork.
+
+A process that dies is reclaimed by its liveness token; these are the faults that leave the process
+alive, so a lease or ticket it does not know about would block the limit for as long as it runs.
+Each test checks, while the workers still live, that nothing is held or queued in their names.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from gcl_local import concurrency, create_limit, read_limit
+
+REPO = Path(__file__).resolve().parent.parent
+
+INTERRUPTED_LOOPER = """
+import os, sys, time
+from gcl_local import AcquireConcurrencySlotTimeoutError, concurrency
+db, stop = sys.argv[1], sys.argv[2]
+entered = 0
+interrupts = 0
+print("ready", flush=True)
+
+def loop():
+    global entered, interrupts
+    while not os.path.exists(stop):
+        try:
+            with concurrency("x", timeout_seconds=5, db=db):
+                entered += 1
+                time.sleep(0.0005)
+        except KeyboardInterrupt:
+            interrupts += 1
+        except AcquireConcurrencySlotTimeoutError:
+            pass
+
+while True:
+    try:
+        loop()
+        break
+    except KeyboardInterrupt:
+        interrupts += 1
+signal_free = __import__("signal")
+signal_free.signal(signal_free.SIGINT, signal_free.SIG_IGN)
+print(f"{entered} {interrupts}", flush=True)
+time.sleep(120)  # alive and outside any block: whatever is still held in our name is a leak
+"""
+
+
+def _python(code: str, *args: str) -> subprocess.Popen[str]:
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.Popen(
+        [sys.executable, "-c", code, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
+
+
+@pytest.mark.slow
+def test_random_sigints_caught_by_the_workers_leave_nothing_held(db: str, tmp_path: Path) -> None:
+    create_limit("x", 1, db=db)
+    stop = tmp_path / "stop"
+    workers = [_python(INTERRUPTED_LOOPER, db, str(stop)) for _ in range(2)]
+    try:
+        for worker in workers:  # imported and looping
+            assert worker.stdout.readline().strip() == "ready"  # type: ignore[union-attr]
+        rng = random.Random(20261201)
+        sent = 0
+        end = time.monotonic() + 8.0
+        while time.monotonic() < end:
+            time.sleep(rng.uniform(0.0, 0.012))
+            with_signal = rng.choice(workers)
+            if with_signal.poll() is None:
+                with_signal.send_signal(signal.SIGINT)
+                sent += 1
+        stop.touch()
+        reports = []
+        for worker in workers:
+            line = worker.stdout.readline()  # type: ignore[union-attr]
+            if line:
+                reports.append(line.split())
+        assert reports, ("every worker died", [w.communicate()[1][-2000:] for w in workers])
+        alive = [w for w in workers if w.poll() is None]
+        assert alive, "no worker lived to be checked"
+        limit = read_limit("x", db=db)
+        assert limit.holders == (), (sent, reports, limit.holders)
+        assert limit.waiters == (), (sent, reports, limit.waiters)
+        assert sum(int(entered) for entered, _ in reports) > 100
+        assert sum(int(caught) for _, caught in reports) > 200
+    finally:
+        for worker in workers:
+            worker.kill()
+            worker.communicate()
+
+
+CANCELLED_TASKS = """
+import asyncio, json, os, random, sys, time
+from gcl_local import AcquireConcurrencySlotTimeoutError, read_limit
+from gcl_local.asyncio import concurrency
+db, seconds = sys.argv[1], float(sys.argv[2])
+rng = random.Random(int(sys.argv[3]))
+counts = {"entered": 0, "timeouts": 0, "cancelled": 0}
+
+async def worker():
+    while True:
+        try:
+            async with concurrency("c", timeout_seconds=rng.uniform(0.001, 0.05), db=db):
+                counts["entered"] += 1
+                await asyncio.sleep(0.001)
+        except AcquireConcurrencySlotTimeoutError:
+            counts["timeouts"] += 1
+
+async def main():
+    loop = asyncio.get_running_loop()
+    end = loop.time() + seconds
+    tasks = [asyncio.create_task(worker()) for _ in range(4)]
+    while loop.time() < end:
+        await asyncio.sleep(rng.uniform(0.0, 0.01))
+        i = rng.randrange(len(tasks))
+        if i % 2 == 0:  # half of the tasks are cancelled at random moments, now and then twice
+            tasks[i].cancel()
+            if rng.random() < 0.3:
+                await asyncio.sleep(rng.uniform(0.0, 0.002))
+                tasks[i].cancel()
+            try:
+                await tasks[i]
+            except asyncio.CancelledError:
+                counts["cancelled"] += 1
+            tasks[i] = asyncio.create_task(worker())
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+asyncio.run(main())
+time.sleep(1.0)  # give-backs that run in threads finish
+limit = read_limit("c", db=db)
+mine = [h.id for h in limit.holders if h.pid == os.getpid()] + [w.ticket for w in limit.waiters if w.pid == os.getpid()]
+print(json.dumps({"leaked": mine, **counts}), flush=True)
+"""
+
+BUSY_HOLDER = """
+import random, sys, time
+from gcl_local import concurrency
+db, seconds = sys.argv[1], float(sys.argv[2])
+end = time.monotonic() + seconds
+while time.monotonic() < end:
+    with concurrency("c", db=db):
+        time.sleep(random.uniform(0.001, 0.03))
+"""
+
+
+@pytest.mark.slow
+def test_async_cancellation_during_cleanup_leaves_nothing_held(db: str) -> None:
+    create_limit("c", 1, db=db)
+    holder = _python(BUSY_HOLDER, db, "7")
+    try:
+        tasks = _python(CANCELLED_TASKS, db, "6", "7")
+        out, err = tasks.communicate(timeout=60)
+        assert tasks.returncode == 0, err
+        report = json.loads(out)
+        assert report["leaked"] == [], report
+        assert report["entered"] > 20, report
+        assert report["timeouts"] > 20, report
+        assert report["cancelled"] > 20, report
+    finally:
+        holder.kill()
+        holder.communicate()
+
+
+FORKING_HOLDER = """
+import multiprocessing, os, sys, time
+from gcl_local import concurrency
+db, how = sys.argv[1], sys.argv[2]
+
+def child_work():
+    time.sleep(0.05)
+
+with concurrency("f", db=db) as lease:
+    if how == "fork":
+        pid = os.fork()
+        if pid == 0:
+            sys.exit(0)  # unwinds the with block in the child
+        os.waitpid(pid, 0)
+    else:
+        proc = multiprocessing.get_context("fork").Process(target=child_work)
+        proc.start()
+        proc.join()
+    print("child done", flush=True)
+    sys.stdin.readline()  # the parent still holds the slot until told to go
+"""
+
+
+@pytest.mark.parametrize("how", ["fork", "multiprocessing"])
+def test_a_forked_child_leaving_the_block_does_not_release_the_parents_lease(db: str, how: str) -> None:
+    create_limit("f", 1, db=db)
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    parent = subprocess.Popen(
+        [sys.executable, "-c", FORKING_HOLDER, db, how],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    try:
+        assert parent.stdout.readline().strip() == "child done"  # type: ignore[union-attr]
+        holders = read_limit("f", db=db).holders
+        assert [h.pid for h in holders] == [parent.pid]
+        with pytest.raises(Exception, match="busy"), concurrency("f", timeout_seconds=0, db=db):
+            pass  # a second holder while the parent holds: two on a limit of 1
+        parent.stdin.write("\n")  # type: ignore[union-attr]
+        parent.stdin.flush()  # type: ignore[union-attr]
+        _, err = parent.communicate(timeout=30)
+        assert parent.returncode == 0, err
+        assert read_limit("f", db=db).holders == ()
+    finally:
+        parent.kill()
+        parent.communicate()
