@@ -368,13 +368,18 @@ def w_rate(gate: Gate, kind: str, directory: str, calls: int, burst: int = 5, pe
     return returned
 
 
+RETURN_LAG = 0.005
+"""Return times lag the grants they report (a process being scheduled); windows allow this much."""
+
+
 def excess_calls(times: list[float], burst: int, decay: float) -> int:
-    """Calls beyond burst + decay x window in the worst window (return times; 0 when the promise holds)."""
+    """Calls beyond burst + decay x window in the worst window (0 when the promise holds)."""
     times = sorted(times)
     worst = 0
     for i, begin in enumerate(times):
         for j in range(i, len(times)):
-            worst = max(worst, j - i + 1 - math.floor(burst + decay * (times[j] - begin) + 1e-9))
+            allowed = math.floor(burst + decay * (times[j] - begin + RETURN_LAG) + 1e-9)
+            worst = max(worst, j - i + 1 - allowed)
     return worst
 
 
@@ -603,7 +608,7 @@ def s6_rate(cfg: Config) -> Row:
         error["gcl"] <= 0.005 and runs["gcl"][1] == 0,
         pyrate=cell["pyrate"],
         notes="from the start barrier, no warm-up call; pyrate: Rate(5, 250 ms); excess: calls over burst + "
-        "rate x window in the worst window",
+        "rate x (window + 5 ms of return lag) in the worst window",
     )
 
 
