@@ -451,17 +451,12 @@ def attempt_ticket(tx: Tx, effects: Effects, ticket: int, kind: Kind) -> Outcome
     return outcome
 
 
-def peek_ticket(tx: Tx, ticket: int, kind: Kind) -> Granted | None:
-    """Read-only: the grant of a ticket that was served by someone else, else None."""
-    if _sql.select_ticket(tx.conn, ticket) is not None:
-        return None
-    return _granted_ticket(tx, ticket, kind)
-
-
 def probe(tx: Tx, ticket: int, kind: Kind) -> Granted | bool:
     """Read-only safety net: our grant if one was missed, else whether a write attempt could help now.
 
-    It could when a waiter ahead of us or a holder of our limits has died, or a lease expired.
+    It could when a waiter ahead of us or a holder of our limits has died, or a lease expired, or,
+    at the head of the queue, when our request fits now (a wake-up meant for us was lost, e.g.
+    written before our pipe existed): no waiter sleeps on while its request fits.
     """
     row = _sql.select_ticket(tx.conn, ticket)
     if row is None:
@@ -474,7 +469,14 @@ def probe(tx: Tx, ticket: int, kind: Kind) -> Granted | bool:
         # is seen by someone, at a cost that does not grow with the queue.
         ahead = _sql.select_ticket(tx.conn, older[-1])
         return ahead is not None and live.token(ahead.holder_token) is False
-    return any(live.lease_gone(lease) for name in names for lease in _sql.leases_on(tx.conn, name))
+    if any(live.lease_gone(lease) for name in names for lease in _sql.leases_on(tx.conn, name)):
+        return True
+    request = _request_of(row, names)
+    try:
+        active, _ = _active_limits(tx, request)
+    except ConcurrencySlotAcquisitionError:
+        return True  # the look raises it, in the waiter's own process
+    return not _short_limits(tx, active, request.occupy)
 
 
 def _granted_ticket(tx: Tx, ticket: int, kind: Kind) -> Granted:

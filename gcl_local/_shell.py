@@ -308,15 +308,6 @@ class Acquisition:
             found = _core.probe(tx, self.ticket, self.request.kind)
         return self.record(found) if isinstance(found, Granted) else found  # type: ignore[return-value]
 
-    def peek(self) -> Granted | None:
-        """Was the grant handed to us before our pipe existed? (a read, without the write lock)."""
-        assert self.ticket is not None
-        with self.store.read() as tx:
-            found = _core.peek_ticket(tx, self.ticket, self.request.kind)
-        if found is not None:
-            self.record(found)
-        return found
-
     def served(self, granted: Granted) -> Granted:
         """A grant that came through our pipe: the releaser committed it for our ticket."""
         with SignalsHeldBack():

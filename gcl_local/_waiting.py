@@ -83,16 +83,28 @@ def wait(
     max_retries: int | None,
     clock: Callable[[], float] = time.monotonic,
     jitter: Callable[[], float] = _log.jitter,
+    pipe_made_late: bool = False,
 ) -> Steps:
     """Wait in the queue with *ticket* until granted; *denied* is the outcome that queued us.
 
     ``timeout_seconds`` counts from *start*; ``max_retries=N`` gives up after N real attempts that
     did not serve us (a poke, or a due moment). Raises :class:`AcquireConcurrencySlotTimeoutError`;
-    the shell then leaves the queue (keeping a grant that came at the last moment).
+    the shell then leaves the queue (keeping a grant that came at the last moment). With
+    *pipe_made_late* (the pipe was made after the ticket), a wake-up may have been written before
+    the pipe existed: it starts with the safety net's look.
     """
     deadline = deadline_of(timeout_seconds, start)
     due = due_moment(denied, clock())
     retries = 0
+    if pipe_made_late:
+        found = yield PROBE
+        if isinstance(found, Granted):
+            return found
+        if found:
+            outcome: Outcome = yield LOOK
+            if isinstance(outcome, Granted):
+                return outcome
+            due = due_moment(outcome, clock())
     while True:
         now = clock()
         if deadline is not None and now >= deadline:
@@ -108,7 +120,7 @@ def wait(
             return granted
         now = clock()
         if poked or (due is not None and now >= due):
-            outcome: Outcome = yield LOOK
+            outcome = yield LOOK
             if isinstance(outcome, Granted):
                 return outcome
             retries += 1

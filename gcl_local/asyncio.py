@@ -111,15 +111,13 @@ async def acquire_slots(
             return outcome
         if outcome.ticket is None or pipe_name is None:
             raise _waiting.timeout_error(request, timeout_seconds, max_retries)
-        # The pipe is made after the ticket (it is this wait's own): a grant written before it existed
-        # is found by the peek. Reads never wait for the write lock.
+        # The pipe is made after the ticket (it is this wait's own): the policy starts with a look for
+        # what was written before it existed. Reads never wait for the write lock.
         pipe = _shell.open_pipe(store, pipe_name)
-        granted = acquisition.peek()
-        if granted is not None:
-            return granted
         steps = _waiting.wait(
-            request, outcome.ticket, outcome, start=start, timeout_seconds=timeout_seconds, max_retries=max_retries
-        )
+            request, outcome.ticket, outcome, start=start, timeout_seconds=timeout_seconds, max_retries=max_retries,
+            pipe_made_late=True,
+        )  # fmt: skip
         answer: Any = None
         while True:
             try:

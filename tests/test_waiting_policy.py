@@ -88,7 +88,7 @@ def test_a_waiter_wakes_by_its_earliest_moment_and_is_served_when_it_fits(
                 due = world.now + answer.retry_in
             continue
         if step is _waiting.PROBE:
-            answer = world.now >= fits_at and not by_decay  # the probe sees deaths and expiries
+            answer = world.now >= fits_at  # the probe sees deaths, expiries, and a head request that fits
             continue
         assert isinstance(step, _waiting.Sleep)
         assert step.seconds <= SAFETY + 1e-9
@@ -118,7 +118,7 @@ def test_a_waiter_wakes_by_its_earliest_moment_and_is_served_when_it_fits(
             # This wake-up must end the wait (a look, or a probe then a look), not another sleep.
             nxt = steps.send(answer)
             if nxt is _waiting.PROBE:
-                nxt = steps.send(not by_decay)
+                nxt = steps.send(True)
             assert nxt is _waiting.LOOK, (kind, woke_at, fits_at, due)
             answer = world.look()
             assert isinstance(answer, Granted)
@@ -163,3 +163,36 @@ def test_a_due_moment_longer_than_the_safety_net_is_kept_across_wake_ups() -> No
             assert world.now == pytest.approx(10.0)
             break
     assert probes == 19  # a safety-net look every 0.5 s, then the real attempt at 10 s
+
+
+def test_a_pipe_made_after_the_ticket_starts_with_a_look_for_what_came_before_it() -> None:
+    # The async shell makes its pipe after the ticket: a poke written in between is lost, and the
+    # head waiter of a decaying limit then slept until its deadline (found by the rate sweep).
+    world = World(fits_at=0.0, by_decay=True)
+    steps = _waiting.wait(
+        REQUEST, TICKET, Denied(None, TICKET), start=0.0, timeout_seconds=20, max_retries=None,
+        clock=world.clock, pipe_made_late=True,
+    )  # fmt: skip
+    assert next(steps) is _waiting.PROBE
+    assert steps.send(True) is _waiting.LOOK
+    with pytest.raises(StopIteration):
+        steps.send(Granted(None))
+
+
+def test_the_probe_sees_a_head_request_that_fits_by_decay(db: str) -> None:
+    import time
+
+    from gcl_local import _core, _shell, create_limit, rate_limit
+    from gcl_local._store import get_store
+
+    create_limit("d", 1, slot_decay_per_second=10.0, db=db)
+    rate_limit("d", db=db)  # full for 0.1 s
+    store = get_store(db)
+    request = _shell.make_request(store, "d", 1, "rate")
+    denied = _core.transact(store, _core.attempt, request, "never-made.fifo")  # nobody can wake it
+    assert isinstance(denied, Denied)
+    assert denied.ticket is not None
+    time.sleep(0.15)
+    with store.read() as tx:
+        assert _core.probe(tx, denied.ticket, "rate") is True
+    _core.transact(store, _core.cancel, denied.ticket, "rate")
