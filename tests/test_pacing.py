@@ -102,7 +102,7 @@ CLI_CASES = [
 def _run_sweep(db: str, tmp_path: Path, cases: list[Case], shell: str) -> None:
     for case in cases:
         create_limit(case.name, case.limit, slot_decay_per_second=case.decay, db=db)
-    start = time.time() + 1.5  # every process has started and imported before the first call
+    start = time.time() + 2.5  # every process has started and imported before the first call
     procs = []
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     for case in cases:
@@ -128,7 +128,9 @@ def _run_sweep(db: str, tmp_path: Path, cases: list[Case], shell: str) -> None:
         first = times[0]
         for n, at in enumerate(times, start=1):
             ideal = case.ideal(n)
-            assert ideal * 0.95 - 0.02 <= at - first <= ideal + 0.5, (case, n, at - first, ideal)
+            assert ideal * 0.95 - 0.02 <= at - first, (case, n, at - first, ideal)  # never early
+            if n > case.limit:  # within the burst, a call waits for its own process, not for the limit
+                assert at - first <= ideal + 0.5, (case, n, at - first, ideal)
         _check_windows(case, times, 0.3 if shell == "cli" else 0.15)
 
 
