@@ -68,6 +68,13 @@ def _waiting_notice(names: Sequence[str], verbose: bool) -> Any:
     return notice
 
 
+def _require_names(names: Sequence[str], usage: str) -> None:
+    # `gcl run $UNSET -- cmd` would otherwise run the command unlimited, silently: a script's
+    # mistake must not pass for "no limit" (the library keeps Prefect's empty-list no-op).
+    if not names:
+        fail(f"no limit name given: {usage}", EX_USAGE)
+
+
 def cmd_run(
     names: Sequence[str],
     command: Sequence[str],
@@ -84,6 +91,7 @@ def cmd_run(
     from ._store import get_store
     from .sync import acquire_slots
 
+    _require_names(names, "gcl run NAME... -- COMMAND...")
     if not command:
         fail("no command given: gcl run NAME... -- COMMAND...", EX_USAGE)
     store = get_store(db)
@@ -115,6 +123,7 @@ def cmd_rate_limit(
     from ._store import get_store
     from .sync import acquire_slots
 
+    _require_names(names, "gcl rate-limit NAME... [-- COMMAND...]")
     store = get_store(db)
     request = _shell.make_request(store, names, occupy, "rate", strict=strict)
     _shell.check_wait_args(timeout, None)

@@ -174,6 +174,21 @@ def test_usage_errors_exit_2(db: str, args: list[str]) -> None:
     assert result.stderr.strip()
 
 
+@pytest.mark.parametrize("strict", ["", "--strict"], ids=["lenient", "strict"])
+@pytest.mark.parametrize("command", ["run", "rate-limit"])
+def test_no_limit_name_is_a_usage_error(
+    db: str, shell_env: dict[str, str], tmp_path: Path, command: str, strict: str
+) -> None:
+    """`gcl run $UNSET -- cmd` must not run cmd unlimited: a script's mistake is not "no limit"."""
+    marker = tmp_path / "ran"
+    written = gcl(db, command, *strict.split(), "--", "touch", str(marker))
+    from_a_script = bash(f"gcl {command} $UNSET {strict} -- touch {marker}", shell_env, tmp_path)
+    for result in (written, from_a_script):
+        line = one_line_error(result, 2)
+        assert f"no limit name given: gcl {command} NAME..." in line
+    assert not marker.exists()
+
+
 def test_invalid_values_exit_1(db: str, tmp_path: Path) -> None:
     create_limit("a", 1, db=db)
     create_limit("counted", 1, db=db)
