@@ -145,23 +145,60 @@ def cmd_acquire(
     verbose: bool = False,
     db: str | None = None,
 ) -> int:
-    from . import _shell
+    from . import _core, _shell, _tokens
+    from ._errors import ConcurrencySlotAcquisitionError
     from ._store import get_store
     from .sync import acquire_slots
 
+    pid = _holder_of_lease(holder_pid)
     store = get_store(db)
-    pid = holder_pid if holder_pid is not None else os.getppid()  # the calling shell
     request = _shell.make_request(
         store, names, occupy, "concurrency", strict=strict, lease_duration=lease_duration,
         holder=_program_of(pid), holder_pid=pid,
     )  # fmt: skip
     request = request._replace(waiter_token=_shell.token_of(store).name)
     _shell.check_wait_args(timeout, None)
-    granted = acquire_slots(store, request, timeout, 0 if nonblock else None, _waiting_notice(names, verbose))
-    _warn_missing(granted.missing)
-    assert granted.lease is not None
-    _print_lease(granted.lease, output)
+    holder = request.holder
+    try:
+        granted = acquire_slots(store, request, timeout, 0 if nonblock else None, _waiting_notice(names, verbose))
+    except ConcurrencySlotAcquisitionError:
+        if not _tokens.pid_alive(pid, holder.pid_start):  # the queue dropped our ticket for it
+            _holder_gone(holder)
+        raise
+    lease = granted.lease
+    assert lease is not None
+    try:
+        # A pid-held lease of a dead process would be reaped by the next look: never hand one out.
+        if lease.token is not None and not _tokens.pid_alive(pid, holder.pid_start):
+            _holder_gone(holder)
+        _warn_missing(granted.missing)
+        _print_lease(lease, output)
+        sys.stdout.flush()  # here, not at exit: a lease id nobody read must be given back
+    except BaseException:  # the holder gone, or no one to read the id: nobody else would release it
+        if lease.token is not None:
+            _core.transact(store, _core.release, lease.id)
+        raise
     return 0
+
+
+def _holder_of_lease(holder_pid: int | None) -> int:
+    """The process that will hold a ``gcl acquire`` lease: ``--holder-pid``, else the calling script."""
+    from . import _holder, _tokens
+
+    if holder_pid is None:
+        pid, why = _holder.script_pid()
+        if pid is None:
+            fail(f"cannot tell which process should hold the lease ({why}); pass --holder-pid $$", EX_USAGE)
+        return pid
+    if holder_pid <= 0:
+        fail(f"--holder-pid must be a positive process id, not {holder_pid}.")
+    if not _tokens.pid_alive(holder_pid, None):
+        fail(f"--holder-pid {holder_pid} is not a running process.")
+    return holder_pid
+
+
+def _holder_gone(holder: Any) -> NoReturn:
+    fail(f"the holder process {holder.pid} ({holder.label}) exited before the slots were granted; no lease taken.")
 
 
 def cmd_renew(lease_id: str, *, lease_duration: float = 300.0, output: str | None = None, db: str | None = None) -> int:

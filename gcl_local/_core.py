@@ -516,6 +516,15 @@ def _serve(tx: Tx, effects: Effects, names: set[str], me: int | None, *, freed: 
                 # transaction is on the hand-off's path, and it checks whom it grants to below).
                 _drop_holder(tx, effects, row.holder_token, pending)
                 continue
+            if row.by_pid and row.pid is not None and not _tokens.pid_alive(row.pid, row.pid_start):
+                # A `gcl acquire` whose script has exited: the lease would be reaped at the next
+                # look, so it is never handed out, and the ticket must not block the queue. Its
+                # waiter (alive) learns it when it looks: its ticket is gone with no lease.
+                if ticket == me:
+                    raise ConcurrencySlotAcquisitionError(f"The holder process {row.pid} has exited.")
+                _sql.delete_ticket(conn, row)
+                effects.poke(row.pipe, ticket)
+                continue
             request = _request_of(row, ticket_names)
             try:
                 active, missing = _active_limits(tx, request)
