@@ -68,6 +68,18 @@ def _waiting_notice(names: Sequence[str], verbose: bool) -> Any:
     return notice
 
 
+def _check_values(occupy: int, timeout: float | None, lease_duration: float | None = None) -> None:
+    """Check the options before anything touches the file, and name them as the user typed them
+    (the library's own checks would name its Python parameters)."""
+    from ._model import MAX_LEASE_SECONDS, MIN_LEASE_SECONDS, validate_count, validate_seconds
+
+    validate_count(occupy, "--occupy", minimum=1)
+    if timeout is not None:
+        validate_seconds(timeout, "--timeout")
+    if lease_duration is not None:
+        validate_seconds(lease_duration, "--lease-duration", minimum=MIN_LEASE_SECONDS, maximum=MAX_LEASE_SECONDS)
+
+
 def _require_names(names: Sequence[str], usage: str) -> None:
     # `gcl run $UNSET -- cmd` would otherwise run the command unlimited, silently: a script's
     # mistake must not pass for "no limit" (the library keeps Prefect's empty-list no-op).
@@ -94,12 +106,12 @@ def cmd_run(
     _require_names(names, "gcl run NAME... -- COMMAND...")
     if not command:
         fail("no command given: gcl run NAME... -- COMMAND...", EX_USAGE)
+    _check_values(occupy, timeout, lease_duration)
     store = get_store(db)
     request = _shell.make_request(
         store, names, occupy, "concurrency", strict=strict, lease_duration=lease_duration,
         holder=os.path.basename(command[0]),
     )  # fmt: skip
-    _shell.check_wait_args(timeout, None)
     granted = acquire_slots(store, request, timeout, 0 if nonblock else None, _waiting_notice(names, verbose))
     _warn_missing(granted.missing)
     assert granted.lease is not None
@@ -124,9 +136,9 @@ def cmd_rate_limit(
     from .sync import acquire_slots
 
     _require_names(names, "gcl rate-limit NAME... [-- COMMAND...]")
+    _check_values(occupy, timeout)
     store = get_store(db)
     request = _shell.make_request(store, names, occupy, "rate", strict=strict)
-    _shell.check_wait_args(timeout, None)
     granted = acquire_slots(store, request, 0 if nonblock else timeout, None, _waiting_notice(names, verbose))
     _warn_missing(granted.missing)
     return _exec(command) if command else 0
@@ -150,6 +162,7 @@ def cmd_acquire(
     from ._store import get_store
     from .sync import acquire_slots
 
+    _check_values(occupy, timeout, lease_duration)
     pid = _holder_of_lease(holder_pid)
     store = get_store(db)
     request = _shell.make_request(
@@ -157,7 +170,6 @@ def cmd_acquire(
         holder=_program_of(pid), holder_pid=pid,
     )  # fmt: skip
     request = request._replace(waiter_token=_shell.token_of(store).name)
-    _shell.check_wait_args(timeout, None)
     holder = request.holder
     try:
         granted = acquire_slots(store, request, timeout, 0 if nonblock else None, _waiting_notice(names, verbose))
@@ -204,6 +216,7 @@ def _holder_gone(holder: Any) -> NoReturn:
 def cmd_renew(lease_id: str, *, lease_duration: float = 300.0, output: str | None = None, db: str | None = None) -> int:
     from .sync import renew_lease
 
+    _check_values(1, None, lease_duration)
     _print_lease(renew_lease(lease_id, lease_duration, db=db), output, quiet=True)
     return 0
 

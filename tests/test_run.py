@@ -211,6 +211,24 @@ def test_invalid_values_exit_1(db: str, tmp_path: Path) -> None:
     assert free(db, "a")
 
 
+def test_invalid_values_are_named_as_options_and_touch_no_file(db: str) -> None:
+    """Checked before the state file is opened (it is never created), and named as typed, not as Python names them."""
+    cases = [
+        ("--occupy", ["run", "a", "--occupy", "0", "--", "true"]),
+        ("--timeout", ["run", "a", "--timeout", "-1", "--", "true"]),
+        ("--lease-duration", ["run", "a", "--lease-duration", "10", "--", "true"]),
+        ("--timeout", ["rate-limit", "r", "--timeout", "inf"]),
+        ("--lease-duration", ["acquire", "a", "--lease-duration", "5", "--holder-pid", str(os.getpid())]),
+        ("--holder-pid", ["acquire", "a", "--holder-pid", "0"]),
+        ("--holder-pid", ["acquire", "a", "--holder-pid", "999999999"]),
+        ("--lease-duration", ["renew", "1-deadbeef", "--lease-duration", "5"]),
+    ]
+    for (flag, _), result in zip(cases, gcl_all(db, [args for _, args in cases]), strict=True):
+        assert flag in one_line_error(result), result.args
+    assert not os.path.exists(db)
+    assert not os.path.exists(f"{db}-run")
+
+
 # -- gcl run: the command's input, output and signals -------------------------------------------
 
 
