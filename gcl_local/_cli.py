@@ -8,9 +8,10 @@ parser does not understand (so usage errors read the same) — goes to the typer
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NoReturn
 
 from ._errors import EX_TEMPFAIL, AcquireConcurrencySlotTimeoutError, GclError
@@ -87,6 +88,31 @@ def _require_names(names: Sequence[str], usage: str) -> None:
         fail(f"no limit name given: {usage}", EX_USAGE)
 
 
+@contextlib.contextmanager
+def _unwinding_signals() -> Iterator[None]:
+    """While waiting, SIGTERM and SIGHUP exit with 128+N by unwinding, so that the ticket is taken
+    out of the queue on the way (their default action would kill us and leave it to be reaped).
+
+    A signal the caller ignores (``nohup``) stays ignored. After the first one both are ignored:
+    the clean-up it started must not be cut short by a second.
+    """
+    import signal
+
+    caught = [sig for sig in (signal.SIGTERM, signal.SIGHUP) if signal.getsignal(sig) is not signal.SIG_IGN]
+
+    def unwind(signum: int, _frame: object) -> None:
+        for sig in caught:
+            signal.signal(sig, signal.SIG_IGN)
+        raise SystemExit(128 + signum)
+
+    previous = {sig: signal.signal(sig, unwind) for sig in caught}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def cmd_run(
     names: Sequence[str],
     command: Sequence[str],
@@ -112,7 +138,10 @@ def cmd_run(
         store, names, occupy, "concurrency", strict=strict, lease_duration=lease_duration,
         holder=os.path.basename(command[0]),
     )  # fmt: skip
-    granted = acquire_slots(store, request, timeout, 0 if nonblock else None, _waiting_notice(names, verbose))
+    with _unwinding_signals():
+        granted = acquire_slots(store, request, timeout, 0 if nonblock else None, _waiting_notice(names, verbose))
+    # Until the command runs, SIGTERM/SIGHUP kill us again: the lease is held by our token, which
+    # dies with us, so the next look reaps it at once.
     _warn_missing(granted.missing)
     assert granted.lease is not None
     if granted.lease.token is None:  # nothing to hold: run it plainly
@@ -139,7 +168,8 @@ def cmd_rate_limit(
     _check_values(occupy, timeout)
     store = get_store(db)
     request = _shell.make_request(store, names, occupy, "rate", strict=strict)
-    granted = acquire_slots(store, request, 0 if nonblock else timeout, None, _waiting_notice(names, verbose))
+    with _unwinding_signals():
+        granted = acquire_slots(store, request, 0 if nonblock else timeout, None, _waiting_notice(names, verbose))
     _warn_missing(granted.missing)
     return _exec(command) if command else 0
 
@@ -171,25 +201,26 @@ def cmd_acquire(
     )  # fmt: skip
     request = request._replace(waiter_token=_shell.token_of(store).name)
     holder = request.holder
-    try:
-        granted = acquire_slots(store, request, timeout, 0 if nonblock else None, _waiting_notice(names, verbose))
-    except ConcurrencySlotAcquisitionError:
-        if not _tokens.pid_alive(pid, holder.pid_start):  # the queue dropped our ticket for it
-            _holder_gone(holder)
-        raise
-    lease = granted.lease
-    assert lease is not None
-    try:
-        # A pid-held lease of a dead process would be reaped by the next look: never hand one out.
-        if lease.token is not None and not _tokens.pid_alive(pid, holder.pid_start):
-            _holder_gone(holder)
-        _warn_missing(granted.missing)
-        _print_lease(lease, output)
-        sys.stdout.flush()  # here, not at exit: a lease id nobody read must be given back
-    except BaseException:  # the holder gone, or no one to read the id: nobody else would release it
-        if lease.token is not None:
-            _core.transact(store, _core.release, lease.id)
-        raise
+    with _unwinding_signals():
+        try:
+            granted = acquire_slots(store, request, timeout, 0 if nonblock else None, _waiting_notice(names, verbose))
+        except ConcurrencySlotAcquisitionError:
+            if not _tokens.pid_alive(pid, holder.pid_start):  # the queue dropped our ticket for it
+                _holder_gone(holder)
+            raise
+        lease = granted.lease
+        assert lease is not None
+        try:
+            # A pid-held lease of a dead process would be reaped by the next look: never hand one out.
+            if lease.token is not None and not _tokens.pid_alive(pid, holder.pid_start):
+                _holder_gone(holder)
+            _warn_missing(granted.missing)
+            _print_lease(lease, output)
+            sys.stdout.flush()  # here, not at exit: a lease id nobody read must be given back
+        except BaseException:  # a signal, or the holder gone: nobody else would know to release it
+            if lease.token is not None:
+                _core.transact(store, _core.release, lease.id)
+            raise
     return 0
 
 

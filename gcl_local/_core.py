@@ -379,17 +379,25 @@ def _attempt(tx: Tx, effects: Effects, request: Request) -> Outcome:
     active, missing = _check_request(request, [row for row, _, _ in rows])
     if not active:
         return Granted(_grant(tx, request, active, None), missing)
+    active_names = [row.name for row in active]
+    live = _Liveness(tx)
+    freed: set[str] = set()
     if any(queued for row, _, queued in rows if row.active):
-        return Denied(None)  # others wait already: queue behind them
+        # Others wait already: queue behind them, unless they are dead. A non-blocking caller never
+        # queues, so it must reap the dead waiters in its way itself, or one killed by SIGKILL would
+        # keep it busy for ever.
+        if not _reap_dead_heads(tx, effects, active_names, live, freed):
+            return Denied(None)
+        rows = _sql.select_limits_for_acquire(tx.conn, request.names)  # the dead may have held slots too
     boot = tx.now.boot
     short = [
         row for row, held, _ in rows if row.active and held + row.level_at(boot) + request.occupy - row.limit > EPSILON
     ]
     if short:
-        active_names = [row.name for row in active]
-        freed: set[str] = set()
-        if not _reap_leases(tx, effects, [r.name for r in short], _Liveness(tx), freed):
+        _reap_leases(tx, effects, [r.name for r in short], live, freed)
+        if not freed:
             return Denied(None)
+    if freed:  # hand what the dead held to the waiters behind them first
         _serve(tx, effects, freed, None)
         if _sql.any_ticket_on(tx.conn, active_names):
             return Denied(None)
@@ -397,6 +405,21 @@ def _attempt(tx: Tx, effects: Effects, request: Request) -> Outcome:
         if _short_limits(tx, active, request.occupy):
             return Denied(None)
     return Granted(_grant(tx, request, active, None), missing)
+
+
+def _reap_dead_heads(tx: Tx, effects: Effects, names: list[str], live: _Liveness, freed: set[str]) -> bool:
+    """Reap the dead waiters at the head of the queues on *names*, oldest first; True if none is left.
+
+    It stops at the first live one (or one it cannot tell), so its cost grows with the dead found,
+    not with the length of the queue.
+    """
+    while True:
+        head = _sql.oldest_ticket_on(tx.conn, names)
+        if head is None:
+            return True
+        if live.token(head.holder_token) is not False:
+            return False
+        _drop_holder(tx, effects, head.holder_token, freed)  # its tickets, this one included
 
 
 def _enqueue(tx: Tx, effects: Effects, request: Request, pipe: str) -> Outcome:

@@ -435,6 +435,16 @@ def older_tickets_on(conn: apsw.Connection, names: Sequence[str], ticket: int | 
     return [r[0] for r in _fetch(conn, sql, (*names, bound))]
 
 
+def oldest_ticket_on(conn: apsw.Connection, names: Sequence[str]) -> TicketRow | None:
+    """The oldest ticket waiting on any of *names*: an index probe per name, whatever the queue's length."""
+    sql = (
+        f"SELECT {_TICKET_COLUMNS} FROM tickets WHERE ticket = "
+        f"(SELECT min(ticket) FROM ticket_names WHERE name IN ({_marks(len(names))}))"
+    )
+    rows = _fetch(conn, sql, tuple(names))
+    return _ticket(rows[0]) if rows else None
+
+
 def any_ticket_on(conn: apsw.Connection, names: Sequence[str]) -> bool:
     sql = f"SELECT 1 FROM ticket_names WHERE name IN ({_marks(len(names))}) LIMIT 1"
     return bool(_fetch(conn, sql, tuple(names)))
