@@ -734,7 +734,9 @@ def sweep(tx: Tx, effects: Effects, live: _Liveness | None = None, freed: set[st
     for token in _tokens.tokens_in(run_dir):
         if live.token(token) is False:
             _drop_holder(tx, effects, token, freed_here)
-    for path in _tokens.stale_temporaries(run_dir):
+    # And pipes that no token names: a process killed between unlinking a token and its pipes (an
+    # earlier gcl_local unlinked the token first) left them, and the token sweep above never sees them.
+    for path in _tokens.stale_temporaries(run_dir) + _tokens.orphan_pipes(run_dir):
         with contextlib.suppress(OSError):
             os.unlink(path)
     if freed is not None:
