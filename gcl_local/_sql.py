@@ -228,8 +228,8 @@ def set_level(conn: apsw.Connection, name: str, level: float, now: Instant) -> N
 
 
 def delete_limit(conn: apsw.Connection, name: str) -> bool:
-    """Delete a limit; leases keep their rows but hold nothing on it any more."""
-    conn.execute("DELETE FROM lease_names WHERE name = ?", (name,))
+    """Delete a limit. Its leases keep their slots on the name (``lease_names``) until released, so
+    a limit created again under that name counts its holders and does not admit others beside them."""
     conn.execute("DELETE FROM limits WHERE name = ?", (name,))
     return bool(conn.changes())
 
