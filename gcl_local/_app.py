@@ -285,7 +285,11 @@ def acquire(
     lease_duration: LeaseDuration = 300.0,
     holder_pid: Annotated[
         Optional[int],  # noqa: UP045
-        typer.Option("--holder-pid", help="The process that holds the slots (default: the calling shell)."),
+        typer.Option(
+            "--holder-pid",
+            help="The process that holds the slots (default: the calling script, found past subshells and "
+            "wrappers such as timeout; pass $$ where it cannot be found).",
+        ),
     ] = None,
     strict: Strict = False,
     output: Output = None,

@@ -8,9 +8,10 @@ parser does not understand (so usage errors read the same) — goes to the typer
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NoReturn
 
 from ._errors import EX_TEMPFAIL, AcquireConcurrencySlotTimeoutError, GclError
@@ -68,6 +69,50 @@ def _waiting_notice(names: Sequence[str], verbose: bool) -> Any:
     return notice
 
 
+def _check_values(occupy: int, timeout: float | None, lease_duration: float | None = None) -> None:
+    """Check the options before anything touches the file, and name them as the user typed them
+    (the library's own checks would name its Python parameters)."""
+    from ._model import MAX_LEASE_SECONDS, MIN_LEASE_SECONDS, validate_count, validate_seconds
+
+    validate_count(occupy, "--occupy", minimum=1)
+    if timeout is not None:
+        validate_seconds(timeout, "--timeout")
+    if lease_duration is not None:
+        validate_seconds(lease_duration, "--lease-duration", minimum=MIN_LEASE_SECONDS, maximum=MAX_LEASE_SECONDS)
+
+
+def _require_names(names: Sequence[str], usage: str) -> None:
+    # `gcl run $UNSET -- cmd` would otherwise run the command unlimited, silently: a script's
+    # mistake must not pass for "no limit" (the library keeps Prefect's empty-list no-op).
+    if not names:
+        fail(f"no limit name given: {usage}", EX_USAGE)
+
+
+@contextlib.contextmanager
+def _unwinding_signals() -> Iterator[None]:
+    """While waiting, SIGTERM and SIGHUP exit with 128+N by unwinding, so that the ticket is taken
+    out of the queue on the way (their default action would kill us and leave it to be reaped).
+
+    A signal the caller ignores (``nohup``) stays ignored. After the first one both are ignored:
+    the clean-up it started must not be cut short by a second.
+    """
+    import signal
+
+    caught = [sig for sig in (signal.SIGTERM, signal.SIGHUP) if signal.getsignal(sig) is not signal.SIG_IGN]
+
+    def unwind(signum: int, _frame: object) -> None:
+        for sig in caught:
+            signal.signal(sig, signal.SIG_IGN)
+        raise SystemExit(128 + signum)
+
+    previous = {sig: signal.signal(sig, unwind) for sig in caught}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def cmd_run(
     names: Sequence[str],
     command: Sequence[str],
@@ -84,18 +129,20 @@ def cmd_run(
     from ._store import get_store
     from .sync import acquire_slots
 
+    _require_names(names, "gcl run NAME... -- COMMAND...")
     if not command:
         fail("no command given: gcl run NAME... -- COMMAND...", EX_USAGE)
+    _check_values(occupy, timeout, lease_duration)
     store = get_store(db)
     request = _shell.make_request(
         store, names, occupy, "concurrency", strict=strict, lease_duration=lease_duration,
         holder=os.path.basename(command[0]),
     )  # fmt: skip
-    _shell.check_wait_args(timeout, None)
     acquisition = _shell.Acquisition(store, request)
     try:  # from before the first transaction: a signal must not strand the slots
-        notice = _waiting_notice(names, verbose)
-        granted = acquire_slots(store, request, timeout, 0 if nonblock else None, notice, acquisition)
+        with _unwinding_signals():
+            notice = _waiting_notice(names, verbose)
+            granted = acquire_slots(store, request, timeout, 0 if nonblock else None, notice, acquisition)
         _warn_missing(granted.missing)
         assert granted.lease is not None
         if granted.lease.token is None:  # nothing to hold: run it plainly
@@ -120,10 +167,12 @@ def cmd_rate_limit(
     from ._store import get_store
     from .sync import acquire_slots
 
+    _require_names(names, "gcl rate-limit NAME... [-- COMMAND...]")
+    _check_values(occupy, timeout)
     store = get_store(db)
     request = _shell.make_request(store, names, occupy, "rate", strict=strict)
-    _shell.check_wait_args(timeout, None)
-    granted = acquire_slots(store, request, 0 if nonblock else timeout, None, _waiting_notice(names, verbose))
+    with _unwinding_signals():
+        granted = acquire_slots(store, request, 0 if nonblock else timeout, None, _waiting_notice(names, verbose))
     _warn_missing(granted.missing)
     return _exec(command) if command else 0
 
@@ -141,34 +190,68 @@ def cmd_acquire(
     verbose: bool = False,
     db: str | None = None,
 ) -> int:
-    from . import _shell
+    from . import _shell, _tokens
+    from ._errors import ConcurrencySlotAcquisitionError
     from ._store import get_store
     from .sync import acquire_slots
 
+    _check_values(occupy, timeout, lease_duration)
+    pid = _holder_of_lease(holder_pid)
     store = get_store(db)
-    pid = holder_pid if holder_pid is not None else os.getppid()  # the calling shell
     request = _shell.make_request(
         store, names, occupy, "concurrency", strict=strict, lease_duration=lease_duration,
         holder=_program_of(pid), holder_pid=pid,
     )  # fmt: skip
     request = request._replace(waiter_token=_shell.token_of(store).name)
-    _shell.check_wait_args(timeout, None)
+    holder = request.holder
     acquisition = _shell.Acquisition(store, request)
-    try:  # given back if anything fails before the lease is printed: nobody would know its id
-        notice = _waiting_notice(names, verbose)
-        granted = acquire_slots(store, request, timeout, 0 if nonblock else None, notice, acquisition)
-        _warn_missing(granted.missing)
-        assert granted.lease is not None
-        _print_lease(granted.lease, output)
-        acquisition.disown()  # the calling shell holds it now
+    try:  # given back if anything fails before the lease is printed: nobody else would know its id
+        with _unwinding_signals():
+            try:
+                notice = _waiting_notice(names, verbose)
+                granted = acquire_slots(store, request, timeout, 0 if nonblock else None, notice, acquisition)
+            except ConcurrencySlotAcquisitionError:
+                if not _tokens.pid_alive(pid, holder.pid_start):  # the queue dropped our ticket for it
+                    _holder_gone(holder)
+                raise
+            lease = granted.lease
+            assert lease is not None
+            # A pid-held lease of a dead process would be reaped by the next look: never hand one out.
+            if lease.token is not None and not _tokens.pid_alive(pid, holder.pid_start):
+                _holder_gone(holder)
+            _warn_missing(granted.missing)
+            _print_lease(lease, output)
+            sys.stdout.flush()  # here, not at exit: a lease id nobody read must be given back
+            acquisition.disown()  # the calling script holds it now
     finally:
         acquisition.release()
     return 0
 
 
+def _holder_of_lease(holder_pid: int | None) -> int:
+    """The process that will hold a ``gcl acquire`` lease: ``--holder-pid``, else the calling script."""
+    from . import _holder, _tokens
+
+    if holder_pid is None:
+        pid, why = _holder.script_pid()
+        if pid is None:
+            fail(f"cannot tell which process should hold the lease ({why}); pass --holder-pid $$", EX_USAGE)
+        return pid
+    if holder_pid <= 0:
+        fail(f"--holder-pid must be a positive process id, not {holder_pid}.")
+    if not _tokens.pid_alive(holder_pid, None):
+        fail(f"--holder-pid {holder_pid} is not a running process.")
+    return holder_pid
+
+
+def _holder_gone(holder: Any) -> NoReturn:
+    fail(f"the holder process {holder.pid} ({holder.label}) exited before the slots were granted; no lease taken.")
+
+
 def cmd_renew(lease_id: str, *, lease_duration: float = 300.0, output: str | None = None, db: str | None = None) -> int:
     from .sync import renew_lease
 
+    _check_values(1, None, lease_duration)
     _print_lease(renew_lease(lease_id, lease_duration, db=db), output, quiet=True)
     return 0
 

@@ -400,17 +400,25 @@ def _attempt(tx: Tx, effects: Effects, request: Request) -> Outcome:
     active, missing = _check_request(request, [row for row, _, _ in rows])
     if not active:
         return Granted(_grant(tx, request, active, None), missing)
+    active_names = [row.name for row in active]
+    live = _Liveness(tx)
+    freed: set[str] = set()
     if any(queued for row, _, queued in rows if row.active):
-        return Denied(None)  # others wait already: queue behind them
+        # Others wait already: queue behind them, unless they are dead. A non-blocking caller never
+        # queues, so it must reap the dead waiters in its way itself, or one killed by SIGKILL would
+        # keep it busy for ever.
+        if not _reap_dead_heads(tx, effects, active_names, live, freed):
+            return Denied(None)
+        rows = _sql.select_limits_for_acquire(tx.conn, request.names)  # the dead may have held slots too
     boot = tx.now.boot
     short = [
         row for row, held, _ in rows if row.active and held + row.level_at(boot) + request.occupy - row.limit > EPSILON
     ]
     if short:
-        active_names = [row.name for row in active]
-        freed: set[str] = set()
-        if not _reap_leases(tx, effects, [r.name for r in short], _Liveness(tx), freed):
+        _reap_leases(tx, effects, [r.name for r in short], live, freed)
+        if not freed:
             return Denied(None)
+    if freed:  # hand what the dead held to the waiters behind them first
         _serve(tx, effects, freed, None)
         if _sql.any_ticket_on(tx.conn, active_names):
             return Denied(None)
@@ -418,6 +426,21 @@ def _attempt(tx: Tx, effects: Effects, request: Request) -> Outcome:
         if _short_limits(tx, active, request.occupy):
             return Denied(None)
     return Granted(_grant(tx, request, active, None), missing)
+
+
+def _reap_dead_heads(tx: Tx, effects: Effects, names: list[str], live: _Liveness, freed: set[str]) -> bool:
+    """Reap the dead waiters at the head of the queues on *names*, oldest first; True if none is left.
+
+    It stops at the first live one (or one it cannot tell), so its cost grows with the dead found,
+    not with the length of the queue.
+    """
+    while True:
+        head = _sql.oldest_ticket_on(tx.conn, names)
+        if head is None:
+            return True
+        if live.token(head.holder_token) is not False:
+            return False
+        _drop_holder(tx, effects, head.holder_token, freed)  # its tickets, this one included
 
 
 def _enqueue(tx: Tx, effects: Effects, request: Request, pipe: str) -> Outcome:
@@ -543,6 +566,15 @@ def _serve(tx: Tx, effects: Effects, names: set[str], me: int | None, *, freed: 
                 # A waiter looking for itself reaps the dead ahead of it (a releaser does not: its
                 # transaction is on the hand-off's path, and it checks whom it grants to below).
                 _drop_holder(tx, effects, row.holder_token, pending)
+                continue
+            if row.by_pid and row.pid is not None and not _tokens.pid_alive(row.pid, row.pid_start):
+                # A `gcl acquire` whose script has exited: the lease would be reaped at the next
+                # look, so it is never handed out, and the ticket must not block the queue. Its
+                # waiter (alive) learns it when it looks: its ticket is gone with no lease.
+                if ticket == me:
+                    raise ConcurrencySlotAcquisitionError(f"The holder process {row.pid} has exited.")
+                _sql.delete_ticket(conn, row)
+                effects.poke(row.pipe, ticket)
                 continue
             request = _request_of(row, ticket_names)
             try:
@@ -730,7 +762,9 @@ def sweep(tx: Tx, effects: Effects, live: _Liveness | None = None, freed: set[st
     for token in _tokens.tokens_in(run_dir):
         if live.token(token) is False:
             _drop_holder(tx, effects, token, freed_here)
-    for path in _tokens.stale_temporaries(run_dir):
+    # And pipes that no token names: a process killed between unlinking a token and its pipes (an
+    # earlier gcl_local unlinked the token first) left them, and the token sweep above never sees them.
+    for path in _tokens.stale_temporaries(run_dir) + _tokens.orphan_pipes(run_dir):
         with contextlib.suppress(OSError):
             os.unlink(path)
     if freed is not None:

@@ -79,6 +79,9 @@ def update_limit(
 def delete_limit(name: str, *, db: DbArg = None) -> None:
     """Delete a limit; its holders keep running, and its waiters find it missing.
 
+    The holders are not forgotten: a limit created again under the same name counts their slots
+    until they release them, so it does not admit new holders beside them.
+
     :raises LimitNotFoundError: if there is no such limit.
     """
     validate_name(name)

@@ -228,8 +228,8 @@ def set_level(conn: apsw.Connection, name: str, level: float, now: Instant) -> N
 
 
 def delete_limit(conn: apsw.Connection, name: str) -> bool:
-    """Delete a limit; leases keep their rows but hold nothing on it any more."""
-    conn.execute("DELETE FROM lease_names WHERE name = ?", (name,))
+    """Delete a limit. Its leases keep their slots on the name (``lease_names``) until released, so
+    a limit created again under that name counts its holders and does not admit others beside them."""
     conn.execute("DELETE FROM limits WHERE name = ?", (name,))
     return bool(conn.changes())
 
@@ -433,6 +433,16 @@ def older_tickets_on(conn: apsw.Connection, names: Sequence[str], ticket: int | 
         f"SELECT DISTINCT ticket FROM ticket_names WHERE name IN ({_marks(len(names))}) AND ticket < ? ORDER BY ticket"
     )
     return [r[0] for r in _fetch(conn, sql, (*names, bound))]
+
+
+def oldest_ticket_on(conn: apsw.Connection, names: Sequence[str]) -> TicketRow | None:
+    """The oldest ticket waiting on any of *names*: an index probe per name, whatever the queue's length."""
+    sql = (
+        f"SELECT {_TICKET_COLUMNS} FROM tickets WHERE ticket = "
+        f"(SELECT min(ticket) FROM ticket_names WHERE name IN ({_marks(len(names))}))"
+    )
+    rows = _fetch(conn, sql, tuple(names))
+    return _ticket(rows[0]) if rows else None
 
 
 def any_ticket_on(conn: apsw.Connection, names: Sequence[str]) -> bool:

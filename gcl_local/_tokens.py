@@ -131,14 +131,39 @@ def token_alive(run_dir: str, name: str) -> bool | None:
 
 
 def remove_token_files(run_dir: str, name: str) -> None:
-    """Unlink a dead process's token and its pipes."""
-    with contextlib.suppress(OSError):
-        os.unlink(os.path.join(run_dir, name + TOKEN_SUFFIX))
+    """Unlink a dead process's pipes, then its token.
+
+    In that order: a token is made before its pipes and removed after them, so a pipe whose token
+    is gone is an orphan that :func:`orphan_pipes` finds, even when this process was killed halfway.
+    """
     with contextlib.suppress(OSError):
         for entry in os.listdir(run_dir):
             if entry.startswith(name + ".") and entry.endswith(PIPE_SUFFIX):
                 with contextlib.suppress(OSError):
                     os.unlink(os.path.join(run_dir, entry))
+    with contextlib.suppress(OSError):
+        os.unlink(os.path.join(run_dir, name + TOKEN_SUFFIX))
+
+
+def orphan_pipes(run_dir: str) -> list[str]:
+    """Pipes whose token file no longer exists: their process is gone (a token outlives its pipes)."""
+    try:
+        entries = os.listdir(run_dir)
+    except OSError:
+        return []
+    tokens = {e for e in entries if e.endswith(TOKEN_SUFFIX)}
+    found = []
+    for entry in entries:
+        if entry.startswith(".") or not entry.endswith(PIPE_SUFFIX):
+            continue  # a temporary: stale_temporaries() judges those
+        token = entry[: -len(PIPE_SUFFIX)].rpartition(".")[0] + TOKEN_SUFFIX  # "<token>.<n>.fifo"
+        if token in tokens:
+            continue
+        # A listing is no snapshot: a token made while it was read may be missing from it. Its pipes
+        # come after it, so if the token is there now, the pipe is no orphan.
+        if not os.path.lexists(os.path.join(run_dir, token)):
+            found.append(os.path.join(run_dir, entry))
+    return found
 
 
 def tokens_in(run_dir: str) -> list[str]:
@@ -330,6 +355,7 @@ __all__ = [
     "Pipe",
     "ProcessToken",
     "host_name",
+    "orphan_pipes",
     "pid_alive",
     "process_start_time",
     "process_token",

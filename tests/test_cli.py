@@ -308,6 +308,23 @@ def test_delete_without_a_terminal_does_not_ask(db: str) -> None:
     assert names_in(db) == []
 
 
+def test_a_recreated_limit_counts_the_holders_of_the_deleted_one(db: str, spawned: Spawned, tmp_path: Path) -> None:
+    """Deleting and re-creating a limit must not admit new holders beside the old ones."""
+    ok(gcl(db, "create", "x", "-l", "1"))
+    go = tmp_path / "go"
+    holder = spawned.gcl(db, "run", "x", "--", "sh", "-c", f"while [ ! -e {go} ]; do sleep 0.05; done")
+    lease = holding(db, "x", "sh", holder)
+    ok(gcl(db, "delete", "x", "--yes"))
+    ok(gcl(db, "create", "x", "-l", "1"))
+    one_line_error(gcl(db, "run", "x", "-n", "--", "true"), 75)
+    limit = read_limit("x", db=db)
+    assert (limit.active_slots, [h.id for h in limit.holders]) == (1, [lease.id])
+    go.touch()
+    assert holder.wait(timeout=20) == 0
+    ok(gcl(db, "run", "x", "-n", "--", "true"))
+    assert read_limit("x", db=db).holders == ()
+
+
 def test_delete_missing_limit_fails(db: str) -> None:
     for result in gcl_all(db, [["delete", "nope", "--yes"], ["delete", "nope"]]):
         one_line_error(result)

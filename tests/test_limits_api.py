@@ -457,14 +457,16 @@ def test_delete_twice_raises_the_second_time(db: str) -> None:
 
 
 def test_delete_while_held_then_recreate(db: str) -> None:
+    """The holders of a deleted limit count on a limit created again under its name, until they release."""
     create_limit("a", 1, active_slots=0, db=db)
-    with concurrency("a", db=db):
+    with concurrency("a", db=db) as lease:
         delete_limit("a", db=db)
         assert list_limits(db=db) == []
         fresh = create_limit("a", 4, db=db)
-        assert fresh.active_slots == 0
-        assert fresh.holders == ()
+        assert fresh.active_slots == 1
+        assert [h.id for h in fresh.holders] == [lease.id]
     assert read_limit("a", db=db).active_slots == 0
+    assert read_limit("a", db=db).holders == ()
 
 
 # -- invalid input never reaches the file ----------------------------------------------------------

@@ -174,6 +174,21 @@ def test_usage_errors_exit_2(db: str, args: list[str]) -> None:
     assert result.stderr.strip()
 
 
+@pytest.mark.parametrize("strict", ["", "--strict"], ids=["lenient", "strict"])
+@pytest.mark.parametrize("command", ["run", "rate-limit"])
+def test_no_limit_name_is_a_usage_error(
+    db: str, shell_env: dict[str, str], tmp_path: Path, command: str, strict: str
+) -> None:
+    """`gcl run $UNSET -- cmd` must not run cmd unlimited: a script's mistake is not "no limit"."""
+    marker = tmp_path / "ran"
+    written = gcl(db, command, *strict.split(), "--", "touch", str(marker))
+    from_a_script = bash(f"gcl {command} $UNSET {strict} -- touch {marker}", shell_env, tmp_path)
+    for result in (written, from_a_script):
+        line = one_line_error(result, 2)
+        assert f"no limit name given: gcl {command} NAME..." in line
+    assert not marker.exists()
+
+
 def test_invalid_values_exit_1(db: str, tmp_path: Path) -> None:
     create_limit("a", 1, db=db)
     create_limit("counted", 1, db=db)
@@ -194,6 +209,24 @@ def test_invalid_values_exit_1(db: str, tmp_path: Path) -> None:
         one_line_error(result)
     assert not marker.exists()
     assert free(db, "a")
+
+
+def test_invalid_values_are_named_as_options_and_touch_no_file(db: str) -> None:
+    """Checked before the state file is opened (it is never created), and named as typed, not as Python names them."""
+    cases = [
+        ("--occupy", ["run", "a", "--occupy", "0", "--", "true"]),
+        ("--timeout", ["run", "a", "--timeout", "-1", "--", "true"]),
+        ("--lease-duration", ["run", "a", "--lease-duration", "10", "--", "true"]),
+        ("--timeout", ["rate-limit", "r", "--timeout", "inf"]),
+        ("--lease-duration", ["acquire", "a", "--lease-duration", "5", "--holder-pid", str(os.getpid())]),
+        ("--holder-pid", ["acquire", "a", "--holder-pid", "0"]),
+        ("--holder-pid", ["acquire", "a", "--holder-pid", "999999999"]),
+        ("--lease-duration", ["renew", "1-deadbeef", "--lease-duration", "5"]),
+    ]
+    for (flag, _), result in zip(cases, gcl_all(db, [args for _, args in cases]), strict=True):
+        assert flag in one_line_error(result), result.args
+    assert not os.path.exists(db)
+    assert not os.path.exists(f"{db}-run")
 
 
 # -- gcl run: the command's input, output and signals -------------------------------------------

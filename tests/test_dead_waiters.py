@@ -1,0 +1,120 @@
+"""Dead waiters and signals while waiting, with real processes and real signals.
+
+A non-blocking attempt (``-n``) reaps the dead holders and dead waiters in its way, as a blocking
+one does; SIGTERM and SIGHUP received while waiting take the ticket out of the queue before the
+process exits with 128+N. What is left in the file is read without tidying it (``ls``/``inspect``
+would reap the dead and hide what was left behind).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+from helpers import GCL, Spawned, env, gcl, holding, ok, one_line_error, wait_for
+
+from gcl_local import _sql, create_limit, read_limit
+from gcl_local._store import get_store
+
+
+def left_in_file(db: str) -> tuple[int, int]:
+    """(leases, tickets) in the file, read without reaping anything."""
+    with get_store(db).read() as tx:
+        return _sql.count_leases(tx.conn), _sql.count_tickets(tx.conn)
+
+
+def kill9(proc: subprocess.Popen[str]) -> None:
+    """SIGKILL a spawned process and everything in its session (a `gcl run` and its command)."""
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=20)
+
+
+def test_nonblock_rate_limit_is_not_kept_busy_by_a_killed_waiter(db: str, spawned: Spawned) -> None:
+    create_limit("api", 1, slot_decay_per_second=0.01, db=db)
+    ok(gcl(db, "rate-limit", "api"))  # full for 100 s: the waiter surely queues
+    waiter = spawned.gcl(db, "rate-limit", "api")
+    wait_for(lambda: left_in_file(db)[1] == 1, what="the waiter's ticket")
+    kill9(waiter)
+    # Empty the bucket within 10 ms; the update finds it still full, so it hands nothing to the dead.
+    ok(gcl(db, "update", "api", "--slot-decay-per-second", "100"))
+    time.sleep(0.05)
+    assert left_in_file(db) == (0, 1)  # the dead waiter's ticket is still there
+    ok(gcl(db, "rate-limit", "api", "-n"))
+    assert left_in_file(db) == (0, 0)
+
+
+def test_nonblock_run_is_not_kept_busy_by_a_killed_holder_and_waiter(db: str, spawned: Spawned) -> None:
+    create_limit("c", 1, db=db)
+    holder = spawned.gcl(db, "run", "c", "--", "sleep", "60")
+    holding(db, "c", "sleep", holder)
+    waiter = spawned.gcl(db, "run", "c", "--", "true")
+    wait_for(lambda: read_limit("c", db=db).waiters, what="the waiter")
+    kill9(waiter)
+    kill9(holder)  # the wrapper and its command
+    assert left_in_file(db) == (1, 1)
+    ok(gcl(db, "run", "c", "-n", "--", "true"))
+    assert left_in_file(db) == (0, 0)
+
+
+def test_nonblock_still_queues_behind_a_live_waiter(db: str, spawned: Spawned) -> None:
+    """Reaping stops at the first live waiter: a big request at the head is not overtaken."""
+    create_limit("c", 2, db=db)
+    keeper = spawned.sleeper()
+    ok(gcl(db, "acquire", "c", "--holder-pid", str(keeper.pid)))
+    big = spawned.gcl(db, "run", "c", "--occupy", "2", "--", "true")
+    wait_for(lambda: len(read_limit("c", db=db).waiters) == 1, what="the big waiter")
+    small = spawned.gcl(db, "run", "c", "--", "true")
+    wait_for(lambda: len(read_limit("c", db=db).waiters) == 2, what="the small waiter")
+    kill9(small)
+    one_line_error(gcl(db, "run", "c", "-n", "--", "true"), 75)
+    assert big.poll() is None
+    assert [w.slots for w in read_limit("c", db=db).waiters] == [2]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["TERM", "HUP"])
+@pytest.mark.parametrize("command", ["run", "rate-limit", "acquire"])
+def test_a_signal_while_waiting_takes_the_ticket_out(db: str, spawned: Spawned, command: str, signum: int) -> None:
+    create_limit("c", 1, db=db)
+    create_limit("r", 1, slot_decay_per_second=0.01, db=db)
+    keeper = spawned.sleeper()
+    ok(gcl(db, "acquire", "c", "--holder-pid", str(keeper.pid)))
+    ok(gcl(db, "rate-limit", "r"))
+    args = {
+        "run": ["run", "c", "--", "true"],
+        "rate-limit": ["rate-limit", "r"],
+        "acquire": ["acquire", "c", "--holder-pid", str(keeper.pid)],
+    }[command]
+    waiter = spawned.gcl(db, *args)
+    wait_for(lambda: left_in_file(db) == (1, 1), what="the waiter's ticket")
+    waiter.send_signal(signum)
+    out, err = waiter.communicate(timeout=20)
+    assert waiter.returncode == 128 + signum, (out, err)
+    assert "Traceback" not in err
+    assert out == ""
+    assert left_in_file(db) == (1, 0)  # the keeper's lease, and no ticket
+
+
+def test_timeout_around_a_waiting_rate_limit_leaves_no_ticket(db: str) -> None:
+    create_limit("r", 1, slot_decay_per_second=0.01, db=db)
+    ok(gcl(db, "rate-limit", "r"))
+    proc = subprocess.Popen(
+        ["timeout", "5", *GCL, "--db", db, "rate-limit", "r"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env(),
+    )
+    try:
+        wait_for(lambda: left_in_file(db)[1] == 1, timeout=5.0, what="the waiter's ticket, before timeout fires")
+        _, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 124, err  # timeout's own code: it sent SIGTERM
+    assert "Traceback" not in err
+    assert left_in_file(db) == (0, 0)
