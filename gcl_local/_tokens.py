@@ -181,7 +181,8 @@ STALE_TEMPORARY_SECONDS = 60.0
 def stale_temporaries(run_dir: str) -> list[str]:
     """Temporary token and pipe files whose creator died between creating and renaming them.
 
-    Only old ones: a new one may belong to a process that has not locked it yet.
+    Only old ones, or a pipe's whose token is dead: a new token temporary may belong to a process
+    that has not locked it yet, but a pipe is made only by a process whose token is in place.
     """
     found = []
     now = time.time()
@@ -189,6 +190,11 @@ def stale_temporaries(run_dir: str) -> list[str]:
         for entry in os.listdir(run_dir):
             if entry.startswith(".") and entry.endswith(".tmp"):
                 path = os.path.join(run_dir, entry)
+                if entry.endswith(PIPE_SUFFIX + ".tmp"):  # ".<token>.<n>.fifo.tmp"
+                    owner = entry[1 : -len(PIPE_SUFFIX + ".tmp")].rpartition(".")[0]
+                    if owner and token_alive(run_dir, owner) is False:
+                        found.append(path)
+                        continue
                 try:
                     if now - os.lstat(path).st_mtime < STALE_TEMPORARY_SECONDS:
                         continue

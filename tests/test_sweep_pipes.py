@@ -56,3 +56,20 @@ def test_a_token_is_unlinked_after_its_pipes(tmp_path: Path, monkeypatch: pytest
     assert sorted(unlinked[:2]) == [f"{name}.1.fifo", f"{name}.2.fifo"]
     assert unlinked[2:] == [f"{name}.lock"]
     assert os.listdir(run_dir) == []
+
+
+def test_the_sweep_removes_a_new_pipe_temporary_whose_token_is_dead(db: str) -> None:
+    """A process killed between making its pipe under a temporary name and renaming it (the chaos
+    run found one) leaves a young ``.fifo.tmp``: its dead token tells it is stale at once."""
+    create_limit("a", 1, db=db)
+    run_dir = get_store(db).run_dir
+    os.makedirs(run_dir, exist_ok=True)
+    dead = os.path.join(run_dir, ".4243-deadbeef.3.fifo.tmp")
+    os.mkfifo(dead, 0o600)
+    token = _tokens.process_token(run_dir, 0o600)[0]  # a live token: its temporary must stay
+    alive = os.path.join(run_dir, f".{token.name}.9.fifo.tmp")
+    os.mkfifo(alive, 0o600)
+    list_limits(db=db)
+    assert not os.path.lexists(dead)
+    assert os.path.lexists(alive)
+    os.unlink(alive)
