@@ -129,7 +129,8 @@ def _pid_namespace() -> list[str] | None:
         ["unshare", "--pid", "--fork", "--mount-proc"],
         ["unshare", "--user", "--map-root-user", "--pid", "--fork", "--mount-proc"],
     ):
-        probe = subprocess.run([*prefix, "sh", "-c", "echo $$"], check=False, capture_output=True, text=True)
+        argv = [*prefix, "sh", "-c", "echo $$"]
+        probe = subprocess.run(argv, check=False, capture_output=True, text=True, timeout=30)
         if probe.returncode == 0 and probe.stdout.strip() == "1":
             return prefix
     return None
