@@ -215,7 +215,7 @@ def warn_missing(granted: Granted) -> None:
 
 _HELD_BACK = tuple(
     getattr(_signal, name)
-    for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGALRM", "SIGUSR1", "SIGUSR2")
+    for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGALRM")  # those programs give Python handlers that raise
     if hasattr(_signal, name)
 )
 _MAIN_THREAD = threading.main_thread().ident
@@ -229,34 +229,43 @@ class SignalsHeldBack:
     be split by an exception: a lease or ticket that commits with nobody left to own it is stranded
     in a live process. Only the main thread runs signal handlers, so elsewhere this does nothing.
     Handlers that are not Python functions (the default action, ignore) are left alone: a signal
-    that kills the process is a crash, and crashes are reclaimed.
+    that kills the process is a crash, and crashes are reclaimed. Sections may nest: the outermost
+    one delivers.
     """
 
-    __slots__ = ("caught", "saved")
+    __slots__ = ("saved",)
 
     def __enter__(self) -> None:
-        self.saved: dict[int, Any] = {}
-        if threading.get_ident() != _MAIN_THREAD:
-            return
-        caught: list[int] = []
-        self.caught = caught
-
-        def hold(signum: int, _frame: object) -> None:
-            caught.append(signum)
-
-        for signum in _HELD_BACK:
-            handler = _signal.getsignal(signum)
-            if callable(handler):
-                self.saved[signum] = handler
-                _signal.signal(signum, hold)
+        saved: dict[int, Any] | None = None
+        if threading.get_ident() == _MAIN_THREAD:
+            for signum in _HELD_BACK:
+                handler = _signal.getsignal(signum)
+                if callable(handler) and handler is not _hold:
+                    if saved is None:
+                        saved = {}
+                    saved[signum] = handler
+                    _signal.signal(signum, _hold)
+        self.saved = saved
 
     def __exit__(self, *exc_info: object) -> None:
-        if not self.saved:
+        saved = self.saved
+        if not saved:
             return
-        for signum, handler in self.saved.items():
+        for signum, handler in saved.items():
             _signal.signal(signum, handler)
-        for signum in dict.fromkeys(self.caught):
-            self.saved[signum](signum, None)  # delivered now; a handler that raises raises here
+        if _held:
+            signums = list(dict.fromkeys(_held))
+            _held.clear()
+            for signum in signums:
+                saved[signum](signum, None)  # delivered now; a handler that raises raises here
+
+
+_held: list[int] = []
+"""Signals that arrived during a section (only the main thread runs handlers: no lock needed)."""
+
+
+def _hold(signum: int, _frame: object) -> None:
+    _held.append(signum)
 
 
 # -- one call's claim on the store ----------------------------------------------------------------------
