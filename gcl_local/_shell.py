@@ -349,7 +349,9 @@ class Acquisition:
         # The last line of defence: an exception that struck between the code that recorded a
         # ticket or lease and the code that owns it (a few bytecodes that no signal mask covers)
         # drops this object with something still recorded. Give it back rather than strand it.
-        if (self.ticket is not None or self.lease_id is not None) and self.pid == os.getpid():
+        # (getattr: an interrupt may have cut __init__ short, before anything was recorded.)
+        held = getattr(self, "ticket", None) is not None or getattr(self, "lease_id", None) is not None
+        if held and getattr(self, "pid", None) == os.getpid():
             with contextlib.suppress(BaseException):
                 self.abandon()
 
