@@ -14,10 +14,11 @@ Base workers (``--workers``, kinds ``--kinds``, restarted whenever they die) loo
 Faults (``--faults``, all on by default; ``--fault-workers`` processes for each that needs workers):
 
   sigint   sync workers that catch KeyboardInterrupt and keep looping on ``with concurrency()``; the
-           driver sends them random SIGINTs (``--sigint-rate``, 100/s overall), which land in waits,
-           in transactions and just after commits; besides, each transaction of theirs is followed by
-           a SIGINT of their own with probability ``--sigint-after-commit`` (half of them before the
-           COMMIT, half just after it)
+           driver sends them random SIGINTs (``--sigint-rate``, 100/s overall, to a random half of
+           them at a time so that the others can reach the head of the queue), which land in waits,
+           in transactions, just after commits, in the block and in the release; besides, each
+           transaction of theirs is followed by a SIGINT of their own with probability
+           ``--sigint-after-commit`` (half of them before the COMMIT, half just after it)
   cancel   async workers whose tasks are cancelled at random: while acquiring, while the acquisition
            times out (``timeout_seconds`` uniform 0.001-0.05), in the block, and during the cleanup
            (the release in ``__aexit__``)
@@ -32,12 +33,15 @@ Faults (``--faults``, all on by default; ``--fault-workers`` processes for each 
   shell    bash and dash scripts that loop over ``gcl acquire`` in the forms
            ``lease=$(gcl acquire db || exit 1)``, ``$(gcl acquire db 2>&1)``, ``$(gcl acquire db | tail
            -1)``, ``lease=$(timeout 70 gcl acquire db --timeout 60)`` and ``lease=$(gcl acquire db)``,
-           record entering and leaving their block in the ledger and release with ``gcl release``
+           record entering and leaving their block in the ledger (``stress.py --ledger``, keyed by the
+           shell's pid) and release with ``gcl release``; ``set -e``, and SIGTERM ends the loop
 
 The ledger (outside gcl_local): a JSON file replaced only under ``flock`` on a separate lock file.
 Whoever holds a slot adds its slots (and its fencing token) on entering its block and checks the new
 total <= limit (else an over-admission); it takes them off on leaving. Every worker also records
-when it starts and stops waiting. The driver kills (about 3 times a second) a random victim: a
+when it starts and stops waiting, in a file of its own (``wait/<pid>``: written before it can take a
+ticket, removed after it left the queue; counts go to ``counts/``), so that the ledger lock is not the
+bottleneck of the run. The driver kills (about 3 times a second) a random victim: a
 holder, a waiter, a ``gcl run`` wrapper or child, a ``-n`` caller. It takes the ledger lock, SIGKILLs
 the victim while still holding it, waits until the victim is dead, takes the victim's entries off
 the ledger and only then unlocks. gcl_local frees the victim's slot only once the victim is dead,
@@ -48,23 +52,26 @@ on SIGTERM before it exits.
 Twice a second the driver audits the state file read-only under the ledger lock, with the process
 table and the liveness of every token (tried with a shared lock, as gcl_local does). Grace periods are
 ``--leak-seconds``, or 3 x the longest legitimate window seen in the last minute (a lease granted but
-not yet entered, a ticket not yet claimed by a waiter) when the machine is so loaded that it is longer:
+not yet entered) when the machine is so loaded that it is longer:
 
   lost lease         a process in its block (per the ledger) whose lease is gone or whose lease's
                      holder is dead: at once, no grace (a block starts after its grant and ends
                      before its release)
   leaked lease       a lease of a live holder that no process in its block accounts for (by fencing
-                     token; by slots and liveness token for ``gcl run``), for longer than
-                     ``--leak-seconds`` (the grace for the moments between a grant and entering the
-                     block, and between leaving it and the release)
-  ticket w/o waiter  a ticket of a live waiter that no waiting process (per the ledger; a ``gcl run``
+                     token; by slots and liveness token for ``gcl run``), for longer than the grace
+                     (the moments between a grant and entering the block, and between leaving it and
+                     the release); a ``gcl run`` whose child command is starting up or exiting is
+                     excused, however long that takes
+  ticket w/o waiter  a ticket of a live waiter that no waiting process (per its wait file; a ``gcl run``
                      wrapper counts as waiting until its command starts) accounts for, for longer than
-                     ``--leak-seconds``; found by walking up from the ticket's processes to their
-                     ancestors, so a ``gcl acquire`` counts for the script that runs it
+                     the grace; found by walking up from the ticket's processes to their ancestors, so
+                     a ``gcl acquire`` counts for the script that runs it (the ``gcl acquire`` of a
+                     script the driver killed, still waiting, is counted apart, not as a violation)
   dead rows          a dead holder's lease kept while others wait, a dead waiter's ticket kept at the
-                     head of the queue, for longer than ``--leak-seconds``
-  over the limit     more slots leased than the limit; a waiter waiting longer than
-                     ``--stall-seconds``; no acquisition for that long
+                     head of the queue, for longer than the grace
+  over the limit     more slots leased than the limit (the one gcl_local was given)
+  stall              a waiter waiting longer than ``--stall-seconds``, or no acquisition for that
+                     long (longer on a loaded machine, as the grace)
 
 At the end: SIGTERM to every worker, wait (never for ever: stragglers get their stacks dumped and
 are killed), ``list_limits`` once (gcl_local reaps and sweeps), then check: 0 over-admissions, the
@@ -1223,8 +1230,8 @@ class Driver:
         self.dead_ticket_since: dict[int, float] = {}
         self.orphan_tickets: set[int] = set()
         self.windows: list[tuple[float, float]] = []
-        """(when, how long): legitimate windows seen lately (a lease not yet entered that then was, a ticket not
-        yet claimed that then was), which make the grace longer on a loaded machine."""
+        """(when, how long): legitimate windows seen lately (a lease not yet entered that then was: a leaked lease
+        never is), which make the grace longer on a loaded machine."""
         self.max_grace = args.leak_seconds
         self.reported: set[str] = set()
         self.last_acquisitions = -1
@@ -1538,11 +1545,36 @@ class Driver:
         if held > gcl_limit:
             rows = [(x.token, x.pid, x.label, x.slots) for x in on_limit]
             self.fail("gcl-over-limit", f"gcl_local leases {held} slots on {self.args.name!r} > {gcl_limit}: {rows}")
-        self._audit_leases(leases, holders, table, alive_lease, now, wall, bool(tickets))
+        starting = self._starting_children(table, holders, run_dir)
+        self._audit_leases(leases, holders, table, alive_lease, now, wall, bool(tickets), starting)
         self._audit_tickets(queues, waiting, table, liveness, now, wall)
+
+    def _starting_children(self, table: Table, holders: dict[str, Any], run_dir: Path) -> dict[str, int]:
+        """{liveness token: pid} of `gcl run` children that live but are not in the ledger: starting up (Python
+        takes a while) or exiting after their block. Their wrapper's lease is not a leak (while the child has used
+        less than 2 s of CPU: its block lasts 50 ms at most)."""
+        kids = children_map(table)
+        found = {}
+        parents = [pid for pid, p in self.procs.items() if p.kind == "cli"] + [self.me]
+        for parent in parents:
+            for pid in kids.get(parent, ()):
+                if pid in self.procs or str(pid) in holders:
+                    continue
+                cmd = cmdline(pid)
+                if cmd[2:4] != ["--role", "child"] or cpu_seconds(pid) >= 2.0:
+                    continue
+                with contextlib.suppress(OSError):
+                    for fd in os.listdir(f"/proc/{pid}/fd"):
+                        with contextlib.suppress(OSError):
+                            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                            if os.path.dirname(target) == str(run_dir) and target.endswith(".lock"):
+                                found[os.path.basename(target)[: -len(".lock")]] = pid
+        return found
 
     def _owner_kind(self, table: Table, *pids: int | None) -> str:
         """The kind of the driver's worker that *pids* (or one of their ancestors) belong to."""
+        if self.me in pids:
+            return "driver"  # an orphan's gcl acquire took its new parent, this subreaper, for its holder
         for pid in pids:
             for p in ancestors(table, pid or 0, self.me):
                 if p in self.procs:
@@ -1551,7 +1583,7 @@ class Driver:
 
     def _audit_leases(
         self, leases: dict[int, Any], holders: dict[str, Any], table: Table, alive_lease: Any, now: float,
-        wall: float, anyone_waits: bool,
+        wall: float, anyone_waits: bool, starting: dict[str, int],
     ) -> None:  # fmt: skip
         by_fencing = {t: (pid, e) for pid, e in holders.items() for t in e["tokens"]}
         cli_slots: Counter[str] = Counter()  # `gcl run` children: slots by liveness token (no fencing token)
@@ -1593,15 +1625,20 @@ class Driver:
                 cli_slots[lease.holder_token] -= lease.slots
                 accounted.add(lease.token)
                 continue
+            if state and lease.holder_token in starting:
+                continue  # its `gcl run` child starts up or exits: not a leak, and no window to learn from
             if state:
                 seen_unaccounted.add(lease.token)
                 first = self.unaccounted_since.setdefault(lease.token, now)
                 if now - first > grace:
                     kind = self._owner_kind(table, lease.pid, _token_pid(lease.holder_token))
+                    mates = {p: e for p, e in holders.items() if e.get("gcl") == lease.holder_token}
                     self.fail_once(
                         f"leak:{lease.token}", "leaked-lease",
                         f"LEAKED LEASE {lease.id} on {lease.name_list}: held by live pid {lease.pid} ({lease.label}, "
-                        f"{kind}) for {now - first:.1f} s outside any block (age {wall - lease.acquired_wall:.1f} s)",
+                        f"{kind}) for {now - first:.1f} s outside any block (age {wall - lease.acquired_wall:.1f} s); "
+                        f"holder {describe(lease.pid or 0)}; token {lease.holder_token} of "
+                        f"{describe(_token_pid(lease.holder_token) or 0)}; ledger entries with that token: {mates}",
                         kind,
                     )  # fmt: skip
             else:  # dead (a missing token file is a dead holder too)
@@ -1660,13 +1697,10 @@ class Driver:
                     lonely.append(ticket)
                 else:
                     claims.setdefault(owner, []).append(ticket)
-        claimed = set()
         for owner, owned in claims.items():
             allowed = self._waits(owner, waiting, kids)
             owned.sort(key=lambda t: t.ticket, reverse=True)  # a waiter's current ticket is its newest
             lonely += owned[allowed:]
-            claimed.update(t.ticket for t in owned[:allowed])
-        self.windows += [(now, now - v) for k, v in self.lonely_ticket_since.items() if k in claimed]
         seen_lonely = set()
         for ticket in {t.ticket: t for t in lonely}.values():
             seen_lonely.add(ticket.ticket)
@@ -1735,7 +1769,7 @@ class Driver:
         with contextlib.suppress(OSError):
             lines.append(f"    run dir: {sorted(os.listdir(store.run_dir))}")
         st = self.ledger.read()
-        lines.append(f"    ledger: holders {st['holders']}, waiting {st['waiting']}")
+        lines.append(f"    ledger: holders {st['holders']}, waiting {self.ledger.waiting()}")
         return "\n".join(lines)
 
     # -- the run -----------------------------------------------------------------------------------
@@ -1853,6 +1887,27 @@ class Driver:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
             time.sleep(0.01)
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = _proc_stat(pid)
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK") if fields and len(fields) > 12 else 0.0
+
+
+def describe(pid: int) -> str:
+    """A process in a few words, for a report: state, age, CPU time, parent, command."""
+    fields = _proc_stat(pid)
+    if not fields or len(fields) <= 19:
+        return f"pid {pid} gone"
+    tick = os.sysconf("SC_CLK_TCK")
+    with open("/proc/uptime") as f:
+        uptime = float(f.read().split()[0])
+    age = uptime - int(fields[19]) / tick
+    cpu = (int(fields[11]) + int(fields[12])) / tick
+    return (
+        f"pid {pid} state {fields[0].decode()} age {age:.1f} s cpu {cpu:.2f} s ppid {int(fields[1])} "
+        f"cmd {' '.join(cmdline(pid))[:160]!r}"
+    )
 
 
 def _token_pid(token: str | None) -> int | None:
@@ -2166,7 +2221,7 @@ def drive(args: Any) -> int:
     else:
         work = Path(tempfile.mkdtemp(prefix="gcl-stress-"))
     db = Path(args.db).absolute() if args.db else work / "gcl.db"
-    print(f"gcl_local stress: work dir {work}, db {db}, seed {args.seed}", flush=True)
+    print(f"gcl_local stress: work dir {work}, db {db}, seed {args.seed}, driver pid {os.getpid()}", flush=True)
     gcl_limit = args.limit if args.gcl_limit is None else args.gcl_limit
     limits = [(args.name, gcl_limit, 0.0)]
     if "nonblock" in args.faults:
@@ -2259,10 +2314,14 @@ def parse_args(argv: list[str] | None = None) -> Any:
         help="share of base async acquisitions cancelled from outside after 5-300 ms (default 0.15)",
     )  # fmt: skip
     p.add_argument("--audit-interval", type=float, default=0.5, help="seconds between audits (0: none)")
-    p.add_argument("--stall-seconds", type=float, default=15.0, help="no acquisition / a waiter this long: fail")
+    p.add_argument(
+        "--stall-seconds", type=float, default=15.0,
+        help="no acquisition / a waiter this long: fail (default 15; longer on a loaded machine, as the grace)",
+    )  # fmt: skip
     p.add_argument(
         "--leak-seconds", "--grace", type=float, default=3.0,
-        help="grace: a lease outside any block, a ticket without a waiter, a dead row this long: fail (default 3)",
+        help="grace: a lease outside any block, a ticket without a waiter, a dead row this long: fail (default 3;\n"
+        "longer on a loaded machine: 3 x the longest legitimate window seen in the last minute)",
     )  # fmt: skip
     p.add_argument("--stop-timeout", type=float, default=15.0, help="seconds to wait after SIGTERM (default 15)")
     p.add_argument(
@@ -2314,8 +2373,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.role in SYNC_KINDS:
         try:
             return run_sync_worker(args)
-        finally:  # a SIGINT while the interpreter shuts down (its handler gone) must not change the exit status
-            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        finally:
+            # A SIGINT while the interpreter shuts down must not change the exit status: Python then puts back
+            # SIG_DFL (but leaves SIG_IGN), and a signal sent to the process may go to any thread (a mask won't do).
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
     if args.role in ASYNC_KINDS:
         return run_async_worker(args)
     if args.role == "child":
