@@ -1435,7 +1435,8 @@ class Driver:
                     self.fail("holder-died", f"ledger holder {v.pid} ({v.kind}) was gone without leaving the ledger")
             else:
                 self.stats.kills[f"{category}:{v.what}"] += 1
-                self.killed.add(v.pid)
+                if v.pid in self.procs:
+                    self.killed.add(v.pid)
                 if v.what == "child" and v.owner in self.procs:
                     self.killed_child_parents.add(v.owner)
                 if v.kind in SHELL_KINDS and v.owner is not None and v.owner != v.pid:
@@ -1469,7 +1470,8 @@ class Driver:
             for pid in targets:
                 if pid in table and signal_if(pid, table[pid][2], signal.SIGTERM):
                     sent = True
-                    self.termed.add(pid)
+                    if pid in self.procs:  # (others are reaped by their parents, not by us)
+                        self.termed.add(pid)
             if not sent:
                 return
             self.stats.terms[f"{category}:{v.what}:{mode}"] += 1
