@@ -1,7 +1,9 @@
-"""The chaos run (scripts/stress.py), briefly: workers of every kind are SIGKILLed while they hold and wait.
+"""The chaos run (scripts/stress.py), briefly: workers of every kind are SIGKILLed, SIGTERMed and SIGINTed while
+they hold and wait; some fork in their blocks, cancel their tasks, call ``-n``, or use ``gcl acquire`` from shells.
 
-It checks, with a ledger kept outside gcl_local, that the limit is never exceeded, and at the end that
-the state file is intact and empty and no token or pipe file is left behind.
+It checks, with a ledger kept outside gcl_local, that the limit is never exceeded, that no live process keeps a
+lease outside its block or a ticket it does not wait with, that no process in its block lost its lease, and at
+the end that the state file is intact and empty and no token or pipe file is left behind.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 STRESS = REPO / "scripts" / "stress.py"
-SECONDS = 15
+SECONDS = 12
 
 
 def run_stress(
@@ -42,15 +44,26 @@ def run_stress(
 
 
 @pytest.mark.slow
-def test_chaos_run_never_over_admits_and_leaves_nothing_behind(tmp_path: Path) -> None:
+def test_chaos_run_never_over_admits_leaks_or_leaves_anything_behind(tmp_path: Path) -> None:
     proc, summary, output = run_stress(tmp_path, SECONDS)
 
+    # Every fault was injected.
+    assert summary["faults_enabled"] == ["sigint", "cancel", "fork", "nonblock", "sigterm", "shell"], output
+    assert summary["kills"] >= 10, output
+    assert summary["terms"] >= 3, output
+    assert summary["sigints"] >= 300, output
+    assert all(summary["spawned"].get(kind, 0) > 0 for kind in summary["kinds"]), output
+    assert sum(summary["faults"]["sigint"]["raised"].values()) > 0, output
+    assert sum(summary["faults"]["cancel"]["issued"].values()) > 0, output
+    assert summary["acquisitions"] > 0, output
+    assert all(summary["acquisitions_by_kind"].get(kind, 0) > 0 for kind in ("sync", "async")), output
+
+    # No violation of any kind.
     assert "over-admissions: 0" in proc.stdout, output
     assert summary["over_admissions"] == 0, output
     assert summary["max_holders"] <= summary["limit"], output
-    assert summary["kills"] >= 10, output
-    assert summary["acquisitions"] > 0, output
-    assert all(n > 0 for n in summary["acquisitions_by_kind"].values()), output
+    assert summary["duplicate_tokens"] == 0, output
+    assert summary["violations"] == {}, output
     assert summary["integrity"] == "ok", output
     assert summary["active_slots"] == 0, output
     assert summary["leases_left"] == 0, output
@@ -61,9 +74,17 @@ def test_chaos_run_never_over_admits_and_leaves_nothing_behind(tmp_path: Path) -
 
 
 @pytest.mark.slow
-def test_chaos_run_catches_an_over_admission(tmp_path: Path) -> None:
-    """The harness itself: gcl_local is given one slot more than the ledger allows, and the run must fail."""
-    proc, summary, output = run_stress(tmp_path, 4, "--limit", "2", "--gcl-limit", "3", "--workers", "6")
+def test_chaos_run_catches_over_admissions_and_leaks(tmp_path: Path) -> None:
+    """The harness itself: gcl_local is given one slot more than the ledger allows, and a process keeps a lease
+    outside any block and a ticket it does not wait with; the run must fail with each of them."""
+    proc, summary, output = run_stress(
+        tmp_path, 5, "--limit", "2", "--gcl-limit", "3", "--workers", "6", "--faults", "none", "--inject-leaks",
+        "--leak-seconds", "1.5",
+    )  # fmt: skip
     assert proc.returncode == 1, output
     assert summary["over_admissions"] > 0, output
     assert summary["max_holders"] > summary["limit"], output
+    assert summary["violations"].get("over-admission", 0) > 0, output
+    assert summary["violations"].get("leaked-lease", 0) > 0, output
+    assert summary["violations"].get("ticket-without-waiter", 0) > 0, output
+    assert "FAILED: " in proc.stdout, output
