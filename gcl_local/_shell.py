@@ -249,15 +249,48 @@ class SignalsHeldBack:
 
     def __exit__(self, *exc_info: object) -> None:
         saved = self.saved
-        if not saved:
-            return
-        for signum, handler in saved.items():
-            _signal.signal(signum, handler)
-        if _held:
-            signums = list(dict.fromkeys(_held))
-            _held.clear()
-            for signum in signums:
-                saved[signum](signum, None)  # delivered now; a handler that raises raises here
+        if saved:
+            for signum, handler in saved.items():
+                _signal.signal(signum, handler)
+            _deliver(saved)
+
+    def let_through(self) -> LetThrough:
+        """For a sleep inside a long section (a whole wait): the real handlers run meanwhile, so a
+        Ctrl-C ends the sleep, and what was held back so far is delivered first; held back again after."""
+        return LetThrough(self.saved)
+
+
+class LetThrough:
+    """See :meth:`SignalsHeldBack.let_through`."""
+
+    __slots__ = ("saved",)
+
+    def __init__(self, saved: dict[int, Any] | None) -> None:
+        self.saved = saved
+
+    def __enter__(self) -> None:
+        saved = self.saved
+        if saved:
+            for signum, handler in saved.items():
+                _signal.signal(signum, handler)
+            try:
+                _deliver(saved)
+            except BaseException:
+                self.__exit__()
+                raise
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.saved:
+            for signum in self.saved:
+                _signal.signal(signum, _hold)
+
+
+def _deliver(saved: dict[int, Any]) -> None:
+    if _held:
+        signums = list(dict.fromkeys(_held))
+        _held.clear()
+        for signum in signums:
+            saved[signum](signum, None)  # delivered now; a handler that raises raises here
 
 
 _held: list[int] = []

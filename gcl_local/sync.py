@@ -24,8 +24,9 @@ from ._core import Granted, Request
 from ._errors import AcquireConcurrencySlotTimeoutError, InvalidLimitError
 from ._model import DEFAULT_LEASE_SECONDS, Lease, validate_seconds
 from ._renewal import Renewal, renewer
-from ._shell import Acquisition
+from ._shell import Acquisition, SignalsHeldBack
 from ._store import Store, get_store
+from ._tokens import Pipe
 
 DbArg = str | os.PathLike[str] | Store | None
 
@@ -53,6 +54,23 @@ def acquire_slots(
     start = time.monotonic()
     acquisition = acquisition or Acquisition(store, request)
     pipe = _shell.kept_pipe(store) if _waiting.may_wait(timeout_seconds, max_retries) else None
+    # Signals are held back for the whole call but for its sleeps: a Ctrl-C lands in a sleep (or just
+    # after a transaction), never between a commit and the code that owns it or gives it back.
+    held = SignalsHeldBack()
+    with held:
+        return _acquire(acquisition, pipe, held, start, timeout_seconds, max_retries, on_wait)
+
+
+def _acquire(
+    acquisition: Acquisition,
+    pipe: Pipe | None,
+    held: SignalsHeldBack,
+    start: float,
+    timeout_seconds: float | None,
+    max_retries: int | None,
+    on_wait: Callable[[Acquisition], None] | None,
+) -> Granted:
+    request = acquisition.request
     try:
         outcome = acquisition.transact(_core.attempt, request, pipe.name if pipe else None)
         if isinstance(outcome, Granted):
@@ -78,7 +96,9 @@ def acquire_slots(
                 if on_wait is not None and time.monotonic() - start >= _waiting.NOTICE_AFTER_SECONDS:
                     on_wait(acquisition)
                     on_wait = None
-                answer = pipe.drain() if _wait_readable(pipe.fd, step.seconds) else b""
+                with held.let_through():
+                    readable = _wait_readable(pipe.fd, step.seconds)
+                answer = pipe.drain() if readable else b""
     except BaseException as exc:
         late = acquisition.abandon(keep_late=isinstance(exc, AcquireConcurrencySlotTimeoutError))
         if late is not None:
@@ -140,7 +160,8 @@ def concurrency(
         finally:
             renewals.cancel(renewal)
     finally:
-        acquisition.release()
+        with SignalsHeldBack():  # the first thing on the way out: a Ctrl-C now waits for the release
+            acquisition.release()
 
 
 def rate_limit(
