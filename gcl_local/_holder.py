@@ -27,6 +27,9 @@ PROC = "/proc"
 
 WRAPPERS = frozenset(["timeout", "time", "env", "nice", "nohup", "stdbuf", "ionice", "chrt", "taskset", "setsid"])
 """Programs that run one command and exec it or wait for it: never the script that holds a lease."""
+REAPERS = frozenset(["systemd", "init", "tini", "dumb-init", "catatonit", "s6-svscan", "runsvdir"])
+"""Programs that adopt orphans (pid 1, or a subreaper such as ``systemd --user``): when a killed
+script's subshell is adopted, the walk reaches one of these, which is never the holder."""
 MULTI_CALL = frozenset(["busybox", "toybox", "coreutils"])
 """Binaries that are many programs: their name is in argv[0] (``timeout`` as a busybox applet)."""
 MAX_DEPTH = 64
@@ -91,6 +94,8 @@ def script_pid() -> tuple[int | None, str]:
         if parent is not None and _is_fork_of(proc, parent):
             pid = proc.ppid
             continue
+        if proc.program in REAPERS:
+            return None, f"the calling script would be {proc.program} (pid {pid}), where orphans go"
         return pid, ""
     return None, f"more than {MAX_DEPTH} wrappers and subshells above gcl"
 
