@@ -34,11 +34,13 @@ MULTI_CALL = frozenset(["busybox", "toybox", "coreutils"])
 """Binaries that are many programs: their name is in argv[0] (``timeout`` as a busybox applet)."""
 MAX_DEPTH = 64
 _STAT_PPID = 1  # fields of /proc/PID/stat after the command name: 0 is field 3 ("state")
+_STAT_SESSION = 3
 _STAT_STARTSTACK = 25
 
 
 class _Process(NamedTuple):
     ppid: int
+    session: int
     exe: str
     cmdline: bytes
     stack: int
@@ -63,7 +65,9 @@ def _read(pid: int) -> _Process | None:
         return None
     fields = stat[stat.rfind(b")") + 2 :].split()  # the command name may hold spaces and parentheses
     try:
-        return _Process(int(fields[_STAT_PPID]), exe, cmdline, int(fields[_STAT_STARTSTACK]))
+        return _Process(
+            int(fields[_STAT_PPID]), int(fields[_STAT_SESSION]), exe, cmdline, int(fields[_STAT_STARTSTACK])
+        )
     except (IndexError, ValueError):
         return None
 
@@ -79,6 +83,7 @@ def script_pid() -> tuple[int | None, str]:
     if not os.path.isdir(f"{PROC}/self"):
         return None, f"no {PROC} to find the calling script in"
     pid = os.getppid()
+    skipped_session: int | None = None
     for _ in range(MAX_DEPTH):
         if pid == 1:
             return None, "the calling script would be pid 1, where orphans go"
@@ -87,16 +92,18 @@ def script_pid() -> tuple[int | None, str]:
         proc = _read(pid)
         if proc is None:
             return None, f"cannot read process {pid} in {PROC}"
-        if proc.program in WRAPPERS:
-            pid = proc.ppid
-            continue
-        parent = _read(proc.ppid) if proc.ppid > 0 else None
-        if parent is not None and _is_fork_of(proc, parent):
-            pid = proc.ppid
-            continue
-        if proc.program in REAPERS:
-            return None, f"the calling script would be {proc.program} (pid {pid}), where orphans go"
-        return pid, ""
+        skip = proc.program in WRAPPERS
+        if not skip:
+            parent = _read(proc.ppid) if proc.ppid > 0 else None
+            skip = parent is not None and _is_fork_of(proc, parent)
+        if not skip:
+            # The holder. A subshell or wrapper whose script was killed is adopted by whoever reaps
+            # orphans (init, `systemd --user`, any subreaper), outside the script's session.
+            if proc.program in REAPERS or (skipped_session is not None and proc.session != skipped_session):
+                return None, f"the calling script has exited (its subshell was adopted by pid {pid})"
+            return pid, ""
+        skipped_session = proc.session
+        pid = proc.ppid
     return None, f"more than {MAX_DEPTH} wrappers and subshells above gcl"
 
 

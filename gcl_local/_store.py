@@ -364,13 +364,13 @@ class Store:
         try:
             if durable:
                 c.execute("PRAGMA synchronous=FULL")  # an admin write reported as done survives power loss
-            try:
-                c.execute("BEGIN IMMEDIATE")
-            except apsw.BusyError:
-                if not blocking:
-                    raise WouldBlock from None
-                raise
-            try:
+            try:  # BEGIN inside: an interrupt just after it must not leave the transaction open
+                try:
+                    c.execute("BEGIN IMMEDIATE")
+                except apsw.BusyError:
+                    if not blocking:
+                        raise WouldBlock from None
+                    raise
                 tx = Tx(self, c, self.clock.now())
                 if not conn.boot_checked:
                     _sql.rebase_after_reboot(c, tx.now)
@@ -399,11 +399,12 @@ class Store:
             self.write(lambda tx: None)  # the first transaction of a connection may have to rebase times
         c = conn.conn
         try:
-            c.execute("BEGIN DEFERRED")
-            try:
+            try:  # BEGIN inside: an interrupt just after it must not leave the snapshot open
+                c.execute("BEGIN DEFERRED")
                 yield Tx(self, c, self.clock.now())
             finally:
-                c.execute("COMMIT")
+                if c.in_transaction:
+                    c.execute("COMMIT")
         except apsw.Error as exc:
             raise _explain_open_error(self.path, exc) from None
         except (UnicodeDecodeError, _sql.CorruptRowError):
