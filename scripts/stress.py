@@ -544,7 +544,7 @@ def descendants(kids: dict[int, list[int]], pid: int) -> list[int]:
 
 def ancestors(table: Table, pid: int, stop: int) -> list[int]:
     """*pid* and its ancestors, up to (not including) *stop* or init."""
-    chain = []
+    chain: list[int] = []
     while pid > 1 and pid != stop and pid in table and len(chain) < 16:
         chain.append(pid)
         pid = table[pid][0]
@@ -1254,7 +1254,7 @@ class Driver:
     def grace(self, now: float) -> float:
         """--leak-seconds, or 3 x the longest legitimate window seen in the last minute if that is longer."""
         self.windows = [w for w in self.windows if w[0] > now - 60.0]
-        grace = max(self.args.leak_seconds, 3.0 * max((w[1] for w in self.windows), default=0.0))
+        grace = max(float(self.args.leak_seconds), 3.0 * max((w[1] for w in self.windows), default=0.0))
         self.max_grace = max(self.max_grace, grace)
         return grace
 
