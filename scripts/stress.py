@@ -514,15 +514,38 @@ def alive(pid: int, start: int | None) -> bool:
 Table = dict[int, tuple[int, str, int]]
 
 
-def process_table() -> Table:
-    """{pid: (ppid, state, start time)} of every process."""
-    table = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            fields = _proc_stat(int(entry))
-            if fields and len(fields) > 19:
-                table[int(entry)] = (int(fields[1]), fields[0].decode(), int(fields[19]))
+def process_table(root: int | None = None) -> Table:
+    """{pid: (ppid, state, start time)} of *root* and its descendants (default: this process's), found through
+    ``/proc/PID/task/TID/children``; of every process where the kernel has no such files. Only these are read:
+    the machine may run hundreds of other processes. A process born or reparented meanwhile may be missed:
+    use ``lookup`` where that matters."""
+    root = os.getpid() if root is None else root
+    table: Table = {}
+    if not os.path.exists(f"/proc/{root}/task/{root}/children"):
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                lookup(table, int(entry))
+        return table
+    todo = [root]
+    while todo:
+        pid = todo.pop()
+        if pid in table or lookup(table, pid) is None:
+            continue
+        with contextlib.suppress(OSError):
+            for tid in os.listdir(f"/proc/{pid}/task"):
+                with contextlib.suppress(OSError, ValueError), open(f"/proc/{pid}/task/{tid}/children") as f:
+                    todo += [int(c) for c in f.read().split()]
     return table
+
+
+def lookup(table: Table, pid: int) -> tuple[int, str, int] | None:
+    """(ppid, state, start time) of *pid* from *table*, or read now (and added to it); None: no such process."""
+    info = table.get(pid)
+    if info is None and pid > 0:
+        fields = _proc_stat(pid)
+        if fields and len(fields) > 19:
+            info = table[pid] = (int(fields[1]), fields[0].decode(), int(fields[19]))
+    return info
 
 
 def children_map(table: Table) -> dict[int, list[int]]:
@@ -544,10 +567,13 @@ def descendants(kids: dict[int, list[int]], pid: int) -> list[int]:
 
 def ancestors(table: Table, pid: int, stop: int) -> list[int]:
     """*pid* and its ancestors, up to (not including) *stop* or init."""
-    chain = []
-    while pid > 1 and pid != stop and pid in table and len(chain) < 16:
+    chain: list[int] = []
+    while pid > 1 and pid != stop and len(chain) < 16:
+        info = lookup(table, pid)
+        if info is None:
+            break
         chain.append(pid)
-        pid = table[pid][0]
+        pid = info[0]
     return chain
 
 
@@ -560,7 +586,7 @@ def cmdline(pid: int) -> list[str]:
 
 
 def children_of(ppid: int) -> list[int]:
-    return [pid for pid, (parent, _, _) in process_table().items() if parent == ppid]
+    return [pid for pid, (parent, _, _) in process_table(ppid).items() if parent == ppid]
 
 
 def become_subreaper() -> bool:
@@ -1254,7 +1280,7 @@ class Driver:
     def grace(self, now: float) -> float:
         """--leak-seconds, or 3 x the longest legitimate window seen in the last minute if that is longer."""
         self.windows = [w for w in self.windows if w[0] > now - 60.0]
-        grace = max(self.args.leak_seconds, 3.0 * max((w[1] for w in self.windows), default=0.0))
+        grace = max(float(self.args.leak_seconds), 3.0 * max((w[1] for w in self.windows), default=0.0))
         self.max_grace = max(self.max_grace, grace)
         return grace
 
@@ -1372,7 +1398,7 @@ class Driver:
         live = {pid: p for pid, p in self.procs.items() if pid in table and table[pid][1] != "Z"}
         found: dict[str, list[Victim]] = {c: [] for c in (*KILL_CATEGORIES, *TERM_CATEGORIES)}
         for pid, e in holders.items():
-            parent = table.get(pid, (0, "", 0))[0]
+            parent = (lookup(table, pid) or (0, "", 0))[0]
             owner = pid if pid in live else parent if parent in live else None
             what = "child" if e["kind"] == "cli" else e["kind"]
             found["holder"].append(Victim(pid, what, e["kind"], e["start"], owner))
@@ -1480,7 +1506,12 @@ class Driver:
             self.say(f"term {category} {v.what} {v.pid} ({mode})")
 
     def sigint_one(self) -> None:
-        pids = [pid for pid, p in self.procs.items() if p.kind == "sigint" and pid in self.storm]
+        pids = [pid for pid, p in self.procs.items() if p.kind == "sigint"]
+        stormy = [pid for pid in pids if pid in self.storm]
+        if not stormy and pids:  # the storm's workers died: a new one takes over
+            self.storm.add(self.rng.choice(pids))
+            stormy = [pid for pid in pids if pid in self.storm]
+        pids = stormy
         if pids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.rng.choice(pids), signal.SIGINT)  # not reaped yet: the pid is still ours
@@ -1513,7 +1544,7 @@ class Driver:
                 if token is not None:
                     liveness[token] = token_alive(run_dir, token)
             for pid, e in list(st["holders"].items()):  # entries of processes that are gone
-                info = table.get(int(pid))
+                info = lookup(table, int(pid))
                 if info is None or info[1] == "Z" or info[2] != e["start"]:
                     del st["holders"][pid]
                     tx.dirty = True
@@ -1521,10 +1552,10 @@ class Driver:
             holders = dict(st["holders"])
         waiting = {}  # read after the snapshot of the state file: every wait its tickets belong to is there
         for pid, e in self.ledger.waiting().items():
-            info = table.get(pid)
+            info = lookup(table, pid)
             if info is not None and info[1] != "Z" and info[2] == e["start"]:
                 waiting[str(pid)] = e
-            elif pid not in table:
+            elif info is None:
                 self.ledger.drop_waiting(pid)
         now = time.monotonic()
         self.stats.audits += 1
@@ -1539,7 +1570,7 @@ class Driver:
         def alive_lease(lease: Any) -> bool | None:
             if lease.holder_token is not None:
                 return liveness.get(lease.holder_token)
-            info = table.get(lease.pid or 0)
+            info = lookup(table, lease.pid or 0)
             return info is not None and info[1] != "Z" and (lease.pid_start is None or info[2] == lease.pid_start)
 
         held = sum(lease.slots for lease in on_limit)

@@ -18,7 +18,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 STRESS = REPO / "scripts" / "stress.py"
-SECONDS = 12
+SECONDS = 10
 
 
 def run_stress(
