@@ -181,8 +181,8 @@ STALE_TEMPORARY_SECONDS = 60.0
 def stale_temporaries(run_dir: str) -> list[str]:
     """Temporary token and pipe files whose creator died between creating and renaming them.
 
-    Only old ones, or a pipe's whose token is dead: a new token temporary may belong to a process
-    that has not locked it yet, but a pipe is made only by a process whose token is in place.
+    Old ones, or those whose maker is dead: a token's temporary names its maker's pid (a live maker
+    may not have locked it yet), and a pipe is made only by a process whose token is in place.
     """
     found = []
     now = time.time()
@@ -193,6 +193,11 @@ def stale_temporaries(run_dir: str) -> list[str]:
                 if entry.endswith(PIPE_SUFFIX + ".tmp"):  # ".<token>.<n>.fifo.tmp"
                     owner = entry[1 : -len(PIPE_SUFFIX + ".tmp")].rpartition(".")[0]
                     if owner and token_alive(run_dir, owner) is False:
+                        found.append(path)
+                        continue
+                else:  # ".<pid>-<random>.tmp": a token being made by process <pid>
+                    creator = entry[1:].partition("-")[0]
+                    if creator.isdigit() and not pid_alive(int(creator), None):
                         found.append(path)
                         continue
                 try:

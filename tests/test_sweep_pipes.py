@@ -73,3 +73,21 @@ def test_the_sweep_removes_a_new_pipe_temporary_whose_token_is_dead(db: str) -> 
     assert not os.path.lexists(dead)
     assert os.path.lexists(alive)
     os.unlink(alive)
+
+
+def test_the_sweep_removes_a_new_token_temporary_whose_maker_is_dead(db: str, spawned: Spawned) -> None:
+    """A process killed between creating its token under a temporary name and renaming it."""
+    create_limit("a", 1, db=db)
+    run_dir = get_store(db).run_dir
+    os.makedirs(run_dir, exist_ok=True)
+    gone = spawned.sleeper()
+    gone.kill()
+    gone.wait()
+    dead = os.path.join(run_dir, f".{gone.pid}-deadbeef.tmp")
+    Path(dead).touch()
+    alive = os.path.join(run_dir, f".{os.getpid()}-cafef00d.tmp")  # a live maker: not yet locked
+    Path(alive).touch()
+    list_limits(db=db)
+    assert not os.path.lexists(dead)
+    assert os.path.lexists(alive)
+    os.unlink(alive)
