@@ -134,9 +134,10 @@ def _run_sweep(db: str, tmp_path: Path, cases: list[Case], shell: str) -> None:
             # also waits for its own process to start: within the burst, that is all it waits for).
             due = max(first + ideal, times[n - 2] if n > 1 else first)
             assert at - due <= 1.0, (case, n, at - first, ideal)
-        # A waiter late to wake loses nothing (it is charged as of the moment it fit): the last call
-        # is on time even if one in the middle was not.
-        assert times[-1] - first <= case.ideal(len(times)) + 0.5, (case, times[-1] - first)
+        if shell != "cli":  # (the CLI's pace is also its processes' start-up)
+            # A waiter late to wake loses nothing (it is charged as of the moment it fit): the last
+            # call is on time even if one in the middle was not.
+            assert times[-1] - first <= case.ideal(len(times)) + 0.5, (case, times[-1] - first)
         _check_windows(case, times, 0.3 if shell == "cli" else 0.15)
 
 
