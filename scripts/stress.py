@@ -1325,7 +1325,11 @@ class Driver:
         ]
         # A sigint worker starts with SIGINT blocked, and unblocks it once its handler is in place.
         mask = {signal.SIGINT} if kind == "sigint" else set()
-        pid = os.posix_spawn(argv[0], argv, env, file_actions=actions, setpgroup=0, setsigmask=mask)
+        # A shell script runs in a session of its own, as cron and systemd start one: a subshell of a
+        # killed script that this driver adopts is then outside the script's session, and its
+        # `gcl acquire` refuses rather than take the driver for its holder.
+        group = {"setsid": True} if kind in ("bash", "dash") else {"setpgroup": 0}
+        pid = os.posix_spawn(argv[0], argv, env, file_actions=actions, setsigmask=mask, **group)
         self.procs[pid] = Proc(pid, slot, kind, start_time(pid), log)
         self.slots[slot] = pid
         self.stats.spawned[kind] += 1

@@ -1,7 +1,7 @@
 """Waits that end on time: rate limits from 0.1/s to 50/s, full buckets, deadlines and retries.
 
 Behaviour with generous bounds (the machines are noisy): the n-th call of a rate limit returns
-within [ideal - 5 %, ideal + 1 s] of the first and the last within ideal + 0.5 s, for the sync API, the async API and
+within [ideal - 5 %, ideal + 1 s] of the first and the last within ideal + 0.75 s, for the sync API, the async API and
 ``gcl rate-limit``, from one process and from four. Before the waiting policy kept every moment as
 an absolute deadline, any decay slower than about 2/s slept for ever.
 """
@@ -133,11 +133,11 @@ def _run_sweep(db: str, tmp_path: Path, cases: list[Case], shell: str) -> None:
             # Never more than 1 s later than both its due moment and the call before it (a CLI call
             # also waits for its own process to start: within the burst, that is all it waits for).
             due = max(first + ideal, times[n - 2] if n > 1 else first)
-            assert at - due <= 1.0, (case, n, at - first, ideal)
+            assert at - due <= (2.0 if shell == "cli" else 1.0), (case, n, at - first, ideal)
         if shell != "cli":  # (the CLI's pace is also its processes' start-up)
             # A waiter late to wake loses nothing (it is charged as of the moment it fit): the last
             # call is on time even if one in the middle was not.
-            assert times[-1] - first <= case.ideal(len(times)) + 0.5, (case, times[-1] - first)
+            assert times[-1] - first <= case.ideal(len(times)) + 0.75, (case, times[-1] - first)
         _check_windows(case, times, 0.3 if shell == "cli" else 0.15)
 
 
