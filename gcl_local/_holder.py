@@ -12,7 +12,8 @@ moment after ``gcl`` prints the lease while the script goes on. So we walk up fr
   address. A fork keeps its parent's address space; a fresh exec of the same program gets a new,
   randomised one, so a nested ``bash`` started with the same arguments is not taken for a subshell.
 
-The first process that is neither is the holder. Where the chain cannot be read (no ``/proc``, a
+The first process that is neither is the holder, if it is in our session (else it adopted an
+orphan whose script was killed meanwhile: refused). Where the chain cannot be read (no ``/proc``, a
 process of another user, a process that ended meanwhile) or the walk reaches pid 1 (where orphans
 go, and a container's init: never a holder by guess), there is no answer and the caller refuses.
 """
@@ -83,7 +84,10 @@ def script_pid() -> tuple[int | None, str]:
     if not os.path.isdir(f"{PROC}/self"):
         return None, f"no {PROC} to find the calling script in"
     pid = os.getppid()
-    skipped_session: int | None = None
+    # The script, its subshells and its wrappers share our session (a fork keeps it). A process in
+    # another one has adopted an orphan: `gcl` itself, or a subshell or wrapper above it, whose
+    # script was killed meanwhile. Never take it for the holder.
+    session = os.getsid(0)
     for _ in range(MAX_DEPTH):
         if pid == 1:
             return None, "the calling script would be pid 1, where orphans go"
@@ -97,12 +101,9 @@ def script_pid() -> tuple[int | None, str]:
             parent = _read(proc.ppid) if proc.ppid > 0 else None
             skip = parent is not None and _is_fork_of(proc, parent)
         if not skip:
-            # The holder. A subshell or wrapper whose script was killed is adopted by whoever reaps
-            # orphans (init, `systemd --user`, any subreaper), outside the script's session.
-            if proc.program in REAPERS or (skipped_session is not None and proc.session != skipped_session):
-                return None, f"the calling script has exited (its subshell was adopted by pid {pid})"
+            if proc.program in REAPERS or proc.session != session:
+                return None, f"the calling script has exited (pid {pid} adopted what it left running)"
             return pid, ""
-        skipped_session = proc.session
         pid = proc.ppid
     return None, f"more than {MAX_DEPTH} wrappers and subshells above gcl"
 

@@ -200,3 +200,18 @@ def test_a_waiter_whose_holder_exits_is_never_granted(db: str, spawned: Spawned)
     # ...but it never handed out a lease: the next one has the very next fencing token.
     after = json.loads(ok(gcl(db, "acquire", "x", "--holder-pid", str(keeper.pid), "-o", "json")))
     assert after["token"] == first["token"] + 1
+
+
+def test_a_gcl_acquire_adopted_outside_its_session_is_refused(db: str) -> None:
+    """When the script (and its subshell) were killed while ``gcl acquire`` started, ``gcl`` is adopted
+    by whoever reaps orphans: a process of another session, never the holder (the chaos run found its
+    driver, a subreaper, holding such a lease). Here ``gcl`` runs in a session of its own under pytest."""
+    create_limit("x", 1, db=db)
+    environ = env(GCL_DB=db)
+    proc = subprocess.run(
+        [sys.executable, "-m", "gcl_local", "acquire", "x"], capture_output=True, text=True, env=environ,
+        start_new_session=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert "--holder-pid" in proc.stderr
+    assert read_limit("x", db=db).holders == ()
