@@ -250,8 +250,7 @@ class SignalsHeldBack:
     def __exit__(self, *exc_info: object) -> None:
         saved = self.saved
         if saved:
-            for signum, handler in saved.items():
-                _signal.signal(signum, handler)
+            _restore(saved)
             _deliver(saved)
 
     def let_through(self) -> LetThrough:
@@ -271,8 +270,7 @@ class LetThrough:
     def __enter__(self) -> None:
         saved = self.saved
         if saved:
-            for signum, handler in saved.items():
-                _signal.signal(signum, handler)
+            _restore(saved)
             try:
                 _deliver(saved)
             except BaseException:
@@ -285,12 +283,26 @@ class LetThrough:
                 _signal.signal(signum, _hold)
 
 
+def _restore(saved: dict[int, Any]) -> None:
+    try:
+        for signum, handler in saved.items():
+            _signal.signal(signum, handler)
+    finally:
+        # A signal restored first may fire (and raise) before the others are restored: restore them
+        # anyway, or they would stay held back for good.
+        for signum, handler in saved.items():
+            if _signal.getsignal(signum) is _hold:
+                _signal.signal(signum, handler)
+
+
 def _deliver(saved: dict[int, Any]) -> None:
     if _held:
         signums = list(dict.fromkeys(_held))
         _held.clear()
         for signum in signums:
-            saved[signum](signum, None)  # delivered now; a handler that raises raises here
+            handler = saved.get(signum) or _signal.getsignal(signum)
+            if callable(handler) and handler is not _hold:
+                handler(signum, None)  # delivered now; a handler that raises raises here
 
 
 _held: list[int] = []

@@ -218,3 +218,37 @@ def test_a_forked_child_leaving_the_block_does_not_release_the_parents_lease(db:
     finally:
         parent.kill()
         parent.communicate()
+
+
+def test_a_signal_firing_while_handlers_are_restored_leaves_none_held_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The chaos run: a Ctrl-C that fires the moment its handler is restored aborted the restoring, and
+    SIGTERM stayed held back for good (a later SIGTERM then met a KeyError instead of its handler)."""
+    from gcl_local import _shell
+
+    def on_term(signum: int, frame: object) -> None:
+        raise SystemExit(143)
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    try:
+        real = _shell._signal.signal
+        calls = [0]
+
+        def fires_after_first_restore(signum: int, handler: object) -> object:
+            result = real(signum, handler)
+            if handler is not _shell._hold:
+                calls[0] += 1
+                if calls[0] == 1:
+                    raise KeyboardInterrupt  # the restored handler ran at once
+            return result
+
+        held = _shell.SignalsHeldBack()
+        held.__enter__()
+        assert signal.getsignal(signal.SIGTERM) is _shell._hold
+        monkeypatch.setattr(_shell._signal, "signal", fires_after_first_restore)
+        with pytest.raises(KeyboardInterrupt):
+            held.__exit__(None, None, None)
+        monkeypatch.undo()
+        assert signal.getsignal(signal.SIGTERM) is on_term
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGTERM, previous)
