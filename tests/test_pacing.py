@@ -1,9 +1,10 @@
 """Waits that end on time: rate limits from 0.1/s to 50/s, full buckets, deadlines and retries.
 
-Behaviour with generous bounds (the machines are noisy): the n-th call of a rate limit returns
-within [ideal - 5 %, ideal + 1 s] of the first and the last within ideal + 0.75 s, for the sync API, the async API and
-``gcl rate-limit``, from one process and from four. Before the waiting policy kept every moment as
-an absolute deadline, any decay slower than about 2/s slept for ever.
+Behaviour with generous bounds (the machines are noisy): the n-th call of a rate limit returns no
+earlier than its ideal moment after the common start, within ideal + 1 s of the first call, and the
+last within ideal + 0.75 s, for the sync API, the async API and ``gcl rate-limit``, from one process
+and from four. Before the waiting policy kept every moment as an absolute deadline, any decay slower
+than about 2/s slept for ever.
 """
 
 from __future__ import annotations
@@ -125,11 +126,13 @@ def _run_sweep(db: str, tmp_path: Path, cases: list[Case], shell: str) -> None:
     for case in cases:
         times = sorted(float(t) for t in (tmp_path / f"{case.name}.times").read_text().split())
         assert len(times) == case.processes * case.calls_each
-        lag = 0.3 if shell == "cli" else 0.02  # return times lag grants (a CLI process must exit first)
         first = times[0]
         for n, at in enumerate(times, start=1):
             ideal = case.ideal(n)
-            assert ideal * 0.95 - lag <= at - first, (case, n, at - first, ideal)  # never early
+            # Never early, measured from the barrier: no grant precedes it and a return only lags its
+            # grant. (Measured from the first return, a first call slow to return made later ones
+            # look early: CI saw call 6 at 0.164 s of a due 0.2 s.)
+            assert start + ideal - 0.01 <= at, (case, n, at - start, ideal)
             # Never more than 1 s later than both its due moment and the call before it (a CLI call
             # also waits for its own process to start: within the burst, that is all it waits for).
             due = max(first + ideal, times[n - 2] if n > 1 else first)
