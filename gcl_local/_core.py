@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Literal, NamedTuple, TypeVar
 
 from . import _log, _sql, _tokens
@@ -486,11 +486,11 @@ def probe(tx: Tx, ticket: int, kind: Kind) -> Granted | bool:
         return _granted_ticket(tx, ticket, kind)
     live = _Liveness(tx)
     names = row.name_list
-    older = _sql.older_tickets_on(tx.conn, names, ticket)
-    if older:
+    just_ahead = _sql.ticket_ahead(tx.conn, names, ticket)
+    if just_ahead is not None:
         # Each waiter watches the one just ahead of it, the head watches the holders: every death
         # is seen by someone, at a cost that does not grow with the queue.
-        ahead = _sql.select_ticket(tx.conn, older[-1])
+        ahead = _sql.select_ticket(tx.conn, just_ahead)
         return ahead is not None and live.token(ahead.holder_token) is False
     if any(live.lease_gone(lease) for name in names for lease in _sql.leases_on(tx.conn, name)):
         return True
@@ -542,7 +542,7 @@ def _serve(tx: Tx, effects: Effects, names: set[str], me: int | None, *, freed: 
     while pending:
         scan, pending = sorted(pending), set()
         blocked: set[str] = set()
-        for ticket in _sql.tickets_on(conn, scan):
+        for ticket in _queue(tx, scan):
             if blocked.issuperset(scan):
                 if me is not None and mine is None:
                     mine = Denied(None, me)  # ours is further back in a blocked queue
@@ -555,10 +555,10 @@ def _serve(tx: Tx, effects: Effects, names: set[str], me: int | None, *, freed: 
                 blocked.update(ticket_names)
                 mine = Denied(None, me) if ticket == me else mine
                 continue
-            older = _sql.older_tickets_on(conn, ticket_names, ticket)
-            if older and ticket == me and _reap_tickets(tx, effects, older, live, pending):
-                older = _sql.older_tickets_on(conn, ticket_names, ticket)
-            if older:
+            ahead = _sql.ticket_ahead(conn, ticket_names, ticket)
+            if ahead is not None and ticket == me:
+                ahead = _reap_just_ahead(tx, effects, ticket_names, ticket, ahead, live, pending)
+            if ahead is not None:
                 blocked.update(ticket_names)
                 mine = Denied(None, me) if ticket == me else mine
                 continue
@@ -613,6 +613,40 @@ def _serve(tx: Tx, effects: Effects, names: set[str], me: int | None, *, freed: 
     return mine
 
 
+def _queue(tx: Tx, names: list[str]) -> Iterator[int]:
+    """The tickets on *names*, oldest first, read a few at a time.
+
+    A scan of the queue mostly stops at its head (granted, or blocked): it must not cost the
+    length of the queue, on every release of a slot that hundreds wait for.
+    """
+    after, page = 0, 4
+    while True:
+        tickets = _sql.tickets_on(tx.conn, names, after, page)
+        yield from tickets
+        if len(tickets) < page:
+            return
+        after, page = tickets[-1], min(4 * page, 256)
+
+
+def _reap_just_ahead(
+    tx: Tx, effects: Effects, names: tuple[str, ...], ticket: int, ahead: int, live: _Liveness, freed: set[str]
+) -> int | None:
+    """Reap the dead waiters just ahead of *ticket*, nearest first; return the live one now ahead.
+
+    Only the nearest: a waiter further ahead is watched by the one behind it (see :func:`probe`),
+    so the cost grows with the dead found, not with our place in the queue.
+    """
+    just_ahead: int | None = ahead
+    while just_ahead is not None:
+        row = _sql.select_ticket(tx.conn, just_ahead)
+        if row is not None and live.token(row.holder_token) is not False:
+            return just_ahead
+        if row is not None:
+            _drop_holder(tx, effects, row.holder_token, freed)  # its tickets, this one included
+        just_ahead = _sql.ticket_ahead(tx.conn, names, ticket)
+    return None
+
+
 def _request_of(row: TicketRow, names: tuple[str, ...]) -> Request:
     lease_token = None if row.by_pid else row.holder_token
     holder = Holder(lease_token, row.pid, row.pid_start, row.host, row.user, row.label)
@@ -622,7 +656,7 @@ def _request_of(row: TicketRow, names: tuple[str, ...]) -> Request:
 
 def wait_summary(tx: Tx, ticket: int | None, names: list[str]) -> tuple[int, Lease | None]:
     """For a waiting message: how many tickets are ahead of *ticket*, and the oldest holder of *names*."""
-    ahead = len(_sql.older_tickets_on(tx.conn, names, ticket)) if ticket is not None else 0
+    ahead = _sql.count_older_tickets(tx.conn, names, ticket) if ticket is not None else 0
     holders = [lease for name in names for lease in _sql.leases_on(tx.conn, name)]
     oldest = min(holders, key=lambda lease: lease.token, default=None)
     return ahead, None if oldest is None else _lease(oldest)

@@ -13,6 +13,7 @@ import contextlib
 import os
 import sys
 import threading
+import time
 import warnings
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
@@ -73,7 +74,12 @@ def _program_name() -> str:
 
 
 SWEEP_ABOVE = 64
-"""Sweep the run directory when a process starts using it and finds more files than this."""
+"""Sweep the run directory when a process starts using it and finds more files than this ..."""
+SWEEP_EVERY_SECONDS = 60.0
+"""... and nobody swept it for this long. (A sweep reads every token: one per newcomer made 300
+processes starting at once cost 300 x 600 liveness checks under the write lock.)"""
+SWEPT = "swept"
+"""The file in the run directory whose modification time says when it was last swept."""
 
 
 def token_of(store: Store) -> _tokens.ProcessToken:
@@ -83,10 +89,29 @@ def token_of(store: Store) -> _tokens.ProcessToken:
     except OSError as exc:
         raise StoreError(f"Cannot create a liveness token in {run_dir}: {exc.strerror or exc}.") from None
     if created:
-        if len(os.listdir(store.run_dir)) > SWEEP_ABOVE:
+        if _sweep_due(store):
             _core.transact(store, _core.sweep)  # processes that died without cleaning up
         atexit.register(_forget_token, store, token)
     return token
+
+
+def _sweep_due(store: Store) -> bool:
+    """Whether a newcomer should sweep: many files, and no sweep for a while (then it says it swept)."""
+    marker = os.path.join(store.run_dir, SWEPT)
+    with contextlib.suppress(OSError):
+        if time.time() - os.stat(marker).st_mtime < SWEEP_EVERY_SECONDS:
+            return False
+    if len(os.listdir(store.run_dir)) <= SWEEP_ABOVE:
+        return False
+    try:
+        fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, store.file_mode)
+        try:
+            os.utime(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass  # (then every newcomer sweeps, as before)
+    return True
 
 
 def kept_pipe(store: Store) -> _tokens.Pipe:

@@ -420,19 +420,35 @@ def select_ticket(conn: apsw.Connection, ticket: int) -> TicketRow | None:
     return _ticket(rows[0]) if rows else None
 
 
-def tickets_on(conn: apsw.Connection, names: Sequence[str]) -> list[int]:
-    """Tickets waiting on any of *names*, oldest first."""
-    sql = f"SELECT DISTINCT ticket FROM ticket_names WHERE name IN ({_marks(len(names))}) ORDER BY ticket"
-    return [r[0] for r in _fetch(conn, sql, tuple(names))]
+_QUEUE_PAGE = "SELECT ticket FROM ticket_names WHERE name = CAST(? AS TEXT) AND ticket > ? ORDER BY ticket LIMIT {}"
+_JUST_AHEAD = "SELECT ticket FROM ticket_names WHERE name = CAST(? AS TEXT) AND ticket < ? ORDER BY ticket DESC LIMIT 1"
+# The name is cast and the limit written into the statement: with a bare parameter in either place,
+# a statement with ORDER BY ... LIMIT is prepared anew at every run (as long as the query itself).
 
 
-def older_tickets_on(conn: apsw.Connection, names: Sequence[str], ticket: int | None) -> list[int]:
-    """Tickets on any of *names* older than *ticket* (all of them when *ticket* is None)."""
-    bound = ticket if ticket is not None else 1 << 62
-    sql = (
-        f"SELECT DISTINCT ticket FROM ticket_names WHERE name IN ({_marks(len(names))}) AND ticket < ? ORDER BY ticket"
-    )
-    return [r[0] for r in _fetch(conn, sql, (*names, bound))]
+def tickets_on(conn: apsw.Connection, names: Sequence[str], after: int = 0, limit: int = -1) -> list[int]:
+    """Tickets waiting on any of *names* younger than *after*, oldest first, at most *limit* (-1: all).
+
+    Each name's queue is read along its index for at most *limit* rows, then merged: the cost
+    follows *limit*, not the length of the queues.
+    """
+    one = _QUEUE_PAGE.format(int(limit))
+    if len(names) > 1:
+        one = " UNION ".join([f"SELECT * FROM ({one})"] * len(names)) + f" ORDER BY 1 LIMIT {int(limit)}"
+    return [r[0] for r in _fetch(conn, one, tuple(p for name in names for p in (name, after)))]
+
+
+def ticket_ahead(conn: apsw.Connection, names: Sequence[str], ticket: int) -> int | None:
+    """The youngest ticket older than *ticket* on any of *names* (None: there is none); a seek a name."""
+    sql = "SELECT max(t) FROM (" + " UNION ALL ".join([f"SELECT ({_JUST_AHEAD}) AS t"] * len(names)) + ")"
+    found = _fetch(conn, sql, tuple(p for name in names for p in (name, ticket)))[0][0]
+    return None if found is None else int(found)
+
+
+def count_older_tickets(conn: apsw.Connection, names: Sequence[str], ticket: int) -> int:
+    """How many tickets on any of *names* are older than *ticket* (for messages, not the hot path)."""
+    sql = f"SELECT count(DISTINCT ticket) FROM ticket_names WHERE name IN ({_marks(len(names))}) AND ticket < ?"
+    return int(_fetch(conn, sql, (*names, ticket))[0][0])
 
 
 def oldest_ticket_on(conn: apsw.Connection, names: Sequence[str]) -> TicketRow | None:

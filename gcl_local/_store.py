@@ -9,6 +9,7 @@ parent's connections without closing them and opens its own.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import stat
 import threading
@@ -202,8 +203,19 @@ def _explain_open_error(path: str, exc: apsw.Error) -> StoreError:
     return StoreError(f"Cannot use state file {path}: {exc}.")
 
 
+QUEUE_AFTER_ATTEMPTS = 8
+"""A writer that found the write lock taken this many times (about a millisecond: a transaction or
+two) queues in the kernel instead (see :class:`_Connection`)."""
+TURNSTILE = "turnstile"
+"""The file in the run directory that writers queue on with ``flock``."""
+
+
 def _busy_handler(connection: _Connection) -> Any:
-    """Short jittered sleeps, slowly growing: SQLite's own schedule sleeps up to 100 ms and starves old waiters."""
+    """Short jittered sleeps, slowly growing: SQLite's own schedule sleeps up to 100 ms and starves old waiters.
+
+    After a few, a writer queues on the turnstile instead, asleep in the kernel: however many
+    writers wait, only the one at the front keeps trying.
+    """
     started = [0.0]
 
     def handler(attempts: int) -> bool:
@@ -213,24 +225,136 @@ def _busy_handler(connection: _Connection) -> Any:
             started[0] = time.monotonic()
         elif time.monotonic() - started[0] > BUSY_GIVE_UP_SECONDS:
             return False
+        if attempts >= QUEUE_AFTER_ATTEMPTS and connection.writing:
+            patience = BUSY_GIVE_UP_SECONDS - (time.monotonic() - started[0])
+            if connection.queue(patience):
+                return True  # at the front now: try again at once
         time.sleep(min(0.002, 0.0001 * (1 + attempts // 4)) * (0.5 + _log.jitter()))
         return True
 
     return handler
 
 
+_turnstiles: set[int] = set()
+"""Turnstile descriptors open in this process: a forked child closes its copies (one of them must not
+keep the parent's flock held after the parent left the turnstile, or died)."""
+
+
 class _Connection:
-    """One apsw connection, owned by one thread of one process."""
+    """One apsw connection, owned by one thread of one process.
 
-    __slots__ = ("blocking", "boot_checked", "conn", "pid")
+    Writers that find SQLite's write lock taken do not all keep polling it: each polls for about a
+    millisecond, then queues on an ``flock`` of the turnstile file, asleep in the kernel, and only the
+    writer at the front of that queue polls, until its ``BEGIN IMMEDIATE`` succeeds and it lets the
+    next one in. Hundreds of processes polling at once (a crontab starting 300 jobs on one limit)
+    took both cores from the transaction they waited for, a collapse that fed itself: half of 200
+    processes started at once gave up after 30 s. The kernel drops the flock of a process that
+    dies, and the wait in the queue ends at ``BUSY_GIVE_UP_SECONDS`` as the polling does.
+    """
 
-    def __init__(self, path: str) -> None:
+    __slots__ = ("blocking", "boot_checked", "conn", "pid", "queued", "turnstile", "turnstile_path", "writing")
+
+    def __init__(self, path: str, turnstile_path: Callable[[], str | None]) -> None:
         self.pid = os.getpid()
         self.blocking = True
         self.boot_checked = False
+        self.writing = False
+        """Inside ``BEGIN IMMEDIATE``: only a writer queues on the turnstile."""
+        self.queued = False
+        self.turnstile = -1
+        """The turnstile's descriptor: -1 not opened yet, -2 none to use (then a writer only polls)."""
+        self.turnstile_path = turnstile_path
         flags = apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_NOFOLLOW
         self.conn = apsw.Connection(str(path), flags=flags)
         self.conn.set_busy_handler(_busy_handler(self))
+
+    def queue(self, patience: float) -> bool:
+        """Wait on the turnstile until at its front, at most *patience* seconds; False when there is
+        no turnstile, we are at its front already, or the time ran out."""
+        if self.queued:
+            return False
+        if self.turnstile == -1:
+            self.turnstile = _open_turnstile(self.turnstile_path())
+        if self.turnstile < 0:
+            return False
+        try:
+            fcntl.flock(self.turnstile, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if not _wait_flock(self.turnstile, patience):
+                return False
+        except OSError:
+            return False
+        self.queued = True
+        return True
+
+    def leave(self) -> None:
+        """Let the next queued writer in (nothing to do unless we queued)."""
+        if self.queued:
+            self.queued = False
+            with contextlib.suppress(OSError):
+                fcntl.flock(self.turnstile, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        self.conn.close()
+        if self.turnstile >= 0:
+            _turnstiles.discard(self.turnstile)
+            with contextlib.suppress(OSError):
+                os.close(self.turnstile)
+        self.turnstile = -2
+
+
+def _wait_flock(fd: int, seconds: float) -> bool:
+    """Take the flock of *fd*, waiting at most *seconds*: True if taken.
+
+    A helper thread blocks in the kernel, in its queue, for us: no CPU is spent while waiting, and
+    the wait stays bounded (a stopped process at the front must not hang every writer for good). If
+    we stop waiting first, the thread gives the lock back as soon as it gets it.
+    """
+    own = os.dup(fd)  # the same open file (so the lock is ours), and a descriptor nobody else reuses
+    _turnstiles.add(own)
+    got, guard, gave_up = threading.Event(), threading.Lock(), [False]
+
+    def take() -> None:
+        try:
+            fcntl.flock(own, fcntl.LOCK_EX)
+            with guard:
+                if gave_up[0]:
+                    fcntl.flock(own, fcntl.LOCK_UN)
+                else:
+                    got.set()
+        except OSError:
+            pass
+        finally:
+            _turnstiles.discard(own)
+            os.close(own)
+
+    threading.Thread(target=take, name="gcl-turnstile", daemon=True).start()
+    if got.wait(max(0.0, seconds)):
+        return True
+    with guard:
+        gave_up[0] = True
+        return got.is_set()
+
+
+def _open_turnstile(path: str | None) -> int:
+    """The turnstile's descriptor, or -2 when there is none to use (no checked run directory yet)."""
+    if path is None:
+        return -2
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, 0o600)
+    except OSError:
+        return -2
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError("not a regular file")
+        if st.st_uid == os.getuid():
+            os.fchmod(fd, file_mode(os.path.dirname(os.path.dirname(path))))  # a team's members open it too
+    except OSError:
+        os.close(fd)
+        return -2
+    _turnstiles.add(fd)
+    return fd
 
 
 T = TypeVar("T")
@@ -274,7 +398,7 @@ class Store:
 
     def _open(self) -> _Connection:
         try:
-            conn = _Connection(self.path)
+            conn = _Connection(self.path, self._turnstile_path)
             c = conn.conn
             c.execute("PRAGMA synchronous=NORMAL")
             c.execute("PRAGMA journal_size_limit=8388608")
@@ -282,6 +406,10 @@ class Store:
         except apsw.Error as exc:
             raise _explain_open_error(self.path, exc) from None
         return conn
+
+    def _turnstile_path(self) -> str | None:
+        """Where writers queue: in the run directory, once this process has checked that it is ours."""
+        return os.path.join(self.run_dir, TURNSTILE) if self._run_dir_ok == os.getpid() else None
 
     def _initialise(self) -> None:
         """Check the file once per process; create or migrate the schema under a sidecar file lock."""
@@ -365,12 +493,16 @@ class Store:
             if durable:
                 c.execute("PRAGMA synchronous=FULL")  # an admin write reported as done survives power loss
             try:  # BEGIN inside: an interrupt just after it must not leave the transaction open
+                conn.writing = True
                 try:
                     c.execute("BEGIN IMMEDIATE")
                 except apsw.BusyError:
                     if not blocking:
                         raise WouldBlock from None
                     raise
+                finally:
+                    conn.writing = False
+                    conn.leave()
                 tx = Tx(self, c, self.clock.now())
                 if not conn.boot_checked:
                     _sql.rebase_after_reboot(c, tx.now)
@@ -414,7 +546,7 @@ class Store:
         """Close this thread's connection (others close when their threads' stores are collected)."""
         conn: _Connection | None = getattr(self._local, "conn", None)
         if conn is not None and conn.pid == os.getpid():
-            conn.conn.close()
+            conn.close()
         self._local.conn = None
 
     @property
@@ -509,6 +641,11 @@ def get_store(db: str | os.PathLike[str] | Store | None) -> Store:
 
 
 def _forget_after_fork() -> None:
+    # Our copies of the parent's turnstile descriptors: closing them leaves the parent's flock alone.
+    for fd in list(_turnstiles):
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _turnstiles.clear()
     _leaked.extend(_stores.values())  # their threads' connections must not be closed in the child either
     for store in _stores.values():
         conn = getattr(store._local, "conn", None)

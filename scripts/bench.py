@@ -1,6 +1,6 @@
 """Benchmarks of gcl_local against its baselines; prints one markdown table (for BENCHMARKS.md).
 
-Usage: .venv/bin/python scripts/bench.py [--quick] [--only 1,3,9]
+Usage: .venv/bin/python scripts/bench.py [--quick] [--only 1,3,9] [--waiters 4,50,200,400]
 
 Baselines, run in the same invocation:
   SQLite floor    two bare ``BEGIN IMMEDIATE; UPDATE one row; COMMIT`` (apsw, WAL, synchronous=NORMAL)
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import fcntl
 import itertools
 import math
@@ -54,11 +55,15 @@ class Config:
     many_limits: int = 1000
     store_iters: int = 1000
     cli_runs: int = 10
+    many_waiters: tuple[int, ...] = (4, 50, 200, 400)
+    many_seconds: float = 4.0
+    many_rounds: int = 12
+    """... and at least long enough for about this many rounds per process (Jain needs more than 2 or 3)."""
 
 
 QUICK = Config(
     latency_iters=500, util_iters=8, handoff_seconds=0.75, fair_seconds=1.0, big_reps=2, idle_seconds=1.0,
-    store_iters=200, cli_runs=3,
+    store_iters=200, cli_runs=3, many_waiters=(4, 50), many_seconds=1.5, many_rounds=5,
 )  # fmt: skip
 
 
@@ -167,13 +172,14 @@ def create_limits(directory: str, *limits: tuple[str, int, float]) -> None:
 class Gate:
     """The start barrier: wait for every process, then sleep until the moment the driver chose."""
 
-    def __init__(self, barrier, go, start) -> None:
+    def __init__(self, barrier, go, start, setup_timeout: float = SETUP_TIMEOUT) -> None:
         self.barrier, self.go, self.start = barrier, go, start
+        self.setup_timeout = setup_timeout
         self.passed = False
 
     def __call__(self) -> float:
-        self.barrier.wait(SETUP_TIMEOUT)
-        if not self.go.wait(SETUP_TIMEOUT):
+        self.barrier.wait(self.setup_timeout)
+        if not self.go.wait(self.setup_timeout):
             raise RuntimeError("no start signal from the driver")
         self.passed = True
         start = self.start.value
@@ -181,8 +187,8 @@ class Gate:
         return start
 
 
-def _worker_entry(index: int, fn, args: tuple, barrier, go, start, results) -> None:
-    gate = Gate(barrier, go, start)
+def _worker_entry(index: int, fn, args: tuple, barrier, go, start, results, setup_timeout: float) -> None:
+    gate = Gate(barrier, go, start, setup_timeout)
     try:
         results.put((index, True, fn(gate, *args)))
     except BaseException:
@@ -191,12 +197,20 @@ def _worker_entry(index: int, fn, args: tuple, barrier, go, start, results) -> N
         results.put((index, False, traceback.format_exc()))
 
 
-def run_workers(jobs: list[tuple], timeout: float) -> tuple[float, list]:
-    """Run ``fn(gate, *args)`` for each ``(fn, *args)`` in its own spawned process; return (start, results)."""
+def run_workers(
+    jobs: list[tuple], timeout: float, setup_timeout: float = SETUP_TIMEOUT, lead: float = 0.05, during=None
+) -> tuple[float, list]:
+    """Run ``fn(gate, *args)`` for each ``(fn, *args)`` in its own spawned process; return (start, results).
+
+    *lead*: seconds between the barrier and the shared start; *during(start, pids)*, if given, runs in
+    the driver once the start moment is set (to sample the workers from outside).
+    """
     barrier, go, start = CTX.Barrier(len(jobs) + 1), CTX.Event(), CTX.Value("d", 0.0)
     results = CTX.Queue()
     procs = [
-        CTX.Process(target=_worker_entry, args=(i, job[0], job[1:], barrier, go, start, results), daemon=True)
+        CTX.Process(
+            target=_worker_entry, args=(i, job[0], job[1:], barrier, go, start, results, setup_timeout), daemon=True
+        )
         for i, job in enumerate(jobs)
     ]
     out: list = [None] * len(jobs)
@@ -205,11 +219,13 @@ def run_workers(jobs: list[tuple], timeout: float) -> tuple[float, list]:
         for proc in procs:
             proc.start()
         try:
-            barrier.wait(SETUP_TIMEOUT)
+            barrier.wait(setup_timeout)
         except Exception:
             _raise_worker_error(results, "a worker failed before the start barrier")
-        start.value = time.monotonic() + 0.05
+        start.value = time.monotonic() + lead
         go.set()
+        if during is not None:
+            during(start.value, [proc.pid for proc in procs])
         deadline = time.monotonic() + timeout
         for _ in jobs:
             try:
@@ -230,11 +246,15 @@ def run_workers(jobs: list[tuple], timeout: float) -> tuple[float, list]:
 
 
 def _raise_worker_error(results, what: str) -> None:
-    try:
-        _, _, value = results.get(timeout=5)
-    except queue.Empty:
-        value = "(no report)"
-    raise RuntimeError(f"{what}:\n{value}")
+    """Raise with the first worker error that is not the broken barrier (the cause, not its echoes)."""
+    reports = []
+    with contextlib.suppress(queue.Empty):
+        while True:
+            _, ok, value = results.get(timeout=5 if not reports else 1)
+            if not ok:
+                reports.append(value)
+    causes = [r for r in reports if "BrokenBarrierError" not in r] or reports or ["(no report)"]
+    raise RuntimeError(f"{what} ({len(reports)} reports):\n{causes[0]}")
 
 
 # -- worker bodies (run in the spawned processes) ---------------------------------------------------
@@ -437,6 +457,34 @@ def w_store_latency(gate: Gate, empty_dir: str, full_dir: str, iters: int, stop)
         return times
     finally:
         stop.set()
+
+
+def w_many(gate: Gate, kind: str, directory: str, limit: int, seconds: float) -> list[tuple[float, ...]]:
+    """Loop on an empty block; (requested, block started, block ended, released) per round."""
+    lock = make_lock(kind, directory, "m", limit)
+    with lock():
+        pass
+    stop = gate() + seconds
+    rounds = []
+    clock = time.monotonic
+    while clock() < stop:
+        requested = clock()
+        with lock():
+            acquired = clock()
+            leaving = clock()
+        rounds.append((requested, acquired, leaving, clock()))
+    return rounds
+
+
+def w_idle_many(gate: Gate, kind: str, directory: str) -> None:
+    """Wait behind the holder (w_hold on "w"), then pass."""
+    lock = make_lock(kind, directory, "w")
+    with lock():
+        pass
+    gate()
+    time.sleep(0.2)  # the holder has the slot by now
+    with lock():
+        pass
 
 
 # -- scenarios (run in the driver) ------------------------------------------------------------------
@@ -724,6 +772,173 @@ def s9_cli(cfg: Config) -> Row:
     )
 
 
+def cpu_seconds(pids: list[int]) -> dict[int, float]:
+    """CPU time used so far by each of these processes that still runs (scheduler run time, ns precision)."""
+    found = {}
+    for pid in pids:
+        with contextlib.suppress(OSError, ValueError), open(f"/proc/{pid}/schedstat") as f:
+            found[pid] = int(f.read().split()[0]) / 1e9
+    return found
+
+
+def sample_cpu(window: tuple[float, float], out: dict, skip: int = 0):
+    """A ``during`` hook: the workers' CPU seconds between two moments relative to the start (but
+    the first *skip* workers'). Sampled inside the run, so that no worker has exited yet."""
+
+    def during(start: float, pids: list[int]) -> None:
+        pids = pids[skip:]
+        time.sleep(max(0.0, start + window[0] - time.monotonic()))
+        t0, before = time.monotonic(), cpu_seconds(pids)
+        time.sleep(max(0.0, start + window[1] - time.monotonic()))
+        after = cpu_seconds(pids)
+        out["wall"] = time.monotonic() - t0
+        out["cpu"] = sum(after[pid] - before[pid] for pid in after if pid in before)
+        out["missing"] = len(pids) - len(after.keys() & before.keys())
+
+    return during
+
+
+def slot_handoffs(rounds: list[tuple[float, ...]], limit: int, window: tuple[float, float]) -> list[float]:
+    """Per freed slot: the next waiter's block start - the holder's block end, for block ends in *window*.
+
+    Every acquisition after the first *limit* needed one release: the k-th block end (in time) is
+    paired with acquisition k + *limit*, when that acquirer was already waiting when the block ended.
+    """
+    ends = sorted(r[2] for r in rounds)
+    starts = sorted((r[1], r[0]) for r in rounds)
+    return [
+        acquired - ended
+        for ended, (acquired, requested) in zip(ends, starts[limit:], strict=False)
+        if requested < ended and window[0] <= ended < window[1]
+    ]
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+@dataclass
+class ManyResult:
+    rate: float
+    p50: float
+    p99: float
+    n_handoffs: int
+    jain: float
+    lo: int
+    hi: int
+    cpu: float  # cores used by all the looping processes together
+    seconds: float
+
+    def cell(self) -> str:
+        handoff = f"hand-off p50 {ms(self.p50)} / p99 {ms(self.p99)}" if self.n_handoffs else "nobody waits"
+        per_acquisition = f"{self.cpu / self.rate * 1e6:,.0f} µs/acq" if self.rate else "no acquisition"
+        return (
+            f"{self.rate:,.0f}/s; {handoff}; Jain {self.jain:.4f} ({self.lo}..{self.hi}); "
+            f"CPU {self.cpu * 100:.0f} % ({per_acquisition})"
+        )
+
+
+MANY_SETTLE = 1.0
+"""Seconds after the shared start that are not measured: N processes asking at the same moment is a
+burst of N enqueues, not the steady state."""
+
+
+def run_many(kind: str, directory: str, procs: int, limit: int, seconds: float) -> ManyResult:
+    sampled: dict = {}
+    jobs = [(w_many, kind, directory, limit, MANY_SETTLE + seconds)] * procs
+    start, results = run_workers(
+        jobs, timeout=seconds + 300, setup_timeout=300, lead=0.1 + procs * 0.001,
+        during=sample_cpu((MANY_SETTLE, MANY_SETTLE + 0.9 * seconds), sampled),
+    )  # fmt: skip
+    begin, stop = start + MANY_SETTLE, start + MANY_SETTLE + seconds
+    counts = [sum(begin <= r[1] < stop for r in rounds) for rounds in results]
+    # With no more processes than slots nobody waits: there is no hand-off to time.
+    everything = [r for rounds in results for r in rounds]
+    gaps = slot_handoffs(everything, limit, (begin, stop)) if procs > limit else []
+    return ManyResult(
+        rate=sum(counts) / seconds,
+        p50=percentile(gaps, 0.5) if gaps else math.nan,
+        p99=percentile(gaps, 0.99) if gaps else math.nan,
+        n_handoffs=len(gaps),
+        jain=jain(counts) if any(counts) else 0.0,
+        lo=min(counts),
+        hi=max(counts),
+        cpu=sampled["cpu"] / sampled["wall"],
+        seconds=seconds,
+    )
+
+
+def many_waiters(cfg: Config, limit: int, number: int) -> list[Row]:
+    found: dict[tuple[str, int], ManyResult] = {}
+    for procs in cfg.many_waiters:
+        for kind in ("gcl", "flock"):
+            with scenario_dir(f"s{number}") as directory:
+                if kind == "gcl":
+                    create_limits(directory, ("m", limit, 0.0))
+                seconds = max(cfg.many_seconds, procs * cfg.many_rounds / (600 * limit))
+                found[kind, procs] = result = run_many(kind, directory, procs, limit, seconds)
+                log(f"  {kind} {procs} waiters, limit {limit}: {result.cell()}")
+    base = found["gcl", cfg.many_waiters[0]]
+    rows = []
+    for procs in cfg.many_waiters:
+        gcl = found["gcl", procs]
+        met = gcl.jain >= 0.99 and gcl.rate >= 0.8 * base.rate
+        if gcl.n_handoffs and base.n_handoffs:
+            met = met and gcl.p50 <= 2 * base.p50
+        rows.append(
+            Row(
+                f"{number}. many waiters, {procs} procs looping on an empty block, limit {limit}",
+                gcl.cell(),
+                f"≥ 0.8 x the rate and ≤ 2 x the p50 of {cfg.many_waiters[0]} procs; Jain ≥ 0.99",
+                met,
+                flock=found["flock", procs].cell(),
+                notes=f"{gcl.seconds:.1f} s after a {MANY_SETTLE:g} s settle; hand-off: next block start - previous "
+                "block end; CPU: all the looping processes together",
+            )
+        )
+    return rows
+
+
+def s11_many_waiters(cfg: Config) -> list[Row]:
+    return many_waiters(cfg, 1, 11)
+
+
+def s12_many_waiters_8_slots(cfg: Config) -> list[Row]:
+    return many_waiters(cfg, 8, 12)
+
+
+def s13_idle_many(cfg: Config) -> list[Row]:
+    """CPU per idle waiter, behind a slot held for the whole window, as the queue grows."""
+    rows, base = [], None
+    for procs in cfg.many_waiters:
+        cells = {}
+        for kind in ("gcl", "flock"):
+            with scenario_dir("s13") as directory:
+                if kind == "gcl":
+                    create_limits(directory, ("w", 1, 0.0))
+                sampled: dict = {}
+                hold = cfg.idle_seconds + 2.2  # the first 2 s: every waiter queues (a burst of them at once)
+                jobs = [(w_hold, kind, directory, hold)] + [(w_idle_many, kind, directory)] * procs
+                run_workers(
+                    jobs, timeout=hold + 300, setup_timeout=300, lead=0.1 + procs * 0.001,
+                    during=sample_cpu((2.0, hold - 0.2), sampled, skip=1),
+                )  # fmt: skip
+                cells[kind] = sampled["cpu"] / sampled["wall"] / procs * 100
+        base = cells["gcl"] if base is None else base
+        rows.append(
+            Row(
+                f"13. CPU per idle waiter, {procs} procs behind a held slot",
+                f"{cells['gcl']:.3f} % of a core",
+                f"≤ 0.5 % and flat (≤ 2 x {cfg.many_waiters[0]} procs)",
+                cells["gcl"] <= 0.5 and cells["gcl"] <= 2 * max(base, 0.02),
+                flock=f"{cells['flock']:.3f} %",
+                notes=f"mean over the waiters, a {hold - 2.2:.1f} s window once all queued, from /proc/PID/schedstat",
+            )
+        )
+    return rows
+
+
 SCENARIOS = {
     1: s1_uncontended,
     2: s2_utilization,
@@ -735,6 +950,9 @@ SCENARIOS = {
     8: s8_big_file,
     9: s9_cli,
     10: s10_slow_rates,
+    11: s11_many_waiters,
+    12: s12_many_waiters_8_slots,
+    13: s13_idle_many,
 }
 
 
@@ -783,8 +1001,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer iterations: a smoke run of under a minute")
     parser.add_argument("--only", default="", help="comma-separated scenario numbers, e.g. 1,3,9")
+    parser.add_argument("--waiters", default="", help="process counts of scenarios 11-13, e.g. 4,400")
     args = parser.parse_args()
     cfg = QUICK if args.quick else Config()
+    if args.waiters:
+        cfg = dataclasses.replace(cfg, many_waiters=tuple(int(n) for n in args.waiters.split(",")))
     try:
         chosen = [int(n) for n in args.only.split(",") if n.strip()] or list(SCENARIOS)
     except ValueError:
@@ -799,7 +1020,8 @@ def main() -> int:
         log(f"scenario {number} ...")
         t0 = time.monotonic()
         try:
-            rows.append(SCENARIOS[number](cfg))
+            found = SCENARIOS[number](cfg)
+            rows.extend(found if isinstance(found, list) else [found])
         except Exception as exc:
             failed = True
             log(traceback.format_exc())
