@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 
 from . import _core, _shell, _waiting
 from ._core import Granted, Request
-from ._errors import AcquireConcurrencySlotTimeoutError, LeaseRenewalError
+from ._errors import AcquireConcurrencySlotTimeoutError, ConcurrencySlotAcquisitionError, LeaseRenewalError
 from ._model import DEFAULT_LEASE_SECONDS, Lease
 from ._renewal import Renewal, renewal_failed_message, renewer
 from ._shell import Acquisition
@@ -110,13 +110,14 @@ async def acquire_slots(
         if isinstance(outcome, Granted):
             return outcome
         if outcome.ticket is None or pipe_name is None:
-            raise _waiting.timeout_error(request, timeout_seconds, max_retries)
+            raise _waiting.timeout_error(request, timeout_seconds, max_retries, waited=time.monotonic() - start)
         # The pipe is made after the ticket (it is this wait's own): the policy starts with a look for
         # what was written before it existed. Reads never wait for the write lock.
         pipe = _shell.open_pipe(store, pipe_name)
+        interval = None if max_retries is None else acquisition.retry_interval()
         steps = _waiting.wait(
             request, outcome.ticket, outcome, start=start, timeout_seconds=timeout_seconds, max_retries=max_retries,
-            pipe_made_late=True,
+            pipe_made_late=True, retry_interval=interval,
         )  # fmt: skip
         answer: Any = None
         while True:
@@ -216,4 +217,11 @@ async def rate_limit(
     _shell.warn_missing(await acquire_slots(store, request, timeout_seconds, None))
 
 
-__all__ = ["acquire_slots", "concurrency", "rate_limit"]
+# As from prefect.concurrency.asyncio: code that catches these needs only its import changed.
+__all__ = [
+    "AcquireConcurrencySlotTimeoutError",
+    "ConcurrencySlotAcquisitionError",
+    "acquire_slots",
+    "concurrency",
+    "rate_limit",
+]

@@ -21,7 +21,7 @@ from typing import Any
 
 from . import _core, _shell, _waiting
 from ._core import Granted, Request
-from ._errors import AcquireConcurrencySlotTimeoutError, InvalidLimitError
+from ._errors import AcquireConcurrencySlotTimeoutError, ConcurrencySlotAcquisitionError, InvalidLimitError
 from ._model import DEFAULT_LEASE_SECONDS, Lease, validate_seconds
 from ._renewal import Renewal, renewer
 from ._shell import Acquisition, SignalsHeldBack
@@ -76,10 +76,12 @@ def _acquire(
         if isinstance(outcome, Granted):
             return outcome
         if outcome.ticket is None or pipe is None:
-            raise _waiting.timeout_error(request, timeout_seconds, max_retries)
+            raise _waiting.timeout_error(request, timeout_seconds, max_retries, waited=time.monotonic() - start)
+        interval = None if max_retries is None else acquisition.retry_interval()
         steps = _waiting.wait(
-            request, outcome.ticket, outcome, start=start, timeout_seconds=timeout_seconds, max_retries=max_retries
-        )
+            request, outcome.ticket, outcome, start=start, timeout_seconds=timeout_seconds, max_retries=max_retries,
+            retry_interval=interval,
+        )  # fmt: skip
         answer: Any = None
         while True:
             try:
@@ -242,4 +244,14 @@ def renew_lease(lease_id: str, lease_duration: float = DEFAULT_LEASE_SECONDS, *,
     return _core.renewed(get_store(db), lease_id, float(lease_duration))
 
 
-__all__ = ["acquire_lease", "acquire_slots", "concurrency", "rate_limit", "release_lease", "renew_lease"]
+# As from prefect.concurrency.sync: code that catches these needs only its import changed.
+__all__ = [
+    "AcquireConcurrencySlotTimeoutError",
+    "ConcurrencySlotAcquisitionError",
+    "acquire_lease",
+    "acquire_slots",
+    "concurrency",
+    "rate_limit",
+    "release_lease",
+    "renew_lease",
+]
