@@ -188,7 +188,8 @@ def holders_table(holders: Sequence[Lease], now: datetime) -> str:
                 left,
             )
         )
-    return _table(rows, ["LEASE", "SLOTS", "PID", "HOST", "LABEL", "AGE", "EXPIRES"], flexible=(3, 4, 0))
+    # Only the host and the label give up room, never the lease id: it is copied into gcl release.
+    return _table(rows, ["LEASE", "SLOTS", "PID", "HOST", "LABEL", "AGE", "EXPIRES"], flexible=(3, 4))
 
 
 __all__ = ["count", "duration", "header", "holders_table", "limit_details", "limits_table", "print_json", "width"]

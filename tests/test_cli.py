@@ -27,7 +27,7 @@ from gcl_local._app import app
 from gcl_local._cli import main
 
 REPO = Path(__file__).resolve().parent.parent
-COMMANDS = ["create", "ls", "inspect", "update", "enable", "disable", "delete"]
+COMMANDS = ["create", "ls", "inspect", "update", "enable", "disable", "delete", "apply", "export"]
 HOT_COMMANDS = ["run", "rate-limit", "acquire", "renew", "release"]
 T = TypeVar("T")
 
