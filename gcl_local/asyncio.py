@@ -158,11 +158,11 @@ async def concurrency(
     db: DbArg = None,
 ) -> AsyncIterator[Lease]:
     """Hold slots for the duration of an ``async with`` block; see :func:`gcl_local.sync.concurrency`."""
+    _shell.check_wait_args(timeout_seconds, max_retries)  # before anything touches the store
     store = get_store(db)
     request = _shell.make_request(
         store, names, occupy, "concurrency", strict=strict, lease_duration=lease_duration, holder=holder
     )
-    _shell.check_wait_args(timeout_seconds, max_retries)
     raising = strict if raise_on_lease_renewal_failure is None else bool(raise_on_lease_renewal_failure)
     acquisition = Acquisition(store, request)
     try:  # from before the first transaction: a cancellation must not strand the slots in a live process
@@ -211,9 +211,9 @@ async def rate_limit(
     db: DbArg = None,
 ) -> None:
     """Take rate-limit slots, waiting without blocking the loop; see :func:`gcl_local.sync.rate_limit`."""
+    _shell.check_wait_args(timeout_seconds, None)  # before anything touches the store
     store = get_store(db)
     request = _shell.make_request(store, names, occupy, "rate", strict=strict)
-    _shell.check_wait_args(timeout_seconds, None)
     _shell.warn_missing(await acquire_slots(store, request, timeout_seconds, None))
 
 

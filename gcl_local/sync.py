@@ -139,11 +139,11 @@ def concurrency(
     :raises AcquireConcurrencySlotTimeoutError: when the slots were not had in time.
     :raises ConcurrencySlotAcquisitionError: when the request can never be served.
     """
+    _shell.check_wait_args(timeout_seconds, max_retries)  # before anything touches the store
     store = get_store(db)
     request = _shell.make_request(
         store, names, occupy, "concurrency", strict=strict, lease_duration=lease_duration, holder=holder
     )
-    _shell.check_wait_args(timeout_seconds, max_retries)
     raise_on_failure = strict if raise_on_lease_renewal_failure is None else bool(raise_on_lease_renewal_failure)
     acquisition = Acquisition(store, request)
     try:  # from before the first transaction: an interrupt must not strand the slots in a live process
@@ -182,9 +182,9 @@ def rate_limit(
     :raises AcquireConcurrencySlotTimeoutError: when the slots were not had in time.
     :raises ConcurrencySlotAcquisitionError: when the request can never be served.
     """
+    _shell.check_wait_args(timeout_seconds, None)  # before anything touches the store
     store = get_store(db)
     request = _shell.make_request(store, names, occupy, "rate", strict=strict)
-    _shell.check_wait_args(timeout_seconds, None)
     _shell.warn_missing(acquire_slots(store, request, timeout_seconds, None))
 
 
@@ -205,6 +205,7 @@ def acquire_lease(
     With *holder_pid* the lease belongs to that process: freed at once when it dies, and at the
     lease's end unless renewed. Without it, the calling process holds the lease by its token.
     """
+    _shell.check_wait_args(timeout_seconds, max_retries)  # before anything touches the store
     store = get_store(db)
     request = _shell.make_request(
         store, names, occupy, "concurrency", strict=strict, lease_duration=lease_duration, holder=holder,
@@ -212,7 +213,6 @@ def acquire_lease(
     )  # fmt: skip
     if holder_pid is not None:
         request = _with_waiter(store, request)
-    _shell.check_wait_args(timeout_seconds, max_retries)
     acquisition = Acquisition(store, request)
     try:
         granted = acquire_slots(store, request, timeout_seconds, max_retries, acquisition=acquisition)
