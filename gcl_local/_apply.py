@@ -145,6 +145,9 @@ def read_file(text: str, source: str) -> list[Spec]:
         found = re.search(r"\(at line (\d+), column \d+\)", message)
         line = int(found.group(1)) if found else None
         message = re.sub(r"\s*\(at line \d+, column \d+\)", "", message).rstrip(".")
+        twice = re.fullmatch(r"Cannot declare \('limits', (.+)\) twice", message)
+        if twice:  # the same name declared twice
+            raise _error(source, line, f"limits.{_toml_key(_unquote(twice.group(1)))}", "declared twice") from None
         raise _error(source, line, "", f"not valid TOML: {message}") from None
     lines = _Lines(text)
     for key in document:
