@@ -1,4 +1,4 @@
-"""What the CLI prints: tables that fit 80 columns (tabulate), or JSON of the library's own records."""
+"""What the CLI prints: tables that fit 80 terminal columns, or JSON of the library's own records."""
 
 from __future__ import annotations
 
@@ -72,7 +72,7 @@ def duration(seconds: float) -> str:
 
 
 def _table(rows: Sequence[Sequence[str]], headers: Sequence[str], flexible: Sequence[int] = ()) -> str:
-    """A plain table (tabulate's "simple" look) no wider than :data:`WIDTH`, measured in terminal
+    """A plain table (in tabulate's "simple" look) no wider than :data:`WIDTH`, measured in terminal
     columns: the *flexible* columns (names, labels, hosts) give up room, cut with an ellipsis."""
     widths = [max([width(h), *(width(r[i]) for r in rows)]) for i, h in enumerate(headers)]
     gaps = 2 * (len(headers) - 1)

@@ -200,3 +200,14 @@ def test_apply_never_touches_holders_or_the_bucket_level(db: str, tmp_path: Path
     assert (gpu.limit, gpu.active_slots) == (3, 1)
     assert api.active_slots == 3  # the level decays on, from where it was
     assert api.slot_decay_per_second == pytest.approx(16 / 3600)
+
+
+def test_the_readme_example_applies(db: str, tmp_path: Path) -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme.split("## Limits as code", 1)[1]
+    example = section.split("```toml\n", 1)[1].split("```", 1)[0]
+    path = write(tmp_path, example)
+    assert gcl(db, "apply", "--check", path).returncode == 4
+    ok(gcl(db, "apply", "--prune", path))
+    assert ok(gcl(db, "apply", "--check", path)).endswith("0 to create, 0 to update, 0 to delete, 3 unchanged.\n")
+    assert state(db) == [("nightly-db", 2, 0.0, True), ("render farm", 3, 0.0, False), ("vendor-api", 10, 4.85, True)]
