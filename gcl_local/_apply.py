@@ -26,7 +26,7 @@ from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 from . import _core, _sql
-from ._errors import InvalidLimitError
+from ._errors import EX_CHANGES_PENDING, InvalidLimitError
 from ._model import Limit, validate_count, validate_decay, validate_name
 from ._rates import parse_rate, rate_of
 from ._store import Store, Tx
@@ -37,8 +37,6 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 KEYS = ("limit", "slot_decay_per_second", "rate", "burst", "active")
-EX_CHANGES_PENDING = 4
-"""``gcl apply --check``: the store does not match the file yet."""
 
 
 class Spec(NamedTuple):

@@ -14,9 +14,7 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NoReturn
 
-from ._errors import EX_TEMPFAIL, AcquireConcurrencySlotTimeoutError, GclError
-
-EX_USAGE = 2
+from ._errors import EX_TEMPFAIL, EX_USAGE, AcquireConcurrencySlotTimeoutError, GclError
 
 
 def fail(message: str, code: int = 1) -> NoReturn:

@@ -21,7 +21,12 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+EX_USAGE = 2
+"""A usage error: an unknown option, a value that cannot be parsed, options that exclude each other."""
+EX_CHANGES_PENDING = 4
+"""``gcl apply --check``: the store does not match the file yet."""
 EX_TEMPFAIL = 75
+"""The slots were not had in time, or ``-n`` found them busy (sysexits' EX_TEMPFAIL)."""
 
 
 class GclError(Exception):
@@ -134,7 +139,9 @@ class CommandNotFoundError(CommandError):
 
 
 __all__ = [
+    "EX_CHANGES_PENDING",
     "EX_TEMPFAIL",
+    "EX_USAGE",
     "CommandError",
     "CommandNotFoundError",
     "AcquireConcurrencySlotTimeoutError",
