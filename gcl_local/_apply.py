@@ -87,15 +87,19 @@ class _Lines:
         self.headers: dict[str, int] = {}
         self.keys: dict[tuple[str, str], int] = {}
         table: str | None = None
+        in_limits = False  # under [limits] itself: NAME = { limit = 2 } declares a limit on one line
         for number, line in enumerate(text.splitlines(), start=1):
             header = self._HEADER.match(line)
             if header:
+                in_limits = header.group(1).strip() == "limits"
                 table = self._limit_name(header.group(1))
                 if table is not None:
                     self.headers.setdefault(table, number)
                 continue
             key = self._KEY.match(line)
-            if key and table is not None:
+            if key and in_limits:
+                self.headers.setdefault(_unquote(key.group(1)), number)
+            elif key and table is not None:
                 self.keys.setdefault((table, _unquote(key.group(1))), number)
 
     @staticmethod

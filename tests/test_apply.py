@@ -137,6 +137,8 @@ def test_export_round_trips_through_apply_in_a_pipeline(db: str, shell: str) -> 
          "limits.toml:3: limits.\"a\u202eb\": Limit name 'a\\u202eb' must not contain invisible or format characters "
          "(U+202E)."),
         ("[limit.x]\nlimit = 3\n", "limits.toml:1: limit: unknown key (a limits file has only [limits.NAME] tables)"),
+        ("[limits]\nok = {limit = 1}\nx = {limit = 1, rate = '1/s'}\n",
+         "limits.toml:3: limits.x.limit: give either rate (and burst) or limit (and slot_decay_per_second), not both"),
         ("[limits.x\nlimit = 3\n", "limits.toml:1: not valid TOML: Expected ']' at the end of a table declaration"),
     ],
 )  # fmt: skip
