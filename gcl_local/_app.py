@@ -586,6 +586,9 @@ def run_app(args: list[str]) -> None:
     try:
         code = app(args=args, prog_name="gcl", standalone_mode=False)
     except _click.UsageError as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError" and exc.ctx is not None:  # plain `gcl`: the help, as before
+            sys.stderr.write(exc.ctx.get_help() + "\n")
+            raise SystemExit(_cli.EX_USAGE) from None
         command = exc.ctx.command_path if exc.ctx is not None else "gcl"
         message = " ".join(exc.format_message().split())
         _cli.fail(f"{message} (see: {command} --help)", _cli.EX_USAGE)

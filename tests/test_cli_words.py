@@ -226,3 +226,16 @@ def test_messages_quote_names_for_the_shell_and_fit_80_columns(db: str) -> None:
 def test_version(db: str) -> None:
     assert ok(gcl(db, "--version")) == f"gcl {__version__}\n"
     assert not Path(db).exists()
+
+
+def test_gcl_alone_prints_the_help_on_stderr_and_exits_2(db: str) -> None:
+    result = gcl(None)
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr.startswith("Usage: gcl [OPTIONS] COMMAND [ARGS]...\n")
+    assert "Commands:" in result.stderr
+
+
+def test_shell_completion_completes_commands(db: str) -> None:
+    result = gcl(None, _GCL_COMPLETE="complete_bash", COMP_WORDS="gcl cr", COMP_CWORD="1")
+    assert ok(result) == "create\n"
