@@ -14,9 +14,7 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NoReturn
 
-from ._errors import EX_TEMPFAIL, AcquireConcurrencySlotTimeoutError, GclError
-
-EX_USAGE = 2
+from ._errors import EX_TEMPFAIL, EX_USAGE, AcquireConcurrencySlotTimeoutError, GclError
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
@@ -31,13 +29,25 @@ def guarded(action: Callable[[], int | None], *, busy_exit_code: int = EX_TEMPFA
     try:
         return action() or 0
     except AcquireConcurrencySlotTimeoutError as exc:
-        fail(str(exc), busy_exit_code)
+        fail(busy_message(exc), busy_exit_code)
     except GclError as exc:
         fail(str(exc), exc.exit_code)
     except KeyboardInterrupt:
         fail("interrupted", 130)
     except BrokenPipeError:
         os._exit(1)
+
+
+def busy_message(exc: AcquireConcurrencySlotTimeoutError) -> str:
+    """What cron mails when slots were not had: which limits, and how long we waited."""
+    if not exc.names:
+        return str(exc)
+    names = ", ".join(repr(name) for name in exc.names)
+    if exc.waited == 0.0:
+        return f"slots on {names} are busy; not waiting."
+    if exc.waited is None:
+        return f"gave up waiting for slots on {names}."
+    return f"gave up after waiting {exc.waited:.1f}s for slots on {names}."
 
 
 # -- the hot commands --------------------------------------------------------------------------------
@@ -147,7 +157,7 @@ def cmd_run(
         assert granted.lease is not None
         if granted.lease.token is None:  # nothing to hold: run it plainly
             return _exec(command)
-        return _runner.run_command(store, request, command, acquisition)
+        return _runner.run_command(store, request, command, acquisition, granted.lease)
     finally:
         acquisition.release()
 
@@ -368,6 +378,9 @@ def parse_hot(argv: Sequence[str]) -> tuple[str, list[str], list[str], dict[str,
             positionals.append(arg)
         i += 1
     if not set(options) <= _ALLOWED[command] or not positionals:
+        return None
+    # Values the typer app refuses as usage errors: let it say so, in the same words.
+    if options.get("output", "json") != "json" or not 0 <= options.get("busy_exit_code", 0) <= 255:
         return None
     if command in ("renew", "release") and (len(positionals) != 1 or tail):
         return None

@@ -27,14 +27,13 @@ from ._errors import (
     LimitExistsError,
     LimitNotFoundError,
 )
-from ._model import Lease, Limit, Waiter, utc
+from ._model import DEFAULT_AVG_OCCUPANCY, Lease, Limit, Waiter, utc
 from ._sql import LeaseRow, LimitRow, TicketRow
 from ._store import Store, Tx
 
 EPSILON = 1e-9
 """Slack for float rounding in the bucket level: 2.9999999999 slots fit a limit of 3."""
 MIN_OCCUPANCY_SAMPLE = 0.1
-DEFAULT_AVG_OCCUPANCY = 2.0
 
 Kind = Literal["concurrency", "rate"]
 
@@ -835,7 +834,34 @@ def _describe(tx: Tx, row: LimitRow) -> Limit:
     )
 
 
+PREFECT_MAX_WAIT_SECONDS = 30.0
+"""Prefect's cap on the Retry-After of a limit without decay (``maximum_concurrency_slot_wait_seconds``)."""
+
+
+def retry_interval(tx: Tx, request: Request) -> float:
+    """The Retry-After a Prefect server would send for *request* now (its mean, without the jitter).
+
+    Prefect's client sleeps that long between the attempts that ``max_retries`` counts (its
+    ``concurrency/services.py``); the server computes it in ``_generate_concurrency_locked_response``
+    (``server/api/concurrency_limits_v2.py``): ``occupy / slot_decay_per_second`` for a rate limit,
+    else ``min(min(avg_slot_occupancy_seconds, 30) * occupy / limit, 30)``. Here: the longest over
+    the active limits named (Prefect's own ``denied_slots`` term has no equivalent: we queue instead).
+    """
+    longest = 0.0
+    for row, _, _ in _sql.select_limits_for_acquire(tx.conn, request.names):
+        if not row.active or row.limit <= 0:
+            continue
+        if row.decay > 0:
+            interval = request.occupy / row.decay
+        else:
+            per_slot = min(row.avg_occupancy, PREFECT_MAX_WAIT_SECONDS)
+            interval = min(per_slot * request.occupy / row.limit, PREFECT_MAX_WAIT_SECONDS)
+        longest = max(longest, interval)
+    return longest or DEFAULT_AVG_OCCUPANCY
+
+
 __all__ = [
+    "PREFECT_MAX_WAIT_SECONDS",
     "Denied",
     "Effects",
     "Granted",
@@ -850,5 +876,6 @@ __all__ = [
     "read_limit",
     "release",
     "renew",
+    "retry_interval",
     "transact",
 ]

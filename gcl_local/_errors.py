@@ -7,7 +7,8 @@ errors to exit codes in one place::
     GclError (exit 1)
     ├── ConcurrencySlotAcquisitionError        occupy > limit, rate limit without decay, strict + missing
     │   ├── AcquireConcurrencySlotTimeoutError  also TimeoutError; not had in time, or -n found it busy (exit 75)
-    │   └── LeaseRenewalError                   the lease could not be renewed and the block was cancelled
+    │   ├── LeaseRenewalError                   the lease could not be renewed and the block was cancelled
+    │   └── InvalidArgumentError                also InvalidLimitError: a bad argument to concurrency()/rate_limit()
     ├── LimitNotFoundError                      also LookupError
     ├── LeaseNotFoundError                      also LookupError
     ├── LimitExistsError
@@ -20,7 +21,12 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+EX_USAGE = 2
+"""A usage error: an unknown option, a value that cannot be parsed, options that exclude each other."""
+EX_CHANGES_PENDING = 4
+"""``gcl apply --check``: the store does not match the file yet."""
 EX_TEMPFAIL = 75
+"""The slots were not had in time, or ``-n`` found them busy (sysexits' EX_TEMPFAIL)."""
 
 
 class GclError(Exception):
@@ -34,9 +40,27 @@ class ConcurrencySlotAcquisitionError(GclError):
 
 
 class AcquireConcurrencySlotTimeoutError(ConcurrencySlotAcquisitionError, TimeoutError):
-    """The slots were not had within ``timeout_seconds`` or ``max_retries``, or were busy for a non-blocking try."""
+    """The slots were not had within ``timeout_seconds`` or ``max_retries``, or were busy for a non-blocking try.
+
+    ``names`` are the limits asked for and ``waited`` the seconds waited (None: not known), so that a
+    message such as the CLI's can say what it gave up on.
+    """
 
     exit_code: ClassVar[int] = EX_TEMPFAIL
+
+    def __init__(self, message: str = "", *, names: tuple[str, ...] = (), waited: float | None = None) -> None:
+        super().__init__(message)
+        self.names = tuple(names)
+        self.waited = waited
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_timeout_error, (type(self), str(self), self.names, self.waited))
+
+
+def _timeout_error(
+    cls: type[AcquireConcurrencySlotTimeoutError], message: str, names: tuple[str, ...], waited: float | None
+) -> AcquireConcurrencySlotTimeoutError:
+    return cls(message, names=names, waited=waited)
 
 
 class LeaseRenewalError(ConcurrencySlotAcquisitionError):
@@ -89,6 +113,15 @@ class InvalidLimitError(GclError, ValueError):
     """A name or a value breaks the rules; nothing was written."""
 
 
+class InvalidArgumentError(InvalidLimitError, ConcurrencySlotAcquisitionError):
+    """An invalid argument to ``concurrency()`` or ``rate_limit()`` (``occupy``, ``lease_duration``, ...).
+
+    Prefect's server refuses those with a 422, which its client raises as
+    :class:`ConcurrencySlotAcquisitionError`: code that catches that around ``concurrency()`` catches
+    this too, and it stays a ``ValueError``.
+    """
+
+
 class StoreError(GclError):
     """The state file cannot be used: corrupt, not ours, unwritable, or on a network filesystem."""
 
@@ -106,12 +139,15 @@ class CommandNotFoundError(CommandError):
 
 
 __all__ = [
+    "EX_CHANGES_PENDING",
     "EX_TEMPFAIL",
+    "EX_USAGE",
     "CommandError",
     "CommandNotFoundError",
     "AcquireConcurrencySlotTimeoutError",
     "ConcurrencySlotAcquisitionError",
     "GclError",
+    "InvalidArgumentError",
     "InvalidLimitError",
     "LeaseNotFoundError",
     "LeaseRenewalError",

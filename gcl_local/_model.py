@@ -15,6 +15,8 @@ MAX_SLOTS = 10**12
 MIN_LEASE_SECONDS = 60.0
 MAX_LEASE_SECONDS = 86400.0
 DEFAULT_LEASE_SECONDS = 300.0
+DEFAULT_AVG_OCCUPANCY = 2.0
+"""``avg_slot_occupancy_seconds`` of a limit nobody has used yet (Prefect's starting value)."""
 _FORBIDDEN_NAME_CHARS = frozenset("/%&><")
 
 
@@ -37,7 +39,25 @@ def validate_name(name: object) -> str:
         name.encode("utf-8")
     except UnicodeEncodeError:
         raise InvalidLimitError(f"Limit name {name!r} is not valid unicode text.") from None
+    if not name.isascii():
+        _check_visible(name)
     return name
+
+
+_INVISIBLE = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
+"""Unicode categories a name must not use: controls, format characters (zero-width space U+200B,
+right-to-left override U+202E, ...), line and paragraph separators (U+2028), unassigned code points.
+A right-to-left override makes ``gcl ls`` show another name than the one stored."""
+
+
+def _check_visible(name: str) -> None:
+    import unicodedata  # only for names beyond ASCII: the hot path of an ASCII name never loads it
+
+    for c in name:
+        if unicodedata.category(c) in _INVISIBLE:
+            raise InvalidLimitError(
+                f"Limit name {name!r} must not contain invisible or format characters (U+{ord(c):04X})."
+            )
 
 
 def validate_names(names: str | Iterable[str]) -> tuple[str, ...]:
@@ -60,13 +80,13 @@ def validate_count(value: object, what: str, *, minimum: int = 0) -> int:
     return value
 
 
-def validate_decay(value: object) -> float:
+def validate_decay(value: object, what: str = "slot_decay_per_second") -> float:
     """``slot_decay_per_second``: a finite number >= 0."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InvalidLimitError(f"slot_decay_per_second must be a number, not {value!r}.")
+        raise InvalidLimitError(f"{what} must be a number, not {value!r}.")
     decay = _as_float(value)
     if decay is None or not math.isfinite(decay) or decay < 0:
-        raise InvalidLimitError(f"slot_decay_per_second must be a finite number >= 0, not {value!r}.")
+        raise InvalidLimitError(f"{what} must be a finite number >= 0, not {value!r}.")
     return decay
 
 
@@ -157,8 +177,17 @@ class Limit(NamedTuple):
     holders: tuple[Lease, ...] = ()
     waiters: tuple[Waiter, ...] = ()
 
+    @property
+    def id(self) -> str:
+        """A stable UUID, like Prefect's limit ids: the same for every read of this limit, and new
+        when a limit of the same name is created again."""
+        import uuid
+
+        namespace = uuid.UUID("5b0c6f3e-9a47-4a8e-8f57-6c1d0e2a7b11")  # gcl_local's own, fixed for ever
+        return str(uuid.uuid5(namespace, f"{self.name}\x1f{self.created.timestamp()!r}"))
+
     def to_json(self) -> dict[str, Any]:
-        result: dict[str, Any] = _jsonable(self)
+        result: dict[str, Any] = {"id": self.id, **_jsonable(self)}
         return result
 
 
@@ -175,6 +204,7 @@ def _jsonable(value: Any) -> Any:
 
 
 __all__ = [
+    "DEFAULT_AVG_OCCUPANCY",
     "DEFAULT_LEASE_SECONDS",
     "MAX_LEASE_SECONDS",
     "MAX_NAME_LENGTH",

@@ -1,4 +1,4 @@
-"""What the CLI prints: tables that fit 80 columns (tabulate), or JSON of the library's own records."""
+"""What the CLI prints: tables that fit 80 terminal columns, or JSON of the library's own records."""
 
 from __future__ import annotations
 
@@ -8,13 +8,47 @@ from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import Any
 
-from ._model import Lease, Limit
+from ._model import DEFAULT_AVG_OCCUPANCY, Lease, Limit
 
 WIDTH = 80
 
 
-def _cut(text: str, width: int) -> str:
-    return text if len(text) <= width else text[: width - 1] + "…"
+def width(text: str) -> int:
+    """Columns *text* takes on a terminal: wide (CJK, emoji) characters take two, combining ones none."""
+    if text.isascii():
+        return len(text)
+    import unicodedata
+
+    total = 0
+    for c in text:
+        if unicodedata.combining(c) or unicodedata.category(c) in ("Mn", "Me", "Cf"):
+            continue
+        total += 2 if unicodedata.east_asian_width(c) in ("W", "F") else 1
+    return total
+
+
+def _cut(text: str, room: int) -> str:
+    """*text* cut to *room* columns, an ellipsis marking the cut."""
+    if width(text) <= room:
+        return text
+    out, used = [], 0
+    for c in text:
+        w = width(c)
+        if used + w > room - 1:
+            break
+        out.append(c)
+        used += w
+    return "".join(out) + "…"
+
+
+def count(n: int) -> str:
+    """A slot count that stays narrow: exact below a million, else 3 significant digits (1.5M, 1T)."""
+    if n < 10**6:
+        return str(n)
+    for size, suffix in ((10**12, "T"), (10**9, "G"), (10**6, "M")):
+        if n >= size:
+            return f"{n / size:.3g}{suffix}"
+    return str(n)  # pragma: no cover
 
 
 def _ago(moment: datetime | None, now: datetime) -> str:
@@ -37,10 +71,31 @@ def duration(seconds: float) -> str:
     return f"{seconds // 86400:.0f}d"
 
 
-def _table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> str:
-    from tabulate import tabulate  # only the admin commands print tables: keep it off the hot path
+def _table(rows: Sequence[Sequence[str]], headers: Sequence[str], flexible: Sequence[int] = ()) -> str:
+    """A plain table (in tabulate's "simple" look) no wider than :data:`WIDTH`, measured in terminal
+    columns: the *flexible* columns (names, labels, hosts) give up room, cut with an ellipsis."""
+    widths = [max([width(h), *(width(r[i]) for r in rows)]) for i, h in enumerate(headers)]
+    gaps = 2 * (len(headers) - 1)
+    while sum(widths) + gaps > WIDTH:
+        shrinkable = [i for i in flexible if widths[i] > max(width(headers[i]), 4)]
+        if not shrinkable:
+            break
+        widest = max(shrinkable, key=lambda i: widths[i])
+        widths[widest] -= 1
 
-    return str(tabulate(rows, headers=headers, tablefmt="simple", disable_numparse=True))
+    def line(cells: Sequence[str]) -> str:
+        parts = []
+        for i, cell in enumerate(cells):
+            text = _cut(cell, widths[i])
+            parts.append(text + " " * (widths[i] - width(text)))
+        return "  ".join(parts).rstrip()
+
+    return "\n".join([line(headers), "  ".join("-" * w for w in widths), *(line(r) for r in rows)])
+
+
+def header(path: str) -> str:
+    """The first line of ``ls`` and ``inspect``: which file they read (two jobs may look at different ones)."""
+    return f"State file: {path}"
 
 
 def print_json(value: Any) -> None:
@@ -49,28 +104,41 @@ def print_json(value: Any) -> None:
 
 
 def limits_table(limits: Sequence[Limit]) -> str:
+    from ._rates import describe_rate
+
     rows = [
         (
-            _cut(limit.name, 24),
+            limit.name,
             "yes" if limit.active else "no",
-            f"{limit.active_slots}/{limit.limit}",
-            f"{limit.slot_decay_per_second:g}",
+            f"{count(limit.active_slots)}/{count(limit.limit)}",
+            describe_rate(limit.limit, limit.slot_decay_per_second),
             str(len(limit.holders)),
             str(len(limit.waiters)),
         )
         for limit in limits
     ]
-    return _table(rows, ["NAME", "ACTIVE", "USED", "DECAY/S", "HOLDERS", "WAITING"])
+    return _table(rows, ["NAME", "ACTIVE", "USED", "RATE", "HOLDERS", "WAITING"], flexible=(0, 3))
 
 
 def limit_details(limit: Limit) -> str:
+    from ._rates import describe_rate
+
     now = datetime.now(timezone.utc)
+    rate = describe_rate(limit.limit, limit.slot_decay_per_second)
+    if limit.slot_decay_per_second > 0 and not rate.startswith("decay"):
+        rate += f" (decay {limit.slot_decay_per_second:.6g} slots/s)"
+    # A limit nobody has used yet has no average: Prefect's starting value is not a measurement.
+    occupancy = (
+        "-"
+        if limit.avg_slot_occupancy_seconds == DEFAULT_AVG_OCCUPANCY
+        else (f"{limit.avg_slot_occupancy_seconds:.3g}s per slot")
+    )
     lines = [
         *_wrapped("name:          ", limit.name),
         f"active:        {'yes' if limit.active else 'no'}",
         f"used:          {limit.active_slots} of {limit.limit} slots",
-        f"decay:         {limit.slot_decay_per_second:g} slots/s",
-        f"avg occupancy: {limit.avg_slot_occupancy_seconds:.3g}s per slot",
+        f"rate:          {rate}",
+        f"avg occupancy: {occupancy}",
         f"created:       {limit.created.isoformat(timespec='seconds')}",
         f"updated:       {limit.updated.isoformat(timespec='seconds')}",
         "",
@@ -81,17 +149,25 @@ def limit_details(limit: Limit) -> str:
         lines.append("No holders.")
     if limit.waiters:
         rows = [
-            (str(w.ticket), str(w.slots), w.kind, str(w.pid or "-"), _cut(w.label, 24), _ago(w.since, now))
+            (str(w.ticket), count(w.slots), w.kind, str(w.pid or "-"), w.label, _ago(w.since, now))
             for w in limit.waiters
         ]
-        lines += ["", _table(rows, ["TICKET", "SLOTS", "KIND", "PID", "LABEL", "WAITING"])]
+        lines += ["", _table(rows, ["TICKET", "SLOTS", "KIND", "PID", "LABEL", "WAITING"], flexible=(4,))]
     return "\n".join(lines)
 
 
 def _wrapped(label: str, text: str) -> list[str]:
-    """*label* then *text*, folded so that no line is wider than the terminal budget."""
+    """*label* then *text*, folded so that no line is wider than the terminal budget (in columns)."""
     room = WIDTH - len(label)
-    parts = [text[i : i + room] for i in range(0, len(text), room)] or [""]
+    parts, current, used = [], "", 0
+    for c in text:
+        w = width(c)
+        if used + w > room:
+            parts.append(current)
+            current, used = "", 0
+        current += c
+        used += w
+    parts.append(current)
     return [label + parts[0], *(" " * len(label) + part for part in parts[1:])]
 
 
@@ -104,15 +180,16 @@ def holders_table(holders: Sequence[Lease], now: datetime) -> str:
         rows.append(
             (
                 lease.id,
-                str(lease.slots),
+                count(lease.slots),
                 str(lease.pid or "-"),
-                _cut(lease.host, 12),
-                _cut(lease.label, 16),
+                lease.host,
+                lease.label,
                 _ago(lease.acquired, now),
                 left,
             )
         )
-    return _table(rows, ["LEASE", "SLOTS", "PID", "HOST", "LABEL", "AGE", "EXPIRES"])
+    # Only the host and the label give up room, never the lease id: it is copied into gcl release.
+    return _table(rows, ["LEASE", "SLOTS", "PID", "HOST", "LABEL", "AGE", "EXPIRES"], flexible=(3, 4))
 
 
-__all__ = ["duration", "holders_table", "limit_details", "limits_table", "print_json"]
+__all__ = ["count", "duration", "header", "holders_table", "limit_details", "limits_table", "print_json", "width"]

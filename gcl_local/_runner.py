@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 from . import _core, _shell
 from ._errors import CommandError, CommandNotFoundError, GclError
+from ._model import Lease
 from ._renewal import Renewal, renewer
 from ._store import Store
 
@@ -33,8 +34,20 @@ def program_label(command: Sequence[str]) -> str:
     return _shell.label_of(os.path.basename(command[0]))
 
 
-def run_command(store: Store, request: _core.Request, command: Sequence[str], acquisition: _shell.Acquisition) -> int:
-    """Run *command* holding the lease of *acquisition* (already granted); release it when the command ends."""
+def command_environment(lease: Lease) -> dict[str, str]:
+    """What ``gcl run`` tells its command: the lease (for ``gcl release``/``renew``), its fencing token
+    (for the resource it protects) and the limits it holds, one name a line (names hold no newline)."""
+    environment = dict(os.environ)
+    environment["GCL_LEASE_ID"] = lease.id
+    environment["GCL_FENCING_TOKEN"] = str(lease.token)
+    environment["GCL_LIMITS"] = "\n".join(lease.names)
+    return environment
+
+
+def run_command(
+    store: Store, request: _core.Request, command: Sequence[str], acquisition: _shell.Acquisition, lease: Lease
+) -> int:
+    """Run *command* holding *lease*, the grant of *acquisition*; release it when the command ends."""
     lease_id = acquisition.lease_id
     assert lease_id is not None
     token = _shell.token_of(store)
@@ -42,7 +55,7 @@ def run_command(store: Store, request: _core.Request, command: Sequence[str], ac
     previous = {sig: signal.signal(sig, lambda signum, _frame: pending.append(signum)) for sig in FORWARDED}
     try:
         try:
-            child = _spawn(command, token.fd)
+            child = _spawn(command, token.fd, command_environment(lease))
         except OSError as exc:
             acquisition.release()
             error = CommandNotFoundError if isinstance(exc, FileNotFoundError) else CommandError
@@ -54,13 +67,13 @@ def run_command(store: Store, request: _core.Request, command: Sequence[str], ac
             signal.signal(sig, handler)
 
 
-def _spawn(command: Sequence[str], token_fd: int) -> int:
+def _spawn(command: Sequence[str], token_fd: int, environment: dict[str, str]) -> int:
     """Start *command* with our stdin/stdout/stderr and the liveness token; posix_spawn spares
     ``gcl run`` the import of subprocess."""
     os.set_inheritable(token_fd, True)
     try:
         # Python ignores SIGPIPE and SIGXFSZ; the command must get the defaults, as from a shell.
-        return os.posix_spawnp(command[0], list(command), os.environ, setsigdef=(signal.SIGPIPE, signal.SIGXFSZ))
+        return os.posix_spawnp(command[0], list(command), environment, setsigdef=(signal.SIGPIPE, signal.SIGXFSZ))
     finally:
         os.set_inheritable(token_fd, False)
 
@@ -117,4 +130,4 @@ def _forward(child: int, signum: int) -> None:
         os.kill(child, signum)
 
 
-__all__ = ["exit_status", "program_label", "run_command"]
+__all__ = ["command_environment", "exit_status", "program_label", "run_command"]

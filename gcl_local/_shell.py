@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 from . import _core, _log, _tokens
 from ._core import Granted, Holder, Kind, Outcome, Request
-from ._errors import InvalidLimitError, StoreError
+from ._errors import InvalidArgumentError, InvalidLimitError, StoreError
 from ._model import (
     DEFAULT_LEASE_SECONDS,
     MAX_LEASE_SECONDS,
@@ -181,18 +181,21 @@ def _describe(
     holder: Any,
     holder_pid: int | None,
 ) -> Request:
-    checked = validate_names(names)
-    validate_count(occupy, "occupy", minimum=1)
-    validate_bool(strict, "strict")
-    validate_seconds(lease_duration, "lease_duration", minimum=MIN_LEASE_SECONDS, maximum=MAX_LEASE_SECONDS)
+    try:
+        checked = validate_names(names)
+        validate_count(occupy, "occupy", minimum=1)
+        validate_bool(strict, "strict")
+        validate_seconds(lease_duration, "lease_duration", minimum=MIN_LEASE_SECONDS, maximum=MAX_LEASE_SECONDS)
+    except InvalidLimitError as exc:  # caught as Prefect's ConcurrencySlotAcquisitionError too (its 422)
+        raise InvalidArgumentError(str(exc)) from None
     label = label_of(holder)
     host, user = _identity()
     if holder_pid is not None:
         if isinstance(holder_pid, bool) or not isinstance(holder_pid, int) or holder_pid <= 0:
-            raise InvalidLimitError(f"holder_pid must be a positive process id, not {holder_pid!r}.")
+            raise InvalidArgumentError(f"holder_pid must be a positive process id, not {holder_pid!r}.")
         start = _tokens.process_start_time(holder_pid)
         if not _tokens.pid_alive(holder_pid, start):
-            raise InvalidLimitError(f"holder_pid {holder_pid} is not a running process.")
+            raise InvalidArgumentError(f"holder_pid {holder_pid} is not a running process.")
         who = Holder(None, holder_pid, start, host, user, label)
         return Request(checked, occupy, kind, strict, float(lease_duration), who, None)
     token = token_of(store) if checked else None
@@ -221,19 +224,30 @@ def _own_start_time() -> int | None:
 
 
 def check_wait_args(timeout_seconds: object, max_retries: object) -> None:
-    if timeout_seconds is not None:
-        validate_seconds(timeout_seconds, "timeout_seconds")
-    if max_retries is not None:
-        validate_count(max_retries, "max_retries")
+    try:
+        if timeout_seconds is not None:
+            validate_seconds(timeout_seconds, "timeout_seconds")
+        if max_retries is not None:
+            validate_count(max_retries, "max_retries")
+    except InvalidLimitError as exc:
+        raise InvalidArgumentError(str(exc)) from None
+
+
+_warned: set[str] = set()
+"""Missing names this process has warned about: each one is warned about once (Prefect #19250)."""
 
 
 def warn_missing(granted: Granted) -> None:
-    """Warn about missing names (the caller's :class:`Acquisition` gives the slots back if this raises)."""
-    if not granted.missing:
+    """Warn about missing names, once per name per process, by one warning (``logging.captureWarnings``
+    routes it to logging; a log line beside it would say it twice). The caller's
+    :class:`Acquisition` gives the slots back if this raises (``-W error``)."""
+    new = [name for name in granted.missing if name not in _warned]
+    if not new:
         return
-    message = f"Concurrency limits {list(granted.missing)!r} do not exist - skipping acquisition."
-    _log.warning(message)
+    message = f"Concurrency limits {new!r} do not exist - skipping acquisition."
+    _log.debug(message)
     warnings.warn(message, MissingLimitWarning, stacklevel=4)
+    _warned.update(new)  # after the warning: under -W error it raises again next time
 
 
 # -- signals -----------------------------------------------------------------------------------------
@@ -380,6 +394,11 @@ class Acquisition:
         """A real attempt for our ticket: served now, by someone else already, or still denied."""
         assert self.ticket is not None
         return self.transact(_core.attempt_ticket, self.ticket, self.request.kind, blocking=blocking)
+
+    def retry_interval(self) -> float:
+        """The interval between the retries that ``max_retries`` counts: Prefect's Retry-After (a read)."""
+        with self.store.read() as tx:
+            return _core.retry_interval(tx, self.request)
 
     def probe(self) -> Granted | bool:
         assert self.ticket is not None

@@ -489,6 +489,26 @@ def count_tickets(conn: apsw.Connection) -> int:
     return int(_fetch(conn, "SELECT count(*) FROM tickets")[0][0])
 
 
+# -- limits that `gcl apply` created (so that --prune deletes only those) -----------------------------
+
+_APPLIED = "applied\x1f"
+
+
+def applied_limits(conn: apsw.Connection) -> dict[str, float]:
+    """Name -> creation time of each limit that ``gcl apply`` created (a marker of a limit deleted and
+    made again by hand no longer matches its creation time)."""
+    rows = _fetch(conn, "SELECT key, value FROM meta WHERE key > ? AND key < ?", (_APPLIED, _APPLIED[:-1] + "\x20"))
+    return {key[len(_APPLIED) :]: float(value) for key, value in rows}
+
+
+def mark_applied(conn: apsw.Connection, name: str, created: float) -> None:
+    conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (_APPLIED + name, created))
+
+
+def unmark_applied(conn: apsw.Connection, name: str) -> None:
+    conn.execute("DELETE FROM meta WHERE key = ?", (_APPLIED + name,))
+
+
 __all__ = [
     "APPLICATION_ID",
     "SCHEMA_VERSION",

@@ -25,6 +25,8 @@ from ._errors import AcquireConcurrencySlotTimeoutError
 
 SAFETY_NET_SECONDS = 0.5
 """A waiter looks at least this often (jittered by ±20 %), in case a wake-up was lost or a holder died."""
+DEFAULT_RETRY_SECONDS = 2.0
+"""A retry interval when none was computed: Prefect's Retry-After for a new limit of one slot."""
 NOTICE_AFTER_SECONDS = 1.0
 """The CLI says what it waits for once a wait has lasted this long."""
 
@@ -55,16 +57,21 @@ def deadline_of(timeout_seconds: float | None, start: float) -> float | None:
 
 
 def timeout_error(
-    request: Request, timeout_seconds: float | None, max_retries: int | None = None
+    request: Request, timeout_seconds: float | None, max_retries: int | None = None, *, waited: float | None = None
 ) -> AcquireConcurrencySlotTimeoutError:
+    names = list(request.names)
     if timeout_seconds == 0 or max_retries == 0:
-        return AcquireConcurrencySlotTimeoutError(f"Concurrency slots on {list(request.names)!r} are busy.")
+        return AcquireConcurrencySlotTimeoutError(
+            f"Concurrency slots on {names!r} are busy.", names=request.names, waited=0.0
+        )  # waited 0.0: did not wait, found them busy
     if timeout_seconds is None or math.isinf(timeout_seconds):
         return AcquireConcurrencySlotTimeoutError(
-            f"Unable to acquire concurrency slots on {list(request.names)!r}: retries exhausted."
+            f"Unable to acquire concurrency slots on {names!r}: retries exhausted.", names=request.names, waited=waited
         )
     return AcquireConcurrencySlotTimeoutError(
-        f"Attempt to acquire concurrency slots timed out after {timeout_seconds:g} second(s)"
+        f"Attempt to acquire concurrency slots timed out after {timeout_seconds:g} second(s)",
+        names=request.names,
+        waited=waited,
     )
 
 
@@ -84,18 +91,25 @@ def wait(
     clock: Callable[[], float] = time.monotonic,
     jitter: Callable[[], float] = _log.jitter,
     pipe_made_late: bool = False,
+    retry_interval: float | None = None,
 ) -> Steps:
     """Wait in the queue with *ticket* until granted; *denied* is the outcome that queued us.
 
-    ``timeout_seconds`` counts from *start*; ``max_retries=N`` gives up after N real attempts that
-    did not serve us (a poke, or a due moment). Raises :class:`AcquireConcurrencySlotTimeoutError`;
-    the shell then leaves the queue (keeping a grant that came at the last moment). With
-    *pipe_made_late* (the pipe was made after the ticket), a wake-up may have been written before
-    the pipe existed: it starts with the safety net's look.
+    ``timeout_seconds`` counts from *start*. ``max_retries=N`` bounds the wait as Prefect's client
+    does: it gives up once N retry intervals (*retry_interval*, the Retry-After a Prefect server
+    would send) have passed since *start*, after a last real attempt; the wake-ups in between are
+    extra attempts that cost no retry. Raises :class:`AcquireConcurrencySlotTimeoutError`; the shell
+    then leaves the queue (keeping a grant that came at the last moment). With *pipe_made_late*
+    (the pipe was made after the ticket), a wake-up may have been written before the pipe existed:
+    it starts with the safety net's look.
     """
     deadline = deadline_of(timeout_seconds, start)
+    last_look = False  # Prefect's client makes its last attempt after its last Retry-After: so do we
+    if max_retries is not None:
+        retries_end = start + max_retries * (DEFAULT_RETRY_SECONDS if retry_interval is None else retry_interval)
+        if deadline is None or retries_end < deadline:
+            deadline, timeout_seconds, last_look = retries_end, None, True  # the error says: retries exhausted
     due = due_moment(denied, clock())
-    retries = 0
     if pipe_made_late:
         found = yield PROBE
         if isinstance(found, Granted):
@@ -108,7 +122,12 @@ def wait(
     while True:
         now = clock()
         if deadline is not None and now >= deadline:
-            raise timeout_error(request, timeout_seconds)
+            if last_look:
+                last_look = False
+                outcome = yield LOOK
+                if isinstance(outcome, Granted):
+                    return outcome
+            raise timeout_error(request, timeout_seconds, waited=clock() - start)
         wake_at = now + SAFETY_NET_SECONDS * (0.8 + 0.4 * jitter())
         if due is not None:
             wake_at = min(wake_at, due)
@@ -123,9 +142,6 @@ def wait(
             outcome = yield LOOK
             if isinstance(outcome, Granted):
                 return outcome
-            retries += 1
-            if max_retries is not None and retries >= max_retries:
-                raise timeout_error(request, None)
             due = due_moment(outcome, clock())
             continue
         if data or (deadline is not None and now >= deadline) or now < wake_at:
@@ -141,6 +157,7 @@ def wait(
 
 
 __all__ = [
+    "DEFAULT_RETRY_SECONDS",
     "LOOK",
     "NOTICE_AFTER_SECONDS",
     "PROBE",

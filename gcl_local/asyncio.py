@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 
 from . import _core, _shell, _waiting
 from ._core import Granted, Request
-from ._errors import AcquireConcurrencySlotTimeoutError, LeaseRenewalError
+from ._errors import AcquireConcurrencySlotTimeoutError, ConcurrencySlotAcquisitionError, LeaseRenewalError
 from ._model import DEFAULT_LEASE_SECONDS, Lease
 from ._renewal import Renewal, renewal_failed_message, renewer
 from ._shell import Acquisition
@@ -110,13 +110,14 @@ async def acquire_slots(
         if isinstance(outcome, Granted):
             return outcome
         if outcome.ticket is None or pipe_name is None:
-            raise _waiting.timeout_error(request, timeout_seconds, max_retries)
+            raise _waiting.timeout_error(request, timeout_seconds, max_retries, waited=time.monotonic() - start)
         # The pipe is made after the ticket (it is this wait's own): the policy starts with a look for
         # what was written before it existed. Reads never wait for the write lock.
         pipe = _shell.open_pipe(store, pipe_name)
+        interval = None if max_retries is None else acquisition.retry_interval()
         steps = _waiting.wait(
             request, outcome.ticket, outcome, start=start, timeout_seconds=timeout_seconds, max_retries=max_retries,
-            pipe_made_late=True,
+            pipe_made_late=True, retry_interval=interval,
         )  # fmt: skip
         answer: Any = None
         while True:
@@ -157,11 +158,11 @@ async def concurrency(
     db: DbArg = None,
 ) -> AsyncIterator[Lease]:
     """Hold slots for the duration of an ``async with`` block; see :func:`gcl_local.sync.concurrency`."""
+    _shell.check_wait_args(timeout_seconds, max_retries)  # before anything touches the store
     store = get_store(db)
     request = _shell.make_request(
         store, names, occupy, "concurrency", strict=strict, lease_duration=lease_duration, holder=holder
     )
-    _shell.check_wait_args(timeout_seconds, max_retries)
     raising = strict if raise_on_lease_renewal_failure is None else bool(raise_on_lease_renewal_failure)
     acquisition = Acquisition(store, request)
     try:  # from before the first transaction: a cancellation must not strand the slots in a live process
@@ -210,10 +211,17 @@ async def rate_limit(
     db: DbArg = None,
 ) -> None:
     """Take rate-limit slots, waiting without blocking the loop; see :func:`gcl_local.sync.rate_limit`."""
+    _shell.check_wait_args(timeout_seconds, None)  # before anything touches the store
     store = get_store(db)
     request = _shell.make_request(store, names, occupy, "rate", strict=strict)
-    _shell.check_wait_args(timeout_seconds, None)
     _shell.warn_missing(await acquire_slots(store, request, timeout_seconds, None))
 
 
-__all__ = ["acquire_slots", "concurrency", "rate_limit"]
+# As from prefect.concurrency.asyncio: code that catches these needs only its import changed.
+__all__ = [
+    "AcquireConcurrencySlotTimeoutError",
+    "ConcurrencySlotAcquisitionError",
+    "acquire_slots",
+    "concurrency",
+    "rate_limit",
+]

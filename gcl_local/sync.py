@@ -21,7 +21,7 @@ from typing import Any
 
 from . import _core, _shell, _waiting
 from ._core import Granted, Request
-from ._errors import AcquireConcurrencySlotTimeoutError, InvalidLimitError
+from ._errors import AcquireConcurrencySlotTimeoutError, ConcurrencySlotAcquisitionError, InvalidLimitError
 from ._model import DEFAULT_LEASE_SECONDS, Lease, validate_seconds
 from ._renewal import Renewal, renewer
 from ._shell import Acquisition, SignalsHeldBack
@@ -76,10 +76,12 @@ def _acquire(
         if isinstance(outcome, Granted):
             return outcome
         if outcome.ticket is None or pipe is None:
-            raise _waiting.timeout_error(request, timeout_seconds, max_retries)
+            raise _waiting.timeout_error(request, timeout_seconds, max_retries, waited=time.monotonic() - start)
+        interval = None if max_retries is None else acquisition.retry_interval()
         steps = _waiting.wait(
-            request, outcome.ticket, outcome, start=start, timeout_seconds=timeout_seconds, max_retries=max_retries
-        )
+            request, outcome.ticket, outcome, start=start, timeout_seconds=timeout_seconds, max_retries=max_retries,
+            retry_interval=interval,
+        )  # fmt: skip
         answer: Any = None
         while True:
             try:
@@ -137,11 +139,11 @@ def concurrency(
     :raises AcquireConcurrencySlotTimeoutError: when the slots were not had in time.
     :raises ConcurrencySlotAcquisitionError: when the request can never be served.
     """
+    _shell.check_wait_args(timeout_seconds, max_retries)  # before anything touches the store
     store = get_store(db)
     request = _shell.make_request(
         store, names, occupy, "concurrency", strict=strict, lease_duration=lease_duration, holder=holder
     )
-    _shell.check_wait_args(timeout_seconds, max_retries)
     raise_on_failure = strict if raise_on_lease_renewal_failure is None else bool(raise_on_lease_renewal_failure)
     acquisition = Acquisition(store, request)
     try:  # from before the first transaction: an interrupt must not strand the slots in a live process
@@ -180,9 +182,9 @@ def rate_limit(
     :raises AcquireConcurrencySlotTimeoutError: when the slots were not had in time.
     :raises ConcurrencySlotAcquisitionError: when the request can never be served.
     """
+    _shell.check_wait_args(timeout_seconds, None)  # before anything touches the store
     store = get_store(db)
     request = _shell.make_request(store, names, occupy, "rate", strict=strict)
-    _shell.check_wait_args(timeout_seconds, None)
     _shell.warn_missing(acquire_slots(store, request, timeout_seconds, None))
 
 
@@ -203,6 +205,7 @@ def acquire_lease(
     With *holder_pid* the lease belongs to that process: freed at once when it dies, and at the
     lease's end unless renewed. Without it, the calling process holds the lease by its token.
     """
+    _shell.check_wait_args(timeout_seconds, max_retries)  # before anything touches the store
     store = get_store(db)
     request = _shell.make_request(
         store, names, occupy, "concurrency", strict=strict, lease_duration=lease_duration, holder=holder,
@@ -210,7 +213,6 @@ def acquire_lease(
     )  # fmt: skip
     if holder_pid is not None:
         request = _with_waiter(store, request)
-    _shell.check_wait_args(timeout_seconds, max_retries)
     acquisition = Acquisition(store, request)
     try:
         granted = acquire_slots(store, request, timeout_seconds, max_retries, acquisition=acquisition)
@@ -242,4 +244,14 @@ def renew_lease(lease_id: str, lease_duration: float = DEFAULT_LEASE_SECONDS, *,
     return _core.renewed(get_store(db), lease_id, float(lease_duration))
 
 
-__all__ = ["acquire_lease", "acquire_slots", "concurrency", "rate_limit", "release_lease", "renew_lease"]
+# As from prefect.concurrency.sync: code that catches these needs only its import changed.
+__all__ = [
+    "AcquireConcurrencySlotTimeoutError",
+    "ConcurrencySlotAcquisitionError",
+    "acquire_lease",
+    "acquire_slots",
+    "concurrency",
+    "rate_limit",
+    "release_lease",
+    "renew_lease",
+]

@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 from helpers import Spawned
 
+from gcl_local import _shell
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -18,6 +20,7 @@ def _isolated_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     """No test touches the user's real state file: the default path points into tmp_path."""
     monkeypatch.delenv("GCL_DB", raising=False)
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    _shell._warned.clear()  # each test is a fresh process as far as warnings of missing limits go
 
 
 @pytest.fixture

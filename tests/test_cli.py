@@ -27,7 +27,7 @@ from gcl_local._app import app
 from gcl_local._cli import main
 
 REPO = Path(__file__).resolve().parent.parent
-COMMANDS = ["create", "ls", "inspect", "update", "enable", "disable", "delete"]
+COMMANDS = ["create", "ls", "inspect", "update", "enable", "disable", "delete", "apply", "export"]
 HOT_COMMANDS = ["run", "rate-limit", "acquire", "renew", "release"]
 T = TypeVar("T")
 
@@ -149,7 +149,7 @@ def test_create_usage_error_as_a_process(db: str) -> None:
 
 def test_ls_when_empty(db: str) -> None:
     text, as_json_text = gcl_all(db, [["ls"], ["ls", "-o", "json"]])
-    assert ok(text).strip() == "No global concurrency limits found."
+    assert ok(text) == f"State file: {db}\nNo limits yet: gcl create NAME --limit N\n"
     assert json.loads(ok(as_json_text)) == []
 
 
@@ -158,13 +158,13 @@ def test_ls_table_and_json(db: str) -> None:
     ok(gcl(db, "create", "beta", "-l", "7", "--slot-decay-per-second", "1.5", "--disable"))
     text, as_json_text = gcl_all(db, [["ls"], ["ls", "-o", "json"]])
     lines = ok(text).splitlines()
-    assert lines[0].split() == ["NAME", "ACTIVE", "USED", "DECAY/S", "HOLDERS", "WAITING"]
-    assert set(lines[1]) <= {"-", " "}
-    rows = {line.split()[0]: line.split() for line in lines[2:]}
-    assert rows == {
-        "alpha": ["alpha", "yes", "0/2", "0", "0", "0"],
-        "beta": ["beta", "no", "0/7", "1.5", "0", "0"],
-    }
+    assert lines[0] == f"State file: {db}"
+    assert lines[1].split() == ["NAME", "ACTIVE", "USED", "RATE", "HOLDERS", "WAITING"]
+    assert set(lines[2]) <= {"-", " "}
+    assert lines[3:] == [
+        "alpha  yes     0/2   -                0        0",
+        "beta   no      0/7   96/min, burst 7  0        0",
+    ]
     listed = {item["name"]: item for item in json.loads(ok(as_json_text))}
     assert sorted(listed) == ["alpha", "beta"]
     assert listed["alpha"]["limit"] == 2
@@ -185,7 +185,9 @@ def test_inspect_details_without_holders(db: str) -> None:
     assert re.search(r"^name:\s+gpu$", out, re.M)
     assert re.search(r"^active:\s+yes$", out, re.M)
     assert re.search(r"^used:\s+0 of 4 slots$", out, re.M)
-    assert re.search(r"^decay:\s+0.25 slots/s$", out, re.M)
+    assert re.search(r"^rate:\s+18/min, burst 4 \(decay 0.25 slots/s\)$", out, re.M)
+    assert re.search(r"^avg occupancy:\s+-$", out, re.M)  # nobody used it yet: no invented average
+    assert out.startswith(f"State file: {db}\n")
     assert "No holders." in out
     limit = json.loads(ok(as_json_text))
     assert (limit["name"], limit["limit"], limit["holders"], limit["waiters"]) == ("gpu", 4, [], [])
@@ -210,7 +212,7 @@ def test_inspect_shows_the_holder_of_a_running_command(db: str, spawned: Spawned
     assert row[:3] == [holder.id, "1", str(holder.pid)]
     assert row[4] == "sleep"
     ls_row = next(line.split() for line in ok(ls_text).splitlines() if line.startswith("gpu"))
-    assert ls_row == ["gpu", "yes", "1/2", "0", "1", "0"]
+    assert ls_row == ["gpu", "yes", "1/2", "-", "1", "0"]
 
 
 def test_inspect_json_has_holders_and_waiters(db: str, spawned: Spawned) -> None:
@@ -268,8 +270,8 @@ def test_update_errors(db: str, capsys: pytest.CaptureFixture[str]) -> None:
     both, nothing, missing = gcl_all(
         db, [["update", "a", "--enable", "--disable"], ["update", "a"], ["update", "nope", "-l", "2"]]
     )
-    assert "enable and disable" in one_line_error(both)
-    one_line_error(nothing)
+    assert "enable and disable" in one_line_error(both, 2)
+    assert "nothing to change" in one_line_error(nothing, 2)
     assert "'nope'" in one_line_error(missing)
     for args in (["-l", "-3"], ["--slot-decay-per-second", "nan"], ["--active-slots", "-1"]):
         one_line_error(in_process(capsys, db, "update", "a", *args))
@@ -393,10 +395,10 @@ def test_delete_with_yes_does_not_ask_on_a_terminal(db: str) -> None:
 
 def test_output_formats_other_than_json_fail(db: str, capsys: pytest.CaptureFixture[str]) -> None:
     ok(gcl(db, "create", "a", "-l", "1"))
-    one_line_error(gcl(db, "ls", "-o", "yaml"))
+    one_line_error(gcl(db, "ls", "-o", "yaml"), 2)
     for args in [["inspect", "a"], ["create", "b", "-l", "1"], ["update", "a", "-l", "3"]]:
         result = in_process(capsys, db, *args, "-o", "yaml")
-        one_line_error(result)
+        one_line_error(result, 2)
         assert result.stdout == ""
     assert [(lim.name, lim.limit) for lim in list_limits(db=db)] == [("a", 1)]
 

@@ -39,6 +39,7 @@ from gcl_local import (
     MissingLimitWarning,
     StoreError,
     _cli,
+    _shell,
     _sql,
     concurrency,
     create_limit,
@@ -129,13 +130,14 @@ values = st.one_of(st.sampled_from(SPECIAL_VALUES), st.integers(), st.floats(), 
 
 def valid_name(name: object) -> bool:
     """The documented rule: non-empty, <= 255 characters, none of / % & > <, no control characters,
-    no leading or trailing whitespace (and text that can be stored, so no lone surrogates)."""
+    no leading or trailing whitespace (and text that can be stored, so no lone surrogates), and no
+    invisible or format characters (U+200B, U+202E, U+2028, unassigned code points...)."""
     return (
         isinstance(name, str)
         and 0 < len(name) <= 255
         and name == name.strip()
         and not set(name) & set("/%&><")
-        and all(unicodedata.category(c) not in ("Cc", "Cs") for c in name)
+        and all(unicodedata.category(c) not in ("Cc", "Cs", "Cf", "Co", "Cn", "Zl", "Zp") for c in name)
     )
 
 
@@ -440,6 +442,7 @@ def test_concurrency_with_any_arguments(db: str, data: st.DataObject) -> None:
         with concurrency(args["names"], **{k: v for k, v in args.items() if k != "names"}, db=db) as lease:
             return lease, read_limit("pool", db=db)
 
+    _shell._warned.clear()  # each example is another "process": a missing name warns once per process
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         held, error = attempt(hold)

@@ -28,6 +28,7 @@ from gcl_local import (
 )
 
 LIMIT_FIELDS = {
+    "id",
     "name",
     "limit",
     "active",

@@ -250,30 +250,6 @@ def test_a_full_bucket_holds_a_timed_concurrency_past_its_deadline_not_for_ever(
     assert 1.45 <= time.monotonic() - began <= 2.0
 
 
-REFILL = """
-import sys, time
-from gcl_local import update_limit
-time.sleep(0.5)
-update_limit("refilled", active_slots=1, db=sys.argv[1])
-"""
-
-
-@pytest.mark.parametrize(("max_retries", "served"), [(1, False), (2, True)])
-def test_max_retries_counts_wake_ups_that_did_not_serve(db: str, procs: object, max_retries: int, served: bool) -> None:
-    # The bucket is due to empty at 1 s; at 0.5 s an admin refills it, which wakes the waiter for a
-    # look that does not serve it (one retry). Its next due moment (1.5 s) serves it.
-    create_limit("refilled", 1, slot_decay_per_second=1.0, db=db)
-    update_limit("refilled", active_slots=1, db=db)
-    procs.python(REFILL, db)  # type: ignore[attr-defined]
-    began = time.monotonic()
-    if served:
-        assert 1.4 <= _elapsed_until_held(db, "refilled", max_retries=max_retries) <= 2.1
-    else:
-        with pytest.raises(AcquireConcurrencySlotTimeoutError, match="retries exhausted"):
-            _elapsed_until_held(db, "refilled", max_retries=max_retries)
-        assert 0.4 <= time.monotonic() - began <= 1.0
-
-
 def test_single_caller_keeps_the_exact_rate(db: str) -> None:
     # 20/s for 2 s from one caller: woken a little late each time, it must not lose that time.
     create_limit("exact", 1, slot_decay_per_second=20.0, db=db)

@@ -131,15 +131,78 @@ def test_a_waiter_wakes_by_its_earliest_moment_and_is_served_when_it_fits(
     assert world.now >= fits_at  # never served before it fits
 
 
-def test_a_poke_counts_as_a_retry_and_ends_the_wait_when_retries_are_used_up() -> None:
+def _run_until_it_ends(steps: Any, world: World, pokes_at: list[float]) -> tuple[str, int]:
+    """Drive a wait: the timer fires on time, a releaser pokes at *pokes_at*. Returns how it ended and
+    how many looks (write attempts) it made."""
+    looks = 0
+    answer: Any = None
+    pokes = list(pokes_at)
+    while True:
+        try:
+            step = steps.send(answer)
+        except StopIteration:
+            return "granted", looks
+        except AcquireConcurrencySlotTimeoutError as exc:
+            return f"gave up: {exc}", looks
+        if step is _waiting.LOOK:
+            looks += 1
+            answer = world.look()
+        elif step is _waiting.PROBE:
+            answer = world.now >= world.fits_at
+        else:
+            wake_at = world.now + step.seconds
+            if pokes and pokes[0] <= wake_at:
+                world.now = pokes.pop(0)
+                answer = b"!%d\n" % TICKET
+            else:
+                world.now = wake_at
+                answer = b""
+
+
+def test_max_retries_is_a_time_budget_of_prefects_retry_intervals_and_pokes_cost_nothing() -> None:
+    # Prefect's client sleeps one Retry-After per retry; max_retries=2 with a 2 s Retry-After gives
+    # up at 4 s. Here releases that did not serve us (pokes) are free extra looks, not retries.
     world = World(fits_at=100.0, by_decay=False)
     steps = _waiting.wait(
-        REQUEST, TICKET, Denied(None, TICKET), start=0.0, timeout_seconds=None, max_retries=1, clock=world.clock
-    )
-    assert isinstance(next(steps), _waiting.Sleep)
-    assert steps.send(b"!%d\n" % TICKET) is _waiting.LOOK
-    with pytest.raises(AcquireConcurrencySlotTimeoutError, match="retries exhausted"):
-        steps.send(Denied(None, TICKET))
+        REQUEST, TICKET, Denied(None, TICKET), start=0.0, timeout_seconds=None, max_retries=2, clock=world.clock,
+        retry_interval=2.0,
+    )  # fmt: skip
+    ended, looks = _run_until_it_ends(steps, world, pokes_at=[0.5, 1.0, 1.5, 2.5, 3.0])
+    assert ended == "gave up: Unable to acquire concurrency slots on ['r']: retries exhausted."
+    assert world.now == pytest.approx(4.0)
+    assert looks == 6  # five pokes, and the last attempt at the end of the budget, as Prefect's
+
+
+def test_max_retries_makes_a_last_attempt_at_the_end_of_its_budget() -> None:
+    world = World(fits_at=4.0, by_decay=False)  # fits exactly when the budget ends: nothing pokes
+    steps = _waiting.wait(
+        REQUEST, TICKET, Denied(None, TICKET), start=0.0, timeout_seconds=None, max_retries=2, clock=world.clock,
+        retry_interval=2.0, jitter=lambda: 0.999,
+    )  # fmt: skip
+    assert _run_until_it_ends(steps, world, pokes_at=[])[0] == "granted"
+
+
+def test_a_timeout_shorter_than_the_retry_budget_still_ends_the_wait() -> None:
+    world = World(fits_at=100.0, by_decay=False)
+    steps = _waiting.wait(
+        REQUEST, TICKET, Denied(None, TICKET), start=0.0, timeout_seconds=1.0, max_retries=5, clock=world.clock,
+        retry_interval=2.0,
+    )  # fmt: skip
+    with pytest.raises(AcquireConcurrencySlotTimeoutError, match="timed out after 1 second"):
+        _drive_timers(steps, world)
+
+
+def _drive_timers(steps: Any, world: World) -> None:
+    answer: Any = None
+    while True:
+        step = steps.send(answer)
+        if step is _waiting.LOOK:
+            answer = world.look()
+        elif step is _waiting.PROBE:
+            answer = False
+        else:
+            world.now += step.seconds
+            answer = b""
 
 
 def test_a_due_moment_longer_than_the_safety_net_is_kept_across_wake_ups() -> None:
