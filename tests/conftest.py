@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 from helpers import Spawned
 
-from gcl_local import _shell
+from gcl_local import _shell, _store, _tokens
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -21,6 +22,25 @@ def _isolated_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.delenv("GCL_DB", raising=False)
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
     _shell._warned.clear()  # each test is a fresh process as far as warnings of missing limits go
+
+
+@pytest.fixture(autouse=True)
+def _fresh_process_state() -> Iterator[None]:
+    """After each test, close what its state files left open in this process (connections, tokens,
+    kept pipes), as its exit would: 400 tests in one process must not run out of descriptors."""
+    yield
+    for token in list(_tokens._tokens.values()):
+        pipe = getattr(token._threads, "pipe", None)
+        if pipe is not None:
+            pipe.close()
+        with contextlib.suppress(OSError):
+            os.close(token.fd)
+    _tokens._tokens.clear()
+    for store in list(_store._stores.values()):
+        with contextlib.suppress(Exception):
+            store.close()
+    _store._stores.clear()
+    _store._stores_by_arg.clear()
 
 
 @pytest.fixture
