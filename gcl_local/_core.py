@@ -473,12 +473,13 @@ def attempt_ticket(tx: Tx, effects: Effects, ticket: int, kind: Kind) -> Outcome
     return outcome
 
 
-def probe(tx: Tx, ticket: int, kind: Kind) -> Granted | bool:
+def probe(tx: Tx, ticket: int, kind: Kind) -> Granted | bool | None:
     """Read-only safety net: our grant if one was missed, else whether a write attempt could help now.
 
     It could when a waiter ahead of us or a holder of our limits has died, or a lease expired, or,
     at the head of the queue, when our request fits now (a wake-up meant for us was lost, e.g.
-    written before our pipe existed): no waiter sleeps on while its request fits.
+    written before our pipe existed): no waiter sleeps on while its request fits. ``None`` says
+    no, and that two live waiters at least are ahead of us: nothing there is ours to watch soon.
     """
     row = _sql.select_ticket(tx.conn, ticket)
     if row is None:
@@ -490,7 +491,9 @@ def probe(tx: Tx, ticket: int, kind: Kind) -> Granted | bool:
         # Each waiter watches the one just ahead of it, the head watches the holders: every death
         # is seen by someone, at a cost that does not grow with the queue.
         ahead = _sql.select_ticket(tx.conn, just_ahead)
-        return ahead is not None and live.token(ahead.holder_token) is False
+        if ahead is None or live.token(ahead.holder_token) is False:
+            return ahead is not None
+        return None if _sql.ticket_ahead(tx.conn, ahead.name_list, just_ahead) is not None else False
     if any(live.lease_gone(lease) for name in names for lease in _sql.leases_on(tx.conn, name)):
         return True
     request = _request_of(row, names)

@@ -400,7 +400,7 @@ class Acquisition:
         with self.store.read() as tx:
             return _core.retry_interval(tx, self.request)
 
-    def probe(self) -> Granted | bool:
+    def probe(self) -> Granted | bool | None:
         assert self.ticket is not None
         with self.store.read() as tx:
             found = _core.probe(tx, self.ticket, self.request.kind)

@@ -118,3 +118,27 @@ def test_timeout_around_a_waiting_rate_limit_leaves_no_ticket(db: str) -> None:
     assert proc.returncode == 124, err  # timeout's own code: it sent SIGTERM
     assert "Traceback" not in err
     assert left_in_file(db) == (0, 0)
+
+
+def test_a_waiter_far_back_says_so_and_each_watches_the_one_just_ahead(db: str, spawned: Spawned) -> None:
+    """The safety net's look: the second in line answers False (nothing to do, look again in 0.5 s),
+    the third None (two live waiters ahead: look again in 2 s), and True once the one just ahead of
+    it died (a write attempt then reaps it)."""
+    from gcl_local import _core
+
+    create_limit("c", 1, db=db)
+    holder = spawned.gcl(db, "run", "c", "--", "sleep", "60")
+    holding(db, "c", "sleep", holder)
+    waiters = []
+    for n in range(1, 4):
+        waiters.append(spawned.gcl(db, "run", "c", "--", "true"))
+        wait_for(lambda n=n: len(read_limit("c", db=db).waiters) == n, what=f"waiter {n}")
+    tickets = [w.ticket for w in sorted(read_limit("c", db=db).waiters, key=lambda w: w.ticket)]
+
+    def probe(ticket: int) -> object:
+        with get_store(db).read() as tx:
+            return _core.probe(tx, ticket, "concurrency")
+
+    assert [probe(t) for t in tickets] == [False, False, None]
+    kill9(waiters[1])
+    assert [probe(t) for t in (tickets[0], tickets[2])] == [False, True]

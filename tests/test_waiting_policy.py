@@ -21,6 +21,7 @@ from gcl_local._errors import AcquireConcurrencySlotTimeoutError
 TICKET = 7
 REQUEST = Request(("r",), 1, "rate", False, 300.0, Holder("tok", 1, None, "h", "u", "label"), "tok")
 SAFETY = _waiting.SAFETY_NET_SECONDS * 1.2
+FAR_BACK_SAFETY = _waiting.FAR_BACK_SAFETY_NET_SECONDS * 1.2
 
 
 class World:
@@ -55,10 +56,19 @@ events = st.lists(
     max_retries=st.one_of(st.none(), st.integers(1, 5)),
     script=events,
     jitter=st.floats(0.0, 0.999),
+    far_back_until=st.floats(0.0, 30.0),
 )
 def test_a_waiter_wakes_by_its_earliest_moment_and_is_served_when_it_fits(
-    fits_at: float, by_decay: bool, timeout: float | None, max_retries: int | None, script: list[Any], jitter: float
+    fits_at: float,
+    by_decay: bool,
+    timeout: float | None,
+    max_retries: int | None,
+    script: list[Any],
+    jitter: float,
+    far_back_until: float,
 ) -> None:
+    """... and a waiter far back in the queue (two live waiters ahead, until *far_back_until*) looks
+    every 2 s, not every 0.5 s; once it is not, its safety net is 0.5 s again."""
     world = World(fits_at, by_decay)
     first = world.look()
     assert isinstance(first, Denied) or fits_at == 0.0
@@ -71,6 +81,7 @@ def test_a_waiter_wakes_by_its_earliest_moment_and_is_served_when_it_fits(
     due = world.now + first.retry_in if first.retry_in is not None else None
     answer: Any = None
     script = list(script)
+    far_back = False  # the last probe said so, and no look since
     for _ in range(2000):
         try:
             step = steps.send(answer)
@@ -84,14 +95,17 @@ def test_a_waiter_wakes_by_its_earliest_moment_and_is_served_when_it_fits(
             return
         if step is _waiting.LOOK:
             answer = world.look()
+            far_back = False
             if isinstance(answer, Denied) and answer.retry_in is not None:
                 due = world.now + answer.retry_in
             continue
         if step is _waiting.PROBE:
-            answer = world.now >= fits_at  # the probe sees deaths, expiries, and a head request that fits
+            # The probe sees deaths, expiries, and a head request that fits; else whether it is far back.
+            answer = True if world.now >= fits_at else (None if world.now < far_back_until else False)
+            far_back = answer is None
             continue
         assert isinstance(step, _waiting.Sleep)
-        assert step.seconds <= SAFETY + 1e-9
+        assert step.seconds <= (FAR_BACK_SAFETY if far_back else SAFETY) + 1e-9
         wake_at = world.now + step.seconds
         if due is not None:
             assert wake_at <= due + 1e-9, "slept past the due moment"
@@ -259,3 +273,22 @@ def test_the_probe_sees_a_head_request_that_fits_by_decay(db: str) -> None:
     with store.read() as tx:
         assert _core.probe(tx, denied.ticket, "rate") is True
     _core.transact(store, _core.cancel, denied.ticket, "rate")
+
+
+def test_a_waiter_far_back_looks_every_2_s_and_the_second_in_line_every_half_second() -> None:
+    world = World(fits_at=100.0, by_decay=False)
+    steps = _waiting.wait(
+        REQUEST, TICKET, Denied(None, TICKET), start=0.0, timeout_seconds=None, max_retries=None, clock=world.clock,
+        jitter=lambda: 0.5,
+    )  # fmt: skip
+    sleeps = []
+    step = steps.send(None)
+    for answer in [None, None, False, None, False]:  # far back, far back, second in line, ...
+        assert isinstance(step, _waiting.Sleep)
+        sleeps.append(step.seconds)
+        world.now += step.seconds
+        assert steps.send(b"") is _waiting.PROBE
+        step = steps.send(answer)
+    assert isinstance(step, _waiting.Sleep)
+    sleeps.append(step.seconds)
+    assert sleeps == pytest.approx([0.5, 2.0, 2.0, 0.5, 2.0, 0.5])
