@@ -464,6 +464,54 @@ def export(db: Db = None) -> None:
     _run(action)
 
 
+def _limits_now(db: str | None) -> tuple[Any, list[Any]]:
+    """The store and a snapshot of every limit ([] when there is no state file yet: none is created)."""
+    from ._store import get_store
+
+    store = get_store(_db(db))
+    try:
+        return store, snapshot(store)
+    except NoStateFileError:
+        return store, []
+
+
+@app.command(cls=_Command)
+def metrics(
+    textfile: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(
+            "--textfile", metavar="DIR", help="Write DIR/gcl.prom atomically (node_exporter's textfile collector)."
+        ),
+    ] = None,
+    db: Db = None,
+) -> None:
+    """Print every limit's metrics in Prometheus text format (read-only).
+
+    Example: gcl metrics; gcl metrics --textfile /var/lib/node_exporter/textfile_collector
+    """
+    import os
+
+    if textfile is not None and not os.path.isdir(textfile):
+        _cli.fail(f"--textfile: {textfile} is not a directory.", _cli.EX_USAGE)
+
+    def action() -> None:
+        from datetime import datetime, timezone
+
+        from . import _metrics
+
+        _, limits = _limits_now(db)
+        text = _metrics.exposition(limits, datetime.now(timezone.utc))
+        if textfile is None:
+            sys.stdout.write(text)
+            return
+        try:
+            _metrics.write_textfile(textfile, text)
+        except OSError as exc:
+            _cli.fail(f"--textfile: cannot write to {textfile}: {exc.strerror or exc}.")
+
+    _run(action)
+
+
 def get_store_of(db: str | None) -> Any:
     from ._store import get_store
 
