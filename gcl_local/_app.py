@@ -512,6 +512,34 @@ def metrics(
     _run(action)
 
 
+@app.command(cls=_Command)
+def top(
+    once: Annotated[
+        bool, typer.Option("--once", help="Print one frame and exit (also when not on a terminal).")
+    ] = False,
+    interval: Annotated[
+        float, typer.Option("--interval", metavar="SECONDS", help="Seconds between refreshes (default 1).")
+    ] = 1.0,
+    db: Db = None,
+) -> None:
+    """A live view of every limit, its holders and waiters (read-only); j/k or arrows select, q quits.
+
+    Example: gcl top; gcl top --once; gcl top --interval 5
+    """
+    import math
+
+    if not (math.isfinite(interval) and 0.1 <= interval <= 3600):
+        _cli.fail(f"--interval must be between 0.1 and 3600 seconds, not {interval:g}.", _cli.EX_USAGE)
+
+    def action() -> None:
+        from . import _top
+
+        store, _ = _limits_now(db)
+        _top.run(str(store.path), lambda: _limits_now(db)[1], interval, once)
+
+    _run(action)
+
+
 def get_store_of(db: str | None) -> Any:
     from ._store import get_store
 
