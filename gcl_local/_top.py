@@ -85,7 +85,7 @@ def limits_table(limits: Sequence[Limit], selected: int, rates: Rates, now: date
         table.add_row(
             name,
             _bar(limit.active_slots, limit.limit),
-            f"{limit.slot_decay_per_second:g}" if limit.slot_decay_per_second else "-",
+            f"{limit.slot_decay_per_second:.3g}" if limit.slot_decay_per_second else "-",
             str(len(limit.holders)) + (f"+{len(limit.reclaimable)}†" if limit.reclaimable else ""),
             str(len(limit.waiters)),
             _ago(oldest, now),
