@@ -19,7 +19,8 @@ except ImportError:  # pragma: no cover - older typer, on click
     from click import exceptions as _click  # type: ignore[import-not-found,no-redef,unused-ignore]
 
 from . import _cli, _output
-from ._limits import create_limit, delete_limit, list_limits, read_limit, update_limit
+from ._errors import NoStateFileError
+from ._limits import create_limit, delete_limit, list_limits, read_limit, reset_stats, snapshot, update_limit
 
 app = typer.Typer(
     name="gcl",
@@ -227,7 +228,16 @@ def ls(output: Output = None, db: Db = None) -> None:
         from ._store import get_store
 
         store = get_store(_db(db))
-        limits = list_limits(db=store)
+        try:
+            limits = snapshot(store)
+        except NoStateFileError as exc:  # a reader never creates the file
+            if output == "json":
+                _output.print_json([])
+                sys.stderr.write(f"gcl: {exc}\n")
+            else:
+                _done(_output.header(str(store.path)))
+                _done("No state file yet: gcl create NAME --limit N makes it.")
+            return
         if output == "json":
             _output.print_json([limit.to_json() for limit in limits])
             return
@@ -258,7 +268,7 @@ def inspect(
         from ._store import get_store
 
         store = get_store(_db(db))
-        limit = read_limit(name, db=store)
+        limit = snapshot(store, name)[0]
         if output == "json" and file is not None:
             import json
 
@@ -297,12 +307,15 @@ def update(
         Optional[int],  # noqa: UP045
         typer.Option("--active-slots", metavar="N", help="Set the bucket level."),
     ] = None,
+    reset_stats_: Annotated[
+        bool, typer.Option("--reset-stats", help="Zero its history: counters and wait-time histogram.")
+    ] = False,
     output: Output = None,
     db: Db = None,
 ) -> None:
     """Change a limit; waiters that now fit are served at once.
 
-    Example: gcl update gpu --limit 4; gcl update vendor-api --rate 300/min --burst 10
+    Example: gcl update gpu --limit 4; gcl update vendor-api --rate 300/min --burst 10; gcl update gpu --reset-stats
     """
     if enable and disable:
         _cli.fail("Cannot enable and disable a limit at the same time.", _cli.EX_USAGE)
@@ -310,14 +323,18 @@ def update(
 
     def action() -> None:
         slots, decay = _rate_values(rate, burst, limit, slot_decay_per_second)
-        if slots is None and decay is None and active is None and active_slots is None:
+        settings = not (slots is None and decay is None and active is None and active_slots is None)
+        if not settings and not reset_stats_:
             _cli.fail(
-                "nothing to change: give --limit, --rate, --slot-decay-per-second, --enable, --disable "
-                "or --active-slots", _cli.EX_USAGE,
+                "nothing to change: give --limit, --rate, --slot-decay-per-second, --enable, --disable, "
+                "--active-slots or --reset-stats", _cli.EX_USAGE,
             )  # fmt: skip
         _limit_values(slots, decay, active_slots)
-        changed = update_limit(name, limit=slots, slot_decay_per_second=decay, active=active,
-                               active_slots=active_slots, db=_db(db))  # fmt: skip
+        if settings:
+            changed = update_limit(name, limit=slots, slot_decay_per_second=decay, active=active,
+                                   active_slots=active_slots, db=_db(db))  # fmt: skip
+        if reset_stats_:
+            changed = reset_stats(name, db=_db(db))
         if output == "json":
             _output.print_json(changed.to_json())
         else:
@@ -443,6 +460,82 @@ def export(db: Db = None) -> None:
 
         store = get_store_of(db)
         sys.stdout.write(_apply.export_text(list_limits(db=store), str(store.path)))
+
+    _run(action)
+
+
+def _limits_now(db: str | None) -> tuple[Any, list[Any]]:
+    """The store and a snapshot of every limit ([] when there is no state file yet: none is created)."""
+    from ._store import get_store
+
+    store = get_store(_db(db))
+    try:
+        return store, snapshot(store)
+    except NoStateFileError:
+        return store, []
+
+
+@app.command(cls=_Command)
+def metrics(
+    textfile: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(
+            "--textfile", metavar="DIR", help="Write DIR/gcl.prom atomically (node_exporter's textfile collector)."
+        ),
+    ] = None,
+    db: Db = None,
+) -> None:
+    """Print every limit's metrics in Prometheus text format (read-only).
+
+    Example: gcl metrics; gcl metrics --textfile /var/lib/node_exporter/textfile_collector
+    """
+    import os
+
+    if textfile is not None and not os.path.isdir(textfile):
+        _cli.fail(f"--textfile: {textfile} is not a directory.", _cli.EX_USAGE)
+
+    def action() -> None:
+        from datetime import datetime, timezone
+
+        from . import _metrics
+
+        _, limits = _limits_now(db)
+        text = _metrics.exposition(limits, datetime.now(timezone.utc))
+        if textfile is None:
+            sys.stdout.write(text)
+            return
+        try:
+            _metrics.write_textfile(textfile, text)
+        except OSError as exc:
+            _cli.fail(f"--textfile: cannot write to {textfile}: {exc.strerror or exc}.")
+
+    _run(action)
+
+
+@app.command(cls=_Command)
+def top(
+    once: Annotated[
+        bool, typer.Option("--once", help="Print one frame and exit (also when not on a terminal).")
+    ] = False,
+    interval: Annotated[
+        float, typer.Option("--interval", metavar="SECONDS", help="Seconds between refreshes (default 1).")
+    ] = 1.0,
+    db: Db = None,
+) -> None:
+    """A live view of every limit, its holders and waiters (read-only); j/k or arrows select, q quits.
+
+    Example: gcl top; gcl top --once; gcl top --interval 5
+    """
+    import math
+
+    if not (math.isfinite(interval) and 0.1 <= interval <= 3600):
+        _cli.fail(f"--interval must be between 0.1 and 3600 seconds, not {interval:g}.", _cli.EX_USAGE)
+
+    def action() -> None:
+        from . import _top
+
+        store, _ = _limits_now(db)
+        _top.run(str(store.path), lambda: _limits_now(db)[1], interval, once)
 
     _run(action)
 

@@ -238,7 +238,7 @@ def _spec_of(limit: Limit) -> Spec:
 
 def _plan(tx: Tx, effects: _core.Effects, wanted: list[Spec], prune: bool, force: bool, commit: bool) -> list[Change]:
     """Compare and (with *commit*) apply, in the caller's one transaction."""
-    existing = {limit.name: limit for limit in _core.list_limits(tx, effects)}
+    existing = {limit.name: limit for limit in _core.list_limits(tx)}
     applied = _sql.applied_limits(tx.conn)
     changes: list[Change] = []
     for spec in wanted:

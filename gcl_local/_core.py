@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Literal, NamedTuple, TypeVar
 
 from . import _log, _sql, _tokens
@@ -27,7 +27,7 @@ from ._errors import (
     LimitExistsError,
     LimitNotFoundError,
 )
-from ._model import DEFAULT_AVG_OCCUPANCY, Lease, Limit, Waiter, utc
+from ._model import DEFAULT_AVG_OCCUPANCY, Lease, Limit, Stats, Waiter, utc, wait_bucket
 from ._sql import LeaseRow, LimitRow, TicketRow
 from ._store import Store, Tx
 
@@ -210,19 +210,22 @@ def _drop_holder(tx: Tx, effects: Effects, token: str, freed: set[str]) -> None:
 
 
 def _drop_lease(tx: Tx, lease: LeaseRow) -> list[str]:
-    """Delete a lease, feeding its occupancy time to its limits' averages; return its names."""
+    """Reclaim a lease (its holder died, or it expired), feeding its occupancy time to its limits'
+    averages and history; return its names."""
     _sql.delete_lease(tx.conn, lease)
-    _record_occupancy(tx, lease)
+    _record_occupancy(tx, lease, reclaimed=True)
     return lease.name_list
 
 
-def _record_occupancy(tx: Tx, lease: LeaseRow) -> bool:
-    """Feed a lease's occupancy to its limits' averages; True if anyone waits on them."""
+def _record_occupancy(tx: Tx, lease: LeaseRow, *, reclaimed: bool = False) -> bool:
+    """Feed a lease's occupancy to its limits' averages and history; True if anyone waits on them."""
     names = lease.name_list
     if not names:
         return False
     occupied = max(0.0, tx.now.boot - lease.acquired_boot)
-    return _sql.record_occupancy(tx.conn, names, max(occupied / max(lease.slots, 1), MIN_OCCUPANCY_SAMPLE))
+    per_slot = max(occupied / max(lease.slots, 1), MIN_OCCUPANCY_SAMPLE)
+    unqueued = int(lease.ticket is None)  # its acquisition is counted now (see _count_acquisition)
+    return _sql.record_occupancy(tx.conn, names, per_slot, occupied * lease.slots, int(reclaimed), unqueued)
 
 
 def _reap_leases(tx: Tx, effects: Effects, names: Iterable[str], live: _Liveness, freed: set[str]) -> bool:
@@ -313,18 +316,25 @@ def _retry_in(tx: Tx, short: list[LimitRow], occupy: int) -> float | None:
     return max(waits) if waits else None
 
 
-def _grant(tx: Tx, request: Request, active: list[LimitRow], ticket: int | None) -> Lease | None:
+def _grant(
+    tx: Tx, request: Request, active: list[LimitRow], ticket: int | None, since: float | None = None
+) -> Lease | None:
+    """Take the slots; *since*: when the ticket was taken (None: the request did not queue)."""
     now = tx.now
     if request.kind == "rate":
         served = now if ticket is None else _moment_it_fit(tx, request, active)
         for row in active:
             _sql.set_level(tx.conn, row.name, row.level_at(served.boot) + request.occupy, served)
+        if active:
+            _count_acquisition(tx, [row.name for row in active], "rate", since)
         return None
     holder = request.holder
     active_names = {row.name for row in active}
     names = tuple(name for name in request.names if name in active_names)  # in the caller's order
     if not names:
         return _no_slot_lease(request, now.wall)
+    if ticket is not None:
+        _count_acquisition(tx, names, "concurrency", since)
     lease = LeaseRow(
         token=0,
         secret=os.urandom(4).hex(),
@@ -345,6 +355,26 @@ def _grant(tx: Tx, request: Request, active: list[LimitRow], ticket: int | None)
     )
     token = _sql.insert_lease(tx.conn, lease, names)
     return _lease(lease._replace(token=token))
+
+
+_ACQUISITION_COUNTERS = {
+    ("concurrency", False): "acq_cn",
+    ("concurrency", True): "acq_cw",
+    ("rate", False): "acq_rn",
+    ("rate", True): "acq_rw",
+}
+
+
+def _count_acquisition(tx: Tx, names: Sequence[str], kind: Kind, since: float | None) -> None:
+    """History: one acquisition, and its wait (0 unless it queued and was served in a later transaction).
+
+    A concurrency lease that never queued is counted when it ends, in the statement that its
+    release (or reclaim) runs anyway (``_sql.record_occupancy``), and readers add the ones held now:
+    the uncontended acquire pays for no write to the limit's row.
+    """
+    waited = 0.0 if since is None else max(0.0, tx.now.wall - since)
+    counter = _ACQUISITION_COUNTERS[kind, waited > 0]
+    _sql.count_acquisition(tx.conn, names, counter, wait_bucket(waited), waited)
 
 
 def _moment_it_fit(tx: Tx, request: Request, active: list[LimitRow]) -> Instant:
@@ -388,7 +418,10 @@ def _lease(row: LeaseRow) -> Lease:
 def attempt(tx: Tx, effects: Effects, request: Request, pipe: str | None = None) -> Outcome:
     """Admit a request now, or deny it; with *pipe*, a denied request takes its ticket in the same transaction."""
     outcome = _attempt(tx, effects, request)
-    if pipe is None or isinstance(outcome, Granted):
+    if isinstance(outcome, Granted):
+        return outcome
+    if pipe is None:
+        _sql.count_failure(tx.conn, request.names, "refusals")  # history: a non-blocking attempt found no room
         return outcome
     return _enqueue(tx, effects, request, pipe)
 
@@ -514,8 +547,9 @@ def _granted_ticket(tx: Tx, ticket: int, kind: Kind) -> Granted:
     return Granted(_lease(lease))
 
 
-def cancel(tx: Tx, effects: Effects, ticket: int, kind: Kind) -> Granted | None:
-    """Leave the queue; if the ticket was granted meanwhile, return that grant instead."""
+def cancel(tx: Tx, effects: Effects, ticket: int, kind: Kind, timed_out: bool = False) -> Granted | None:
+    """Leave the queue (*timed_out*: the waiter gave up at its timeout); if the ticket was granted
+    meanwhile, return that grant instead."""
     row = _sql.select_ticket(tx.conn, ticket)
     if row is None:
         try:
@@ -523,6 +557,8 @@ def cancel(tx: Tx, effects: Effects, ticket: int, kind: Kind) -> Granted | None:
         except ConcurrencySlotAcquisitionError:
             return None
     _sql.delete_ticket(tx.conn, row)
+    if timed_out:
+        _sql.count_failure(tx.conn, row.name_list, "timeouts")
     _serve(tx, effects, set(row.name_list), None, freed=True)
     return None
 
@@ -595,7 +631,7 @@ def _serve(tx: Tx, effects: Effects, names: set[str], me: int | None, *, freed: 
                 if ticket != me and live.token(row.holder_token) is False:
                     _drop_holder(tx, effects, row.holder_token, pending)  # never grant to the dead
                     continue
-                granted = Granted(_grant(tx, request, active, ticket), missing)
+                granted = Granted(_grant(tx, request, active, ticket, row.since_wall), missing)
                 _sql.delete_ticket(conn, row)
                 if ticket == me:
                     mine = granted
@@ -762,30 +798,51 @@ def delete_limit(tx: Tx, effects: Effects, name: str) -> None:
     _serve(tx, effects, {name}, None, freed=True)  # its waiters now find it missing
 
 
-def read_limit(tx: Tx, effects: Effects, name: str) -> Limit:
-    rows = _sql.select_limits(tx.conn, [name])
-    if not rows:
+def reset_stats(tx: Tx, effects: Effects, name: str) -> Limit:
+    """Zero the history of a limit."""
+    if not _sql.reset_stats(tx.conn, name, tx.now.wall):
         raise LimitNotFoundError(name)
-    _tidy(tx, effects, [name])
     return _describe(tx, _sql.select_limits(tx.conn, [name])[0])
 
 
-def list_limits(tx: Tx, effects: Effects) -> list[Limit]:
-    rows = _sql.select_all_limits(tx.conn)
-    _tidy(tx, effects, [r.name for r in rows])
-    return [_describe(tx, row) for row in _sql.select_all_limits(tx.conn)]
+# -- reading: a snapshot, never a write --------------------------------------------------------------
 
 
-def _tidy(tx: Tx, effects: Effects, names: list[str]) -> None:
-    """Before showing limits: reap dead holders and waiters, so that what is shown is true now."""
-    live = _Liveness(tx)
-    freed: set[str] = set()
-    _reap_leases(tx, effects, names, live, freed)
-    for name in names:
-        _reap_tickets(tx, effects, [t.ticket for t in _sql.waiting_on(tx.conn, name)], live, freed)
-    sweep(tx, effects, live, freed)
-    if freed:
-        _serve(tx, effects, freed, None, freed=True)
+def read_limit(tx: Tx, name: str) -> Limit:
+    """One limit as of the snapshot *tx* (a read transaction): nothing is reaped or written."""
+    rows = _sql.select_limits(tx.conn, [name])
+    if not rows:
+        raise LimitNotFoundError(name)
+    return _describe(tx, rows[0], _Snapshot(tx))
+
+
+def list_limits(tx: Tx) -> list[Limit]:
+    """Every limit, by name, as of the snapshot *tx*."""
+    snapshot = _Snapshot(tx)
+    return [_describe(tx, row, snapshot) for row in _sql.select_all_limits(tx.conn)]
+
+
+class _Snapshot:
+    """What a reader needs to tell the living from the dead without reaping them."""
+
+    def __init__(self, tx: Tx) -> None:
+        self.live = _Liveness(tx)
+        # After a reboot nothing has rebased the file yet (a reader does not write): every holder
+        # and waiter of the old boot is gone, and buckets decay by the wall clock since then.
+        self.old_boot = _sql.stored_boot_id(tx.conn) != tx.now.boot_id
+
+    def row(self, tx: Tx, row: LimitRow) -> LimitRow:
+        if not self.old_boot:
+            return row
+        return row._replace(level_boot=tx.now.boot - max(0.0, tx.now.wall - row.level_wall))
+
+    def lease_gone(self, lease: LeaseRow) -> bool:
+        return self.old_boot or self.live.lease_gone(lease)
+
+    def ticket_gone(self, ticket: TicketRow) -> bool:
+        if self.old_boot or self.live.token(ticket.holder_token) is False:
+            return True
+        return ticket.by_pid and ticket.pid is not None and not _tokens.pid_alive(ticket.pid, ticket.pid_start)
 
 
 def sweep(tx: Tx, effects: Effects, live: _Liveness | None = None, freed: set[str] | None = None) -> None:
@@ -815,11 +872,19 @@ def forget_token(tx: Tx, effects: Effects, token: str) -> None:
         effects.dead_tokens.add(token)
 
 
-def _describe(tx: Tx, row: LimitRow) -> Limit:
+def _describe(tx: Tx, row: LimitRow, snapshot: _Snapshot | None = None) -> Limit:
+    """A limit with its holders, waiters and history; the dead are told apart, not reaped."""
     conn = tx.conn
+    snapshot = snapshot or _Snapshot(tx)
+    row = snapshot.row(tx, row)
+    holders: list[LeaseRow] = []
+    reclaimable: list[LeaseRow] = []
     leases = _sql.leases_on(conn, row.name)
-    held = sum(lease.slots for lease in leases)
+    for lease in leases:
+        (reclaimable if snapshot.lease_gone(lease) else holders).append(lease)
+    held = sum(lease.slots for lease in holders)
     occupancy = held + row.level_at(tx.now.boot)
+    stats = _sql.select_stats(conn, row.name).get(row.name)
     return Limit(
         name=row.name,
         limit=row.limit,
@@ -829,11 +894,37 @@ def _describe(tx: Tx, row: LimitRow) -> Limit:
         avg_slot_occupancy_seconds=row.avg_occupancy,
         created=utc(row.created),
         updated=utc(row.updated),
-        holders=tuple(_lease(lease) for lease in leases),
+        holders=tuple(_lease(lease) for lease in holders),
         waiters=tuple(
             Waiter(t.ticket, t.slots, t.kind, t.pid, t.label, utc(t.since_wall))
             for t in _sql.waiting_on(conn, row.name)
+            if not snapshot.ticket_gone(t)
         ),
+        reclaimable=tuple(_lease(lease) for lease in reclaimable),
+        stats=None if stats is None else _stats(tx, row, stats, holders, leases),
+    )
+
+
+def _stats(tx: Tx, row: LimitRow, stats: _sql.StatsRow, holders: list[LeaseRow], leases: list[LeaseRow]) -> Stats:
+    # Slot-seconds of the leases held now count too, so the total only grows (their release adds
+    # the same amount to the stored counter).
+    held_now = sum(max(0.0, tx.now.boot - lease.acquired_boot) * lease.slots for lease in holders)
+    counters = dict(zip(_sql.STATS_COUNTERS, stats.counters, strict=True))
+    # Leases that never queued are counted when they end: count those not ended yet too.
+    unqueued = sum(1 for lease in leases if lease.ticket is None)
+    buckets = (stats.wait_buckets[0] + unqueued, *stats.wait_buckets[1:])
+    return Stats(
+        since=utc(stats.since or row.created),
+        immediate_concurrency=counters["acq_cn"] + unqueued,
+        waited_concurrency=counters["acq_cw"],
+        immediate_rate=counters["acq_rn"],
+        waited_rate=counters["acq_rw"],
+        timeouts=counters["timeouts"],
+        refusals=counters["refusals"],
+        reclaimed=counters["reclaimed"],
+        slot_seconds=stats.held_seconds + held_now,
+        wait_seconds_sum=stats.wait_sum,
+        wait_buckets=buckets,
     )
 
 
@@ -879,6 +970,7 @@ __all__ = [
     "read_limit",
     "release",
     "renew",
+    "reset_stats",
     "retry_interval",
     "transact",
 ]

@@ -14,6 +14,7 @@ errors to exit codes in one place::
     ├── LimitExistsError
     ├── InvalidLimitError                       also ValueError
     ├── StoreError                              the file cannot be used (corrupt, not ours, unwritable, network fs)
+    │   └── NoStateFileError                    a reader found no state file (it never creates one)
     └── CommandError                            gcl run could not start the command (exit 126; 127: not found)
 """
 
@@ -126,6 +127,20 @@ class StoreError(GclError):
     """The state file cannot be used: corrupt, not ours, unwritable, or on a network filesystem."""
 
 
+class NoStateFileError(StoreError):
+    """A reader (``ls``, ``inspect``, ``top``, ``metrics``, ``serve``) found no state file: it never creates one."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path)
+        self.path = path
+
+    def __str__(self) -> str:
+        return f"There is no state file yet at {self.path} (the first gcl create, gcl run or library call makes it)."
+
+    def __reduce__(self) -> tuple[type[NoStateFileError], tuple[str]]:
+        return (type(self), (self.path,))
+
+
 class CommandError(GclError):
     """``gcl run`` could not start the command (exit 126, as a shell)."""
 
@@ -153,5 +168,6 @@ __all__ = [
     "LeaseRenewalError",
     "LimitExistsError",
     "LimitNotFoundError",
+    "NoStateFileError",
     "StoreError",
 ]

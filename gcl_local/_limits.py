@@ -7,9 +7,9 @@ reaches it; writes that change a limit are durable (``synchronous=FULL``) once t
 from __future__ import annotations
 
 from . import _core
-from ._errors import InvalidLimitError
+from ._errors import InvalidLimitError, LimitNotFoundError, NoStateFileError
 from ._model import Limit, validate_bool, validate_count, validate_decay, validate_name
-from ._store import get_store
+from ._store import Store, get_store
 from .sync import DbArg
 
 
@@ -36,17 +36,49 @@ def create_limit(
 
 
 def read_limit(name: str, *, db: DbArg = None) -> Limit:
-    """The limit called *name*, with its occupancy, holders and waiters now.
+    """The limit called *name*, with its occupancy, holders, waiters and history, from a snapshot.
 
-    :raises LimitNotFoundError: if there is none.
+    A read takes no write lock and writes nothing: holders that died are listed in ``reclaimable``,
+    not reaped. It never creates the state file.
+
+    :raises LimitNotFoundError: if there is none (also when there is no state file yet).
     """
     validate_name(name)
-    return _core.transact(get_store(db), _core.read_limit, name)
+    try:
+        return snapshot(get_store(db), name)[0]
+    except NoStateFileError:
+        raise LimitNotFoundError(name) from None
 
 
 def list_limits(*, db: DbArg = None) -> list[Limit]:
-    """Every limit, by name, with its occupancy, holders and waiters now."""
-    return _core.transact(get_store(db), _core.list_limits)
+    """Every limit, by name, with its occupancy, holders, waiters and history, from one snapshot.
+
+    Like :func:`read_limit`, it writes nothing; with no state file yet there are no limits.
+    """
+    try:
+        return snapshot(get_store(db))
+    except NoStateFileError:
+        return []
+
+
+def snapshot(store: Store, name: str | None = None) -> list[Limit]:
+    """Every limit (or the one called *name*) from one read transaction: what ``ls``, ``inspect``,
+    ``top``, ``metrics`` and ``serve`` show.
+
+    :raises NoStateFileError: if there is no state file yet (none is created).
+    :raises LimitNotFoundError: if *name* is given and there is no such limit.
+    """
+    with store.read() as tx:
+        return _core.list_limits(tx) if name is None else [_core.read_limit(tx, name)]
+
+
+def reset_stats(name: str, *, db: DbArg = None) -> Limit:
+    """Zero the history of a limit (its counters and wait-time histogram).
+
+    :raises LimitNotFoundError: if there is no such limit.
+    """
+    validate_name(name)
+    return _core.transact(get_store(db), _core.reset_stats, name, durable=True)
 
 
 def update_limit(
@@ -88,4 +120,4 @@ def delete_limit(name: str, *, db: DbArg = None) -> None:
     _core.transact(get_store(db), _core.delete_limit, name, durable=True)
 
 
-__all__ = ["create_limit", "delete_limit", "list_limits", "read_limit", "update_limit"]
+__all__ = ["create_limit", "delete_limit", "list_limits", "read_limit", "reset_stats", "snapshot", "update_limit"]

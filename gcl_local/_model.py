@@ -162,6 +162,73 @@ class Waiter(NamedTuple):
         return result
 
 
+WAIT_BUCKETS = (0.001, 0.01, 0.1, 1.0, 10.0, 60.0, 600.0)
+"""Upper bounds (seconds) of the wait-time histogram's buckets; a last bucket takes the rest (+Inf)."""
+
+
+def wait_bucket(seconds: float) -> int:
+    """The index of the histogram bucket that a wait of *seconds* falls in (``len(WAIT_BUCKETS)``: +Inf)."""
+    for index, bound in enumerate(WAIT_BUCKETS):
+        if seconds <= bound:
+            return index
+    return len(WAIT_BUCKETS)
+
+
+class Stats(NamedTuple):
+    """What happened on a limit since ``since`` (its creation, or ``gcl update --reset-stats``).
+
+    Counters kept in the state file, updated by the transactions that grant, refuse, release and
+    reclaim. ``slot_seconds`` counts the slot-seconds of leases that ended plus those of the
+    leases held now, so it only grows. Every acquisition's wait (0 when it did not wait) is in the
+    histogram ``wait_buckets``: counts per bucket of :data:`WAIT_BUCKETS`, not cumulative, the last
+    one past 600 s.
+    """
+
+    since: datetime
+    immediate_concurrency: int
+    waited_concurrency: int
+    immediate_rate: int
+    waited_rate: int
+    timeouts: int
+    """Waiters that gave up at their timeout (or ``max_retries``)."""
+    refusals: int
+    """Non-blocking attempts (``-n``, ``timeout_seconds=0``, ``max_retries=0``) that found no room."""
+    reclaimed: int
+    """Leases taken back from holders that died or whose lease expired."""
+    slot_seconds: float
+    wait_seconds_sum: float
+    wait_buckets: tuple[int, ...]
+
+    @property
+    def acquisitions(self) -> int:
+        return self.immediate_concurrency + self.waited_concurrency + self.immediate_rate + self.waited_rate
+
+    def wait_quantile(self, q: float) -> float | None:
+        """The *q*-quantile of the waits, interpolated in its bucket as Prometheus does (None: no data).
+
+        In the last bucket (past 600 s) it is that bucket's lower bound, 600 s.
+        """
+        total = sum(self.wait_buckets)
+        if total == 0:
+            return None
+        rank = q * total
+        seen = 0
+        lower = 0.0
+        for index, count in enumerate(self.wait_buckets):
+            if index == len(WAIT_BUCKETS):
+                return lower
+            upper = WAIT_BUCKETS[index]
+            if count and seen + count >= rank:
+                return lower + (upper - lower) * (rank - seen) / count
+            seen += count
+            lower = upper
+        return lower
+
+    def to_json(self) -> dict[str, Any]:
+        result: dict[str, Any] = _jsonable(self)
+        return result
+
+
 class Limit(NamedTuple):
     """A named limit as stored, with its occupancy, holders and waiters as of one moment."""
 
@@ -175,7 +242,14 @@ class Limit(NamedTuple):
     created: datetime
     updated: datetime
     holders: tuple[Lease, ...] = ()
+    """The live holders (and holders by pid whose lease has not ended)."""
     waiters: tuple[Waiter, ...] = ()
+    """Live waiters, oldest first."""
+    reclaimable: tuple[Lease, ...] = ()
+    """Leases whose holder has died or whose lease expired, not reclaimed yet (a reader never
+    writes): the next acquisition that needs the room takes them back. Not in ``active_slots``."""
+    stats: Stats | None = None
+    """The history of the limit (None where it was not read)."""
 
     @property
     def id(self) -> str:
@@ -210,8 +284,10 @@ __all__ = [
     "MAX_NAME_LENGTH",
     "MAX_SLOTS",
     "MIN_LEASE_SECONDS",
+    "WAIT_BUCKETS",
     "Lease",
     "Limit",
+    "Stats",
     "Waiter",
     "utc",
     "validate_bool",
@@ -220,4 +296,5 @@ __all__ = [
     "validate_name",
     "validate_names",
     "validate_seconds",
+    "wait_bucket",
 ]

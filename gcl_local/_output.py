@@ -141,12 +141,19 @@ def limit_details(limit: Limit) -> str:
         f"avg occupancy: {occupancy}",
         f"created:       {limit.created.isoformat(timespec='seconds')}",
         f"updated:       {limit.updated.isoformat(timespec='seconds')}",
+        *history_lines(limit),
         "",
     ]
     if limit.holders:
         lines.append(holders_table(limit.holders, now))
     else:
         lines.append("No holders.")
+    if limit.reclaimable:
+        lines += [
+            "",
+            "Holders that died or whose lease ended (reclaimed by the next acquisition that needs the room):",
+            holders_table(limit.reclaimable, now, dead=True),
+        ]
     if limit.waiters:
         rows = [
             (str(w.ticket), count(w.slots), w.kind, str(w.pid or "-"), w.label, _ago(w.since, now))
@@ -171,11 +178,39 @@ def _wrapped(label: str, text: str) -> list[str]:
     return [label + parts[0], *(" " * len(label) + part for part in parts[1:])]
 
 
-def holders_table(holders: Sequence[Lease], now: datetime) -> str:
+def history_lines(limit: Limit) -> list[str]:
+    """What ``inspect`` says of a limit's history: acquisitions, failures, and the waits' percentiles."""
+    stats = limit.stats
+    if stats is None:
+        return []
+    waited = stats.waited_concurrency + stats.waited_rate
+    p50, p95 = stats.wait_quantile(0.5), stats.wait_quantile(0.95)
+    waits = "-" if p50 is None or p95 is None else f"p50 {wait_text(p50)}, p95 {wait_text(p95)}"
+    return [
+        f"history:       {stats.acquisitions} acquired ({waited} waited), {stats.timeouts} timed out, "
+        f"{stats.refusals} refused, {stats.reclaimed} reclaimed",
+        f"waits:         {waits}; since {stats.since.isoformat(timespec='seconds')}",
+    ]
+
+
+def wait_text(seconds: float) -> str:
+    """A wait from the histogram, short: ``0.4ms``, ``12ms``, ``3.2s``, ``>10m`` past its last bucket."""
+    if seconds >= 600:
+        return ">10m"
+    if seconds < 0.01:
+        return f"{seconds * 1000:.2g}ms"
+    if seconds < 1:
+        return f"{seconds * 1000:.0f}ms"
+    return duration(seconds) if seconds >= 60 else f"{seconds:.2g}s"
+
+
+def holders_table(holders: Sequence[Lease], now: datetime, *, dead: bool = False) -> str:
     rows = []
     for lease in holders:
         left = "-" if lease.expires is None else duration(max(0.0, (lease.expires - now).total_seconds()))
-        if lease.held_by == "token" and lease.expires is not None and lease.expires < now:
+        if dead:
+            left = "dead" if lease.expires is None or lease.expires > now else "ended"
+        elif lease.held_by == "token" and lease.expires is not None and lease.expires < now:
             left = "alive"  # a live token holder keeps its slots past the lease's end
         rows.append(
             (
@@ -192,4 +227,15 @@ def holders_table(holders: Sequence[Lease], now: datetime) -> str:
     return _table(rows, ["LEASE", "SLOTS", "PID", "HOST", "LABEL", "AGE", "EXPIRES"], flexible=(3, 4))
 
 
-__all__ = ["count", "duration", "header", "holders_table", "limit_details", "limits_table", "print_json", "width"]
+__all__ = [
+    "count",
+    "duration",
+    "header",
+    "history_lines",
+    "holders_table",
+    "limit_details",
+    "limits_table",
+    "print_json",
+    "wait_text",
+    "width",
+]

@@ -420,7 +420,7 @@ class Acquisition:
         """
         if self.pid != os.getpid():
             return None  # a forked child: what we see was taken by the parent
-        late = to_the_end(self._leave)
+        late = to_the_end(lambda: self._leave(timed_out=keep_late))
         if late is not None and keep_late and not self.orphaned:
             return late
         to_the_end(self._give_back)
@@ -448,12 +448,12 @@ class Acquisition:
         """The lease now belongs to someone else (``gcl acquire`` hands it to the calling shell)."""
         self.lease_id = None
 
-    def _leave(self) -> Granted | None:
-        """Cancel our ticket (idempotent: it may run again after an interruption)."""
+    def _leave(self, *, timed_out: bool = False) -> Granted | None:
+        """Cancel our ticket (idempotent: it may run again after an interruption); *timed_out* counts it."""
         ticket = self.ticket
         if ticket is None:
             return None
-        late = _core.transact(self.store, _core.cancel, ticket, self.request.kind)
+        late = _core.transact(self.store, _core.cancel, ticket, self.request.kind, timed_out)
         with self._lock:
             if self.ticket == ticket:
                 self.ticket = None

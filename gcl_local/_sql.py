@@ -19,7 +19,7 @@ import apsw
 from ._clock import Instant
 
 APPLICATION_ID = 0x47434C31  # "GCL1": tells our files from other programs' SQLite files
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA_V1 = (
     "CREATE TABLE meta(key TEXT PRIMARY KEY, value) WITHOUT ROWID",
@@ -81,8 +81,22 @@ _SCHEMA_V1 = (
     ) WITHOUT ROWID""",
 )
 
+# Version 2: the history of each limit, in its own row (the release path already updates that row).
+# Acquisitions by kind (c: concurrency, r: rate) and whether they waited (w) or not (n); the
+# wait-time histogram's buckets w0..w7 (counts per bucket, not cumulative); stats_since: when
+# they were last zeroed (0: since the limit was created).
+STATS_COUNTERS = ("acq_cn", "acq_cw", "acq_rn", "acq_rw", "timeouts", "refusals", "reclaimed")
+WAIT_COLUMNS = tuple(f"w{i}" for i in range(8))
+_STATS_COLUMNS = (*STATS_COUNTERS, "held_seconds", "wait_sum", *WAIT_COLUMNS)
+_SCHEMA_V2 = (
+    *(f"ALTER TABLE limits ADD COLUMN {c} INTEGER NOT NULL DEFAULT 0" for c in (*STATS_COUNTERS, *WAIT_COLUMNS)),
+    "ALTER TABLE limits ADD COLUMN held_seconds REAL NOT NULL DEFAULT 0",
+    "ALTER TABLE limits ADD COLUMN wait_sum REAL NOT NULL DEFAULT 0",
+    "ALTER TABLE limits ADD COLUMN stats_since REAL NOT NULL DEFAULT 0",
+)
+
 NAME_SEP = "\x1f"  # names never hold control characters
-MIGRATIONS: dict[int, Sequence[str]] = {1: _SCHEMA_V1}
+MIGRATIONS: dict[int, Sequence[str]] = {1: _SCHEMA_V1, 2: _SCHEMA_V2}
 """Statements that bring a file from version ``n - 1`` to ``n``."""
 
 
@@ -129,6 +143,12 @@ def rebase_after_reboot(conn: apsw.Connection, now: Instant) -> None:
         (now.boot, now.wall),
     )
     conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('boot_id', ?)", (now.boot_id,))
+
+
+def stored_boot_id(conn: apsw.Connection) -> str | None:
+    """The boot id that the times in the file are measured from (None: no write has set it yet)."""
+    rows = _fetch(conn, "SELECT value FROM meta WHERE key = 'boot_id'")
+    return str(rows[0][0]) if rows else None
 
 
 def integrity_check(conn: apsw.Connection) -> str:
@@ -337,20 +357,89 @@ def delete_lease(conn: apsw.Connection, lease: LeaseRow) -> None:
     conn.execute("DELETE FROM leases WHERE token = ?", (lease.token,))
 
 
-def record_occupancy(conn: apsw.Connection, names: Sequence[str], seconds_per_slot: float) -> bool:
-    """Prefect's EMA of slot occupancy (alpha = 1 / (2 * limit), about the last 2 * limit samples).
+def record_occupancy(
+    conn: apsw.Connection,
+    names: Sequence[str],
+    seconds_per_slot: float,
+    slot_seconds: float,
+    reclaimed: int,
+    unqueued: int,
+) -> bool:
+    """Prefect's EMA of slot occupancy (alpha = 1 / (2 * limit), about the last 2 * limit samples),
+    and the history: slot-seconds held, leases reclaimed, and (*unqueued*) the acquisition of a lease
+    that never queued, counted when it ends (see ``_core._count_acquisition``).
 
     Returns whether anyone waits on one of *names*: the release path learns it in the same statement.
     """
     rows = _fetch(
         conn,
         "UPDATE limits SET avg_occupancy = avg_occupancy + "
-        "(CASE WHEN active AND lim > 0 THEN (? - avg_occupancy) / (2.0 * lim) ELSE 0 END) "
+        "(CASE WHEN active AND lim > 0 THEN (? - avg_occupancy) / (2.0 * lim) ELSE 0 END), "
+        "held_seconds = held_seconds + ?, reclaimed = reclaimed + ?, acq_cn = acq_cn + ?, w0 = w0 + ? "
         f"WHERE name IN ({_marks(len(names))}) "
         "RETURNING EXISTS(SELECT 1 FROM ticket_names t WHERE t.name = limits.name)",
-        (seconds_per_slot, *names),
+        (seconds_per_slot, slot_seconds, reclaimed, unqueued, unqueued, *names),
     )
     return any(r[0] for r in rows)
+
+
+# -- history ----------------------------------------------------------------------------------------
+
+
+def count_acquisition(conn: apsw.Connection, names: Sequence[str], counter: str, bucket: int, waited: float) -> None:
+    """Count one acquisition on *names*: its *counter* (one of ``acq_*``) and its wait's histogram bucket."""
+    assert counter in STATS_COUNTERS
+    assert 0 <= bucket < len(WAIT_COLUMNS)
+    conn.execute(
+        f"UPDATE limits SET {counter} = {counter} + 1, w{bucket} = w{bucket} + 1, wait_sum = wait_sum + ? "
+        f"WHERE name IN ({_marks(len(names))})",
+        (waited, *names),
+    )
+
+
+def count_failure(conn: apsw.Connection, names: Sequence[str], counter: str) -> None:
+    """Count a timeout or a refusal on the active limits among *names*."""
+    assert counter in ("timeouts", "refusals")
+    conn.execute(
+        f"UPDATE limits SET {counter} = {counter} + 1 WHERE active AND name IN ({_marks(len(names))})", tuple(names)
+    )
+
+
+class StatsRow(NamedTuple):
+    counters: tuple[int, ...]
+    """In the order of :data:`STATS_COUNTERS`."""
+    held_seconds: float
+    wait_sum: float
+    wait_buckets: tuple[int, ...]
+    since: float
+    """Wall time they were last zeroed; 0: when the limit was created."""
+
+
+def select_stats(conn: apsw.Connection, name: str | None = None) -> dict[str, StatsRow]:
+    """The history of every limit (or of the one called *name*), by name."""
+    sql = f"SELECT name, {', '.join(_STATS_COLUMNS)}, stats_since FROM limits"
+    rows = _fetch(conn, sql) if name is None else _fetch(conn, sql + " WHERE name = ?", (name,))
+    n = len(STATS_COUNTERS)
+    result = {}
+    for row in rows:
+        numbers = row[1:]
+        try:
+            finite = math.isfinite(math.fsum(numbers))
+        except TypeError:
+            finite = False
+        if not finite:
+            raise CorruptRowError(f"stats row {row!r}")
+        counters = tuple(int(v) for v in numbers[:n])
+        buckets = tuple(int(v) for v in numbers[n + 2 : n + 2 + len(WAIT_COLUMNS)])
+        result[row[0]] = StatsRow(counters, float(numbers[n]), float(numbers[n + 1]), buckets, float(numbers[-1]))
+    return result
+
+
+def reset_stats(conn: apsw.Connection, name: str, wall: float) -> bool:
+    """Zero the history of a limit; False if there is no such limit."""
+    zeros = ", ".join(f"{c} = 0" for c in _STATS_COLUMNS)
+    conn.execute(f"UPDATE limits SET {zeros}, stats_since = ? WHERE name = ?", (wall, name))
+    return bool(conn.changes())
 
 
 def renew_lease(conn: apsw.Connection, lease: LeaseRow, duration: float, now: Instant) -> None:
@@ -514,5 +603,6 @@ __all__ = [
     "SCHEMA_VERSION",
     "LeaseRow",
     "LimitRow",
+    "StatsRow",
     "TicketRow",
 ]

@@ -21,7 +21,7 @@ import apsw
 
 from . import _log, _sql
 from ._clock import SYSTEM_CLOCK, Clock, Instant
-from ._errors import GclError, StoreError
+from ._errors import GclError, NoStateFileError, StoreError
 
 MOUNTINFO = "/proc/self/mountinfo"
 """Where the mount table is read from (tests point this at a fake table)."""
@@ -525,15 +525,22 @@ class Store:
 
     @contextlib.contextmanager
     def read(self) -> Iterator[Tx]:
-        """A read transaction: a consistent snapshot, taken without the write lock."""
+        """A read transaction: a consistent snapshot, taken without the write lock, that writes nothing.
+
+        It never creates the file (:class:`NoStateFileError` when there is none). After a reboot,
+        times are not rebased (that is a write): readers check ``_sql.stored_boot_id`` themselves.
+        """
+        if not self._ready and not os.path.exists(self.path):
+            raise NoStateFileError(self.path)
         conn = self._connection()
-        if not conn.boot_checked:
-            self.write(lambda tx: None)  # the first transaction of a connection may have to rebase times
         c = conn.conn
         try:
             try:  # BEGIN inside: an interrupt just after it must not leave the snapshot open
                 c.execute("BEGIN DEFERRED")
-                yield Tx(self, c, self.clock.now())
+                tx = Tx(self, c, self.clock.now())
+                if not conn.boot_checked and _sql.stored_boot_id(c) == tx.now.boot_id:
+                    conn.boot_checked = True  # nothing to rebase: the next write need not look
+                yield tx
             finally:
                 if c.in_transaction:
                     c.execute("COMMIT")

@@ -149,6 +149,11 @@ def test_create_usage_error_as_a_process(db: str) -> None:
 
 def test_ls_when_empty(db: str) -> None:
     text, as_json_text = gcl_all(db, [["ls"], ["ls", "-o", "json"]])
+    assert ok(text) == f"State file: {db}\nNo state file yet: gcl create NAME --limit N makes it.\n"
+    assert json.loads(ok(as_json_text)) == []
+    ok(gcl(db, "create", "a", "-l", "1"))
+    ok(gcl(db, "delete", "a"))
+    text, as_json_text = gcl_all(db, [["ls"], ["ls", "-o", "json"]])
     assert ok(text) == f"State file: {db}\nNo limits yet: gcl create NAME --limit N\n"
     assert json.loads(ok(as_json_text)) == []
 

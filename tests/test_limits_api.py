@@ -39,6 +39,8 @@ LIMIT_FIELDS = {
     "updated",
     "holders",
     "waiters",
+    "reclaimable",
+    "stats",
 }
 
 INVALID_NAMES = [

@@ -33,11 +33,14 @@ def test_sync_and_async_mirror_prefect() -> None:
 
 
 def test_the_hot_cli_path_imports_neither_typer_nor_tabulate(tmp_path) -> None:
+    """Nor what the viewers use: rich (gcl top), http.server (gcl serve), the metrics module."""
     code = (
         "import sys; from gcl_local._cli import main\n"
         "try:\n    main(['--db', sys.argv[1], 'run', '--strict', 'missing', '--', 'true'])\n"
         "except SystemExit:\n    pass\n"
-        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('typer', 'tabulate', 'click', 'rich')))"
+        "viewers = ('typer', 'tabulate', 'click', 'rich', 'http', 'socketserver', 'webbrowser')\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in viewers\n"
+        "             or m in ('gcl_local._metrics', 'gcl_local._top', 'gcl_local._serve')))"
     )
     result = subprocess.run(
         [sys.executable, "-c", code, str(tmp_path / "gcl.db")], capture_output=True, text=True, check=True

@@ -10,8 +10,13 @@ from pathlib import Path
 import pytest
 from helpers import Spawned, gcl, ok, wait_for
 
-from gcl_local import _tokens, create_limit, list_limits, read_limit
+from gcl_local import _core, _tokens, create_limit, read_limit
 from gcl_local._store import get_store
+
+
+def sweep(db: str) -> None:
+    """What processes run now and then as they start (readers such as ``gcl ls`` never write)."""
+    _core.transact(get_store(db), _core.sweep)
 
 
 def pipes_in(run_dir: str) -> list[str]:
@@ -30,7 +35,7 @@ def test_the_sweep_removes_a_pipe_whose_token_is_gone(db: str, spawned: Spawned)
     orphan = os.path.join(run_dir, "4242-deadbeef.1.fifo")
     os.mkfifo(orphan, 0o600)
     assert not os.path.exists(os.path.join(run_dir, "4242-deadbeef.lock"))
-    list_limits(db=db)  # showing the limits sweeps the run directory
+    sweep(db)  # as a process does when it starts, now and then
     assert pipes_in(run_dir) == [live]
     assert stat.S_ISFIFO(os.lstat(os.path.join(run_dir, live)).st_mode)
     ok(gcl(db, "release", lease_id))  # the waiter still hears its wake-up
@@ -69,7 +74,7 @@ def test_the_sweep_removes_a_new_pipe_temporary_whose_token_is_dead(db: str) -> 
     token = _tokens.process_token(run_dir, 0o600)[0]  # a live token: its temporary must stay
     alive = os.path.join(run_dir, f".{token.name}.9.fifo.tmp")
     os.mkfifo(alive, 0o600)
-    list_limits(db=db)
+    sweep(db)
     assert not os.path.lexists(dead)
     assert os.path.lexists(alive)
     os.unlink(alive)
@@ -87,7 +92,7 @@ def test_the_sweep_removes_a_new_token_temporary_whose_maker_is_dead(db: str, sp
     Path(dead).touch()
     alive = os.path.join(run_dir, f".{os.getpid()}-cafef00d.tmp")  # a live maker: not yet locked
     Path(alive).touch()
-    list_limits(db=db)
+    sweep(db)
     assert not os.path.lexists(dead)
     assert os.path.lexists(alive)
     os.unlink(alive)
