@@ -203,19 +203,18 @@ def _explain_open_error(path: str, exc: apsw.Error) -> StoreError:
     return StoreError(f"Cannot use state file {path}: {exc}.")
 
 
-QUEUE_AFTER_ATTEMPTS = 8
-"""A writer that found the write lock taken this many times (about a millisecond: a transaction or
-two) queues in the kernel instead (see :class:`_Connection`)."""
+FRONT_POLL_SECONDS = 0.0001
+"""How often a writer that holds the turnstile tries SQLite's write lock (held by a writer that
+does not use the turnstile: an admin command, or a process before its run directory is checked)."""
+TURNSTILE_POLLS = 8
+"""A writer tries the turnstile this many times (about a millisecond: a transaction or two) before
+it queues for it in the kernel, through a helper thread (which costs more than a short wait)."""
 TURNSTILE = "turnstile"
 """The file in the run directory that writers queue on with ``flock``."""
 
 
 def _busy_handler(connection: _Connection) -> Any:
-    """Short jittered sleeps, slowly growing: SQLite's own schedule sleeps up to 100 ms and starves old waiters.
-
-    After a few, a writer queues on the turnstile instead, asleep in the kernel: however many
-    writers wait, only the one at the front keeps trying.
-    """
+    """Short jittered sleeps, slowly growing: SQLite's own schedule sleeps up to 100 ms and starves old waiters."""
     started = [0.0]
 
     def handler(attempts: int) -> bool:
@@ -225,11 +224,11 @@ def _busy_handler(connection: _Connection) -> Any:
             started[0] = time.monotonic()
         elif time.monotonic() - started[0] > BUSY_GIVE_UP_SECONDS:
             return False
-        if attempts >= QUEUE_AFTER_ATTEMPTS and connection.writing:
-            patience = BUSY_GIVE_UP_SECONDS - (time.monotonic() - started[0])
-            if connection.queue(patience):
-                return True  # at the front now: try again at once
-        time.sleep(min(0.002, 0.0001 * (1 + attempts // 4)) * (0.5 + _log.jitter()))
+        if connection.queued:
+            # Through the turnstile: the only writer of its kind polling, so briskly.
+            time.sleep(FRONT_POLL_SECONDS * (0.5 + _log.jitter()))
+        else:
+            time.sleep(min(0.002, 0.0001 * (1 + attempts // 4)) * (0.5 + _log.jitter()))
         return True
 
     return handler
@@ -243,23 +242,22 @@ keep the parent's flock held after the parent left the turnstile, or died)."""
 class _Connection:
     """One apsw connection, owned by one thread of one process.
 
-    Writers that find SQLite's write lock taken do not all keep polling it: each polls for about a
-    millisecond, then queues on an ``flock`` of the turnstile file, asleep in the kernel, and only the
-    writer at the front of that queue polls, until its ``BEGIN IMMEDIATE`` succeeds and it lets the
-    next one in. Hundreds of processes polling at once (a crontab starting 300 jobs on one limit)
-    took both cores from the transaction they waited for, a collapse that fed itself: half of 200
-    processes started at once gave up after 30 s. The kernel drops the flock of a process that
-    dies, and the wait in the queue ends at ``BUSY_GIVE_UP_SECONDS`` as the polling does.
+    Writers take an ``flock`` of the turnstile file around each write transaction: they wait for
+    each other asleep in the kernel, in its queue, rather than all polling SQLite's write lock.
+    Hundreds of processes polling at once (a crontab starting 300 jobs on one limit) took both
+    cores from the transaction they waited for, a collapse that fed itself: half of 200 processes
+    started at once gave up after 30 s. And each poll is a reader for a moment: a dozen writers
+    polling kept the WAL from ever restarting (93 MB in 4 s on a limit of 8), which slowed every
+    transaction. The kernel drops the flock of a process that dies; a wait for it ends at
+    ``BUSY_GIVE_UP_SECONDS``, as a wait for SQLite's lock does.
     """
 
-    __slots__ = ("blocking", "boot_checked", "conn", "pid", "queued", "turnstile", "turnstile_path", "writing")
+    __slots__ = ("blocking", "boot_checked", "conn", "pid", "queued", "turnstile", "turnstile_path")
 
     def __init__(self, path: str, turnstile_path: Callable[[], str | None]) -> None:
         self.pid = os.getpid()
         self.blocking = True
         self.boot_checked = False
-        self.writing = False
-        """Inside ``BEGIN IMMEDIATE``: only a writer queues on the turnstile."""
         self.queued = False
         self.turnstile = -1
         """The turnstile's descriptor: -1 not opened yet, -2 none to use (then a writer only polls)."""
@@ -268,27 +266,30 @@ class _Connection:
         self.conn = apsw.Connection(str(path), flags=flags)
         self.conn.set_busy_handler(_busy_handler(self))
 
-    def queue(self, patience: float) -> bool:
-        """Wait on the turnstile until at its front, at most *patience* seconds; False when there is
-        no turnstile, we are at its front already, or the time ran out."""
-        if self.queued:
-            return False
+    def enter(self, blocking: bool) -> None:
+        """Take the turnstile, waiting at most ``BUSY_GIVE_UP_SECONDS`` (when *blocking*; else raise
+        :class:`WouldBlock` if it is taken). Without a turnstile (none to use yet, or the wait ran
+        out), a writer goes on to SQLite's own lock, whose wait ends as this one would."""
         if self.turnstile == -1:
             self.turnstile = _open_turnstile(self.turnstile_path())
         if self.turnstile < 0:
-            return False
+            return
         try:
-            fcntl.flock(self.turnstile, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            if not _wait_flock(self.turnstile, patience):
-                return False
+            for _ in range(TURNSTILE_POLLS):
+                try:
+                    fcntl.flock(self.turnstile, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    self.queued = True
+                    return
+                except BlockingIOError:
+                    if not blocking:
+                        raise WouldBlock from None
+                    time.sleep(FRONT_POLL_SECONDS * (0.5 + _log.jitter()))
+            self.queued = _wait_flock(self.turnstile, BUSY_GIVE_UP_SECONDS)
         except OSError:
-            return False
-        self.queued = True
-        return True
+            return
 
     def leave(self) -> None:
-        """Let the next queued writer in (nothing to do unless we queued)."""
+        """Let the next writer in (nothing to do unless we took the turnstile)."""
         if self.queued:
             self.queued = False
             with contextlib.suppress(OSError):
@@ -329,8 +330,16 @@ def _wait_flock(fd: int, seconds: float) -> bool:
             os.close(own)
 
     threading.Thread(target=take, name="gcl-turnstile", daemon=True).start()
-    if got.wait(max(0.0, seconds)):
-        return True
+    try:
+        if got.wait(max(0.0, seconds)):
+            return True
+    except BaseException:  # interrupted: the lock must not stay taken for a writer that left
+        with guard:
+            gave_up[0] = True
+            if got.is_set():
+                with contextlib.suppress(OSError):
+                    fcntl.flock(fd, fcntl.LOCK_UN)
+        raise
     with guard:
         gave_up[0] = True
         return got.is_set()
@@ -493,16 +502,13 @@ class Store:
             if durable:
                 c.execute("PRAGMA synchronous=FULL")  # an admin write reported as done survives power loss
             try:  # BEGIN inside: an interrupt just after it must not leave the transaction open
-                conn.writing = True
+                conn.enter(blocking)
                 try:
                     c.execute("BEGIN IMMEDIATE")
                 except apsw.BusyError:
                     if not blocking:
                         raise WouldBlock from None
                     raise
-                finally:
-                    conn.writing = False
-                    conn.leave()
                 tx = Tx(self, c, self.clock.now())
                 if not conn.boot_checked:
                     _sql.rebase_after_reboot(c, tx.now)
@@ -514,6 +520,8 @@ class Store:
                 if c.in_transaction:
                     c.execute("ROLLBACK")
                 raise
+            finally:
+                conn.leave()
         except apsw.Error as exc:
             raise _explain_open_error(self.path, exc) from None
         except (UnicodeDecodeError, _sql.CorruptRowError):

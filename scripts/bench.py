@@ -876,7 +876,7 @@ def many_waiters(cfg: Config, limit: int, number: int) -> list[Row]:
             with scenario_dir(f"s{number}") as directory:
                 if kind == "gcl":
                     create_limits(directory, ("m", limit, 0.0))
-                seconds = max(cfg.many_seconds, procs * cfg.many_rounds / (600 * limit))
+                seconds = max(cfg.many_seconds, procs * cfg.many_rounds / 500)  # about 500-800 acquisitions/s
                 found[kind, procs] = result = run_many(kind, directory, procs, limit, seconds)
                 log(f"  {kind} {procs} waiters, limit {limit}: {result.cell()}")
     base = found["gcl", cfg.many_waiters[0]]
