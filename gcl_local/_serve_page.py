@@ -39,7 +39,8 @@ section.limit.off { opacity: .65; }
 .fill.half { background: var(--warn); }
 .fill.full { background: var(--full); }
 .used { font-variant-numeric: tabular-nums; white-space: nowrap; }
-.facts { color: var(--dim); margin: 2px 0 6px; }
+.facts { color: var(--dim); margin: 2px 0 6px; display: flex; flex-wrap: wrap; column-gap: 1.2em; }
+.facts span { white-space: nowrap; }
 .facts b { color: var(--fg); font-weight: 600; }
 table { border-collapse: collapse; width: 100%; margin-top: 4px; table-layout: auto; }
 caption { text-align: left; font-weight: 600; padding: 4px 0 2px; }
@@ -139,7 +140,11 @@ function card(limit) {
 
   const h = limit.history, stats = limit.stats;
   const facts = el("div", "facts");
-  const fact = (label, value) => { facts.append(label + " ", el("b", null, value), "  "); };
+  const fact = (label, value) => {
+    const span = el("span", null, label + " ");
+    span.append(el("b", null, value));
+    facts.append(span);
+  };
   fact("holders", limit.holders.length);
   fact("waiters", limit.waiters.length);
   fact("oldest wait", duration(h.oldest_wait_seconds));
