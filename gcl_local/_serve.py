@@ -105,7 +105,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(405, "text/plain; charset=utf-8", b"405: gcl serve is read-only (GET and HEAD).\n", True,
                    {"Allow": "GET, HEAD"})  # fmt: skip
 
-    do_POST = do_PUT = do_DELETE = do_PATCH = _not_allowed
+    do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_TRACE = do_CONNECT = _not_allowed
 
     def _answer(self, *, body: bool) -> None:
         url = urlsplit(self.path)
@@ -310,6 +310,39 @@ def _stopping_signals() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
+def _open_in_browser(url: str, secret: bool) -> str | None:
+    """Open *url* in a browser, from a thread (a browser in the terminal must not keep us from
+    serving it). A URL with the token is not put on the browser's command line, which every user can
+    read in ``ps``: the browser opens a private file (0600, in a 0700 directory) that sends it on, as
+    Jupyter does. Return that file's path (removed when the server stops)."""
+    import html
+    import tempfile
+    import threading
+    import webbrowser
+
+    redirect = None
+    target = url
+    if secret:
+        try:
+            redirect = os.path.join(tempfile.mkdtemp(prefix="gcl-serve-"), "open.html")
+            fd = os.open(redirect, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                link = html.escape(url, quote=True)
+                f.write(f'<!DOCTYPE html><meta charset="utf-8"><meta http-equiv="refresh" content="0;url={link}">'
+                        f'<title>gcl serve</title><p><a href="{link}">Open gcl serve</a></p>\n')  # fmt: skip
+        except OSError as exc:
+            sys.stderr.write(f"gcl serve: cannot start a browser ({exc}); open the URL yourself.\n")
+            return redirect
+        target = "file://" + redirect
+
+    def start() -> None:
+        if not webbrowser.open(target):
+            sys.stderr.write("gcl serve: no browser could be started; open the URL yourself.\n")
+
+    threading.Thread(target=start, name="gcl-serve-browser", daemon=True).start()
+    return redirect
+
+
 def serve(
     store: Store,
     *,
@@ -321,6 +354,7 @@ def serve(
 ) -> int:
     """Serve until Ctrl-C (exit 0) or SIGTERM/SIGHUP (128+N). The URL is the one line on stdout."""
     uds = None if uds is None else os.path.abspath(uds)
+    redirect: str | None = None
     _read(store)  # an unusable state file is said now, in one line, before listening
     server: _Server = _listen_unix(uds) if uds is not None else _listen_tcp(host, port)
     server.store = store
@@ -344,15 +378,16 @@ def serve(
             sys.stderr.write(f"gcl serve: a read-only view of {store.path}; {how}. Ctrl-C stops it.\n")
             sys.stderr.flush()
             if open_browser:
-                import webbrowser
-
-                if not webbrowser.open(url):
-                    sys.stderr.write("gcl serve: no browser could be started; open the URL yourself.\n")
+                redirect = _open_in_browser(url, server.token is not None)
             server.serve_forever(poll_interval=0.5)
     except KeyboardInterrupt:  # Ctrl-C is how one stops a viewer: not a failure
         return 0
     finally:
         server.server_close()
+        if redirect is not None:
+            import shutil
+
+            shutil.rmtree(os.path.dirname(redirect), ignore_errors=True)
         if isinstance(server, _UnixServer) and uds is not None:
             with contextlib.suppress(OSError):
                 if os.stat(uds).st_ino == server.socket_inode:  # still ours, not a newer server's

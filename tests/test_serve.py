@@ -381,3 +381,27 @@ def test_help_has_an_example_and_readable_placeholders(db: str) -> None:
     assert not re.search(r"[{}]|<[a-z\[\]|]+>", text), text
     assert re.search(r"^\s+serve\s", ok(gcl(db, "--help")), re.M)
     assert not os.path.exists(db)
+
+
+def test_open_hands_the_browser_a_private_file_not_the_token(db: str, spawned: Spawned, tmp_path: Path) -> None:
+    """The browser's command line is visible to every user (ps): the token must not be on it."""
+    seen = tmp_path / "seen"
+    browser = tmp_path / "browser.sh"
+    browser.write_text(f'#!/bin/sh\nprintf "%s" "$1" > {seen}.arg\ncat "${{1#file://}}" > {seen}.page\n')
+    browser.chmod(0o700)
+    create_limit("a", 1, db=db)
+    proc = spawned.start(["env", f"BROWSER={browser}", *GCL, "--db", db, "serve", "--port", "0", "--open"])
+    assert proc.stdout is not None
+    url = proc.stdout.readline().strip()
+    wait_for(lambda: os.path.exists(f"{seen}.page") and os.path.getsize(f"{seen}.page"), what="the browser")
+    arg = Path(f"{seen}.arg").read_text()
+    token = url.split("token=")[1]
+    assert arg.startswith("file://")
+    assert token not in arg
+    assert html.escape(url, quote=True) in Path(f"{seen}.page").read_text()
+    redirect = arg.removeprefix("file://")
+    assert stat.S_IMODE(os.stat(redirect).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(os.path.dirname(redirect)).st_mode) == 0o700
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=20) == 0
+    assert not os.path.exists(os.path.dirname(redirect))  # removed when the server stops
