@@ -94,6 +94,7 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "gcl-serve"
     sys_version = ""
     protocol_version = "HTTP/1.1"
+    timeout = 60  # an idle keep-alive connection of a closed tab is let go
 
     def do_GET(self) -> None:
         self._answer(body=True)

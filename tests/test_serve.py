@@ -197,7 +197,8 @@ def test_routes_need_the_token_and_serve_what_ls_and_metrics_print(
 
 def test_it_never_writes_and_needs_no_state_file(db: str, spawned: Spawned, tmp_path: Path) -> None:
     create_limit("a", 2, db=db)
-    files = sorted(p for p in os.listdir(tmp_path) if p.startswith("gcl.db") and not p.endswith("-shm"))
+    files = sorted(p.name for p in tmp_path.glob("gcl.db*") if p.is_file() and not p.name.endswith("-shm"))
+    assert "gcl.db" in files
 
     def contents() -> dict[str, str]:
         return {name: hashlib.sha256((tmp_path / name).read_bytes()).hexdigest() for name in files}
