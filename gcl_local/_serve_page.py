@@ -19,13 +19,15 @@ STYLE = """
 }
 * { box-sizing: border-box; }
 body { margin: 0; font: 14px/1.4 system-ui, sans-serif; color: var(--fg); background: var(--bg); }
-header.top { display: flex; gap: 1em; align-items: baseline; padding: 10px 16px; border-bottom: 1px solid var(--line);
+header.top { display: flex; flex-wrap: wrap; gap: 0 1em; align-items: baseline; padding: 10px 16px;
+  border-bottom: 1px solid var(--line);
   background: var(--card); }
-header.top h1 { font-size: 16px; margin: 0; }
+header.top h1 { font-size: 16px; margin: 0; white-space: nowrap; }
 #db { color: var(--dim); font-family: ui-monospace, monospace; overflow-wrap: anywhere; }
 #status { margin-left: auto; color: var(--dim); white-space: nowrap; }
 #status.error { color: var(--err); white-space: normal; }
-main { display: grid; grid-template-columns: repeat(auto-fill, minmax(540px, 1fr)); gap: 12px; padding: 12px 16px; }
+main { display: grid; grid-template-columns: repeat(auto-fill, minmax(min(540px, 100%), 1fr)); gap: 12px;
+  padding: 12px 16px; }
 .empty { color: var(--dim); padding: 16px; }
 section.limit { background: var(--card); border: 1px solid var(--line); border-radius: 6px; padding: 10px 12px;
   min-width: 0; }
