@@ -540,6 +540,54 @@ def top(
     _run(action)
 
 
+@app.command(cls=_Command)
+def serve(
+    host: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option("--host", metavar="HOST", help="Address to listen on (default 127.0.0.1)."),
+    ] = None,
+    port: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option("--port", metavar="PORT", min=0, max=65535, help="TCP port (default 8765; 0: any free port)."),
+    ] = None,
+    open_browser: Annotated[bool, typer.Option("--open", help="Open the page in a web browser.")] = False,
+    uds: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option("--uds", metavar="PATH", help="Listen on a Unix socket (mode 0600) instead of TCP; no token."),
+    ] = None,
+    no_token: Annotated[
+        bool, typer.Option("--no-token", help="Serve without a token: anyone who reaches the port can read it.")
+    ] = False,
+    db: Db = None,
+) -> None:
+    """Serve a read-only web page of every limit, its holders and waiters (also /api/limits and /metrics).
+
+    The URL it prints carries a random token that every request needs, as Jupyter's does.
+
+    Example: gcl serve --open; gcl serve --uds ~/gcl.sock
+    """
+    if uds is not None and (host is not None or port is not None):
+        _cli.fail("--uds listens on a Unix socket: it excludes --host and --port.", _cli.EX_USAGE)
+    if uds is not None and open_browser:
+        _cli.fail("--open needs a TCP port: a browser cannot open a Unix socket.", _cli.EX_USAGE)
+    if uds == "" or host == "":
+        _cli.fail(f"{'--uds' if uds == '' else '--host'} must not be empty.", _cli.EX_USAGE)
+
+    def action() -> int:
+        from . import _serve
+
+        return _serve.serve(
+            get_store_of(db),
+            host=_serve.DEFAULT_HOST if host is None else host,
+            port=_serve.DEFAULT_PORT if port is None else port,
+            uds=uds,
+            token=not no_token,
+            open_browser=open_browser,
+        )
+
+    _run(action)
+
+
 def get_store_of(db: str | None) -> Any:
     from ._store import get_store
 

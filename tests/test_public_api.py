@@ -40,7 +40,7 @@ def test_the_hot_cli_path_imports_neither_typer_nor_tabulate(tmp_path) -> None:
         "except SystemExit:\n    pass\n"
         "viewers = ('typer', 'tabulate', 'click', 'rich', 'http', 'socketserver', 'webbrowser')\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in viewers\n"
-        "             or m in ('gcl_local._metrics', 'gcl_local._top', 'gcl_local._serve')))"
+        "             or m in ('gcl_local._metrics', 'gcl_local._top', 'gcl_local._serve', 'gcl_local._serve_page')))"
     )
     result = subprocess.run(
         [sys.executable, "-c", code, str(tmp_path / "gcl.db")], capture_output=True, text=True, check=True
