@@ -67,7 +67,10 @@ def snapshot(store: Store, name: str | None = None) -> list[Limit]:
 
     :raises NoStateFileError: if there is no state file yet (none is created).
     :raises LimitNotFoundError: if *name* is given and there is no such limit.
+    :raises InvalidLimitError: if *name* is not a valid name (checked before the store is touched).
     """
+    if name is not None:
+        validate_name(name)
     with store.read() as tx:
         return _core.list_limits(tx) if name is None else [_core.read_limit(tx, name)]
 

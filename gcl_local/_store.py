@@ -480,7 +480,8 @@ class Store:
                     self._check_header(app_id, version)
                 if version == _sql.SCHEMA_VERSION and not empty:
                     return
-                conn.execute("PRAGMA journal_mode=WAL").fetchall()
+                if empty:  # (a file of ours is in WAL mode already: a migration must not touch what it refuses)
+                    conn.execute("PRAGMA journal_mode=WAL").fetchall()
                 conn.execute("PRAGMA synchronous=FULL")  # a new schema is an admin write: durable
                 _sql.migrate(conn, 0 if empty else version)
             finally:

@@ -74,13 +74,14 @@ not yet entered) when the machine is so loaded that it is longer:
                      long (longer on a loaded machine, as the grace)
 
 At the end: SIGTERM to every worker, wait (never for ever: stragglers get their stacks dumped and
-are killed), ``list_limits`` once (gcl_local reaps and sweeps), then check: 0 over-admissions, the
-ledger back to 0, no fencing token entered twice in the whole run, no async cancellation lost, no
-async worker kept a lease after all its tasks ended, the rate limit never granted more than
-``limit + decay * t`` in any window of its grants, ``PRAGMA integrity_check`` ok, no leases,
-tickets or holders left, no token or pipe files left in ``<db>-run/``, no worker died of an error
-or with an unexpected exit code. Prints counts per fault kind and per violation; the last line says
-OK, or FAILED with every violated check and its count. Exits 0 when every check passed, 1 otherwise.
+are killed), one sweep (as a newcomer on a crowded run directory does; reads never tidy), then
+check: 0 over-admissions, the ledger back to 0, no fencing token entered twice in the whole run, no
+async cancellation lost, no async worker kept a lease after all its tasks ended, the rate limit
+never granted more than ``limit + decay * t`` in any window of its grants, ``PRAGMA
+integrity_check`` ok, no leases, tickets or holders left, no token or pipe files left in
+``<db>-run/``, no worker died of an error or with an unexpected exit code. Prints counts per fault
+kind and per violation; the last line says OK, or FAILED with every violated check and its count.
+Exits 0 when every check passed, 1 otherwise.
 
 Self-tests of the harness: ``--limit 2 --gcl-limit 3`` gives gcl_local one slot more than the ledger
 allows (the run must then fail with over-admissions); ``--inject-leaks`` adds a process that keeps a
@@ -1995,7 +1996,7 @@ def check_rate(grants: list[tuple[float, float]], limit: int, decay: float) -> t
 def final_checks(driver: Driver) -> dict[str, Any]:
     import apsw
 
-    from gcl_local import _sql, list_limits, read_limit
+    from gcl_local import _core, _sql, read_limit
     from gcl_local._store import get_store
 
     args, db = driver.args, driver.db
@@ -2068,7 +2069,7 @@ def final_checks(driver: Driver) -> dict[str, Any]:
             "tokens": sum(f.endswith(".lock") for f in files),
             "pipes": sum(f.endswith(".fifo") for f in files),
         }
-    list_limits(db=str(db))
+    _core.transact(store, _core.sweep)  # what a newcomer does on a crowded run directory (reads never tidy)
     left = {}
     for name in driver.names:
         limit = read_limit(name, db=str(db))
