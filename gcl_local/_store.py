@@ -242,8 +242,9 @@ keep the parent's flock held after the parent left the turnstile, or died)."""
 class _Connection:
     """One apsw connection, owned by one thread of one process.
 
-    Writers take an ``flock`` of the turnstile file around each write transaction: they wait for
-    each other asleep in the kernel, in its queue, rather than all polling SQLite's write lock.
+    A writer that finds the write lock taken at its first try takes an ``flock`` of the turnstile
+    file for its transaction: such writers wait for each other asleep in the kernel, in its queue,
+    rather than all polling SQLite's write lock.
     Hundreds of processes polling at once (a crontab starting 300 jobs on one limit) took both
     cores from the transaction they waited for, a collapse that fed itself: half of 200 processes
     started at once gave up after 30 s. And each poll is a reader for a moment: a dozen writers
@@ -503,13 +504,15 @@ class Store:
             if durable:
                 c.execute("PRAGMA synchronous=FULL")  # an admin write reported as done survives power loss
             try:  # BEGIN inside: an interrupt just after it must not leave the transaction open
-                conn.enter(blocking)
+                conn.blocking = False  # one try first: uncontended, a writer needs no turnstile
                 try:
                     c.execute("BEGIN IMMEDIATE")
                 except apsw.BusyError:
                     if not blocking:
                         raise WouldBlock from None
-                    raise
+                    conn.blocking = True
+                    conn.enter(blocking)
+                    c.execute("BEGIN IMMEDIATE")
                 tx = Tx(self, c, self.clock.now())
                 if not conn.boot_checked:
                     _sql.rebase_after_reboot(c, tx.now)

@@ -18,6 +18,7 @@ Linux) and report their own timestamps back through a queue. Progress goes to st
 from __future__ import annotations
 
 import argparse
+import bisect
 import contextlib
 import dataclasses
 import fcntl
@@ -798,19 +799,19 @@ def sample_cpu(window: tuple[float, float], out: dict, skip: int = 0):
     return during
 
 
-def slot_handoffs(rounds: list[tuple[float, ...]], limit: int, window: tuple[float, float]) -> list[float]:
-    """Per freed slot: the next waiter's block start - the holder's block end, for block ends in *window*.
-
-    Every acquisition after the first *limit* needed one release: the k-th block end (in time) is
-    paired with acquisition k + *limit*, when that acquirer was already waiting when the block ended.
-    """
+def slot_handoffs(rounds: list[tuple[float, ...]], window: tuple[float, float]) -> list[float]:
+    """Per acquisition that waited for a release: its block start - the last block end before it,
+    for acquisitions in *window*. (Pairing the k-th block end with the (k + limit)-th start, as for
+    a limit of 1, measures the limit x the interval on a limit of 8 whose holders leave at once.)"""
     ends = sorted(r[2] for r in rounds)
-    starts = sorted((r[1], r[0]) for r in rounds)
-    return [
-        acquired - ended
-        for ended, (acquired, requested) in zip(ends, starts[limit:], strict=False)
-        if requested < ended and window[0] <= ended < window[1]
-    ]
+    gaps = []
+    for requested, acquired, *_ in rounds:
+        if not window[0] <= acquired < window[1]:
+            continue
+        k = bisect.bisect_left(ends, acquired) - 1
+        if k >= 0 and ends[k] > requested:  # a block ended while it waited: it was served by a release
+            gaps.append(acquired - ends[k])
+    return gaps
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -855,7 +856,7 @@ def run_many(kind: str, directory: str, procs: int, limit: int, seconds: float) 
     counts = [sum(begin <= r[1] < stop for r in rounds) for rounds in results]
     # With no more processes than slots nobody waits: there is no hand-off to time.
     everything = [r for rounds in results for r in rounds]
-    gaps = slot_handoffs(everything, limit, (begin, stop)) if procs > limit else []
+    gaps = slot_handoffs(everything, (begin, stop)) if procs > limit else []
     return ManyResult(
         rate=sum(counts) / seconds,
         p50=percentile(gaps, 0.5) if gaps else math.nan,
