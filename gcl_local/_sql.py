@@ -11,6 +11,7 @@ hold seconds of the boot clock of the boot named in ``meta.boot_id``.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -111,11 +112,24 @@ def read_header(conn: apsw.Connection) -> tuple[int, int, bool]:
     return app_id, version, objects == 0 and app_id == 0 and version == 0
 
 
+def _tables_of(version: int) -> set[str]:
+    """The tables a file of schema *version* has."""
+    steps = range(1, min(version, SCHEMA_VERSION) + 1)
+    made = (re.match(r"\s*CREATE TABLE (\w+)", s) for step in steps for s in MIGRATIONS[step])
+    return {m.group(1) for m in made if m}
+
+
 def migrate(conn: apsw.Connection, version: int) -> None:
-    """Bring the schema from *version* to :data:`SCHEMA_VERSION` in one transaction."""
+    """Bring the schema from *version* to :data:`SCHEMA_VERSION` in one transaction.
+
+    :raises CorruptRowError: (nothing changed) if the file lacks a table of its version.
+    """
     conn.execute("BEGIN IMMEDIATE")
     try:
         current = _fetch(conn, "PRAGMA user_version")[0][0]
+        present = {r[0] for r in _fetch(conn, "SELECT name FROM sqlite_schema WHERE type = 'table'")}
+        if missing := _tables_of(current) - present:
+            raise CorruptRowError(f"schema version {current} without the tables {sorted(missing)}")
         if current == version:  # not done meanwhile by another process
             for step in range(version + 1, SCHEMA_VERSION + 1):
                 for statement in MIGRATIONS[step]:

@@ -489,6 +489,8 @@ class Store:
                 conn.close()
         except apsw.Error as exc:
             raise _explain_open_error(self.path, exc) from None
+        except _sql.CorruptRowError:
+            raise _corrupt(self.path) from None
 
     # -- transactions ----------------------------------------------------------------------------
 

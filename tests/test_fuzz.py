@@ -922,6 +922,9 @@ int32 = st.integers(min_value=-(2**31), max_value=2**31 - 1)
     user_version=st.one_of(st.sampled_from([-1, 0, 1, 2, -(2**31), 2**31 - 1]), int32),
     tables=st.lists(st.sampled_from(["t", "limits", "leases", "meta", "x y"]), unique=True, max_size=3),
 )
+# Ours at version 1 with a table of version 1 but not all of them: the migration to version 2 ran
+# (and changed the file) before the file was refused (found by CI, 2026-12-01).
+@example(app_id=GCL_APP_ID, user_version=1, tables=["t", "limits"])
 def test_foreign_sqlite_files_are_refused_untouched(
     damaged_dir: Path, app_id: int, user_version: int, tables: list[str]
 ) -> None:
