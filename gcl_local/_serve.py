@@ -19,18 +19,16 @@ import hmac
 import json
 import os
 import secrets
-import signal
 import socket
 import socketserver
 import stat
 import sys
-from collections.abc import Iterator
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from . import _metrics, _serve_page
+from . import _cli, _metrics, _serve_page
 from ._errors import GclError, InvalidLimitError, LimitNotFoundError, NoStateFileError
 from ._limits import snapshot
 from ._model import Lease, Limit, validate_name
@@ -293,24 +291,6 @@ def _listen_unix(path: str) -> _UnixServer:
     return server
 
 
-@contextlib.contextmanager
-def _stopping_signals() -> Iterator[None]:
-    """SIGTERM and SIGHUP stop the server by unwinding with exit code 128+N (Ctrl-C: 0, see :func:`serve`)."""
-
-    def stop(signum: int, _frame: object) -> None:
-        for sig in (signal.SIGTERM, signal.SIGHUP):
-            signal.signal(sig, signal.SIG_IGN)
-        raise SystemExit(128 + signum)
-
-    caught = [sig for sig in (signal.SIGTERM, signal.SIGHUP) if signal.getsignal(sig) is not signal.SIG_IGN]
-    previous = {sig: signal.signal(sig, stop) for sig in caught}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
 def _open_in_browser(url: str, secret: bool) -> str | None:
     """Open *url* in a browser, from a thread (a browser in the terminal must not keep us from
     serving it). A URL with the token is not put on the browser's command line, which every user can
@@ -361,7 +341,7 @@ def serve(
     server.store = store
     server.token = secrets.token_urlsafe(32) if token and uds is None else None
     try:
-        with _stopping_signals():
+        with _cli._unwinding_signals():  # SIGTERM, SIGHUP: exit 128+N (Ctrl-C: 0, see serve())
             if uds is not None:
                 url = "http://localhost/"
                 sys.stdout.write(f"http+unix://{uds.replace('/', '%2F')}/\n")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -129,3 +130,16 @@ class Spawned:
             except ProcessLookupError:
                 pass
             proc.communicate(timeout=30)
+
+
+def installed_or_skip(tool: str, package: str, timeout: float = 600) -> str:
+    """The path of *tool*; installed from Debian's *package* first when missing and we may (root)."""
+    import pytest
+
+    found = shutil.which(tool)
+    if found is None and os.geteuid() == 0 and shutil.which("apt-get"):
+        subprocess.run(["apt-get", "install", "-y", package], capture_output=True, timeout=timeout, check=False)
+        found = shutil.which(tool)
+    if found is None:
+        pytest.skip(f"{tool} is not installed and could not be installed (apt-get install -y {package})")
+    return found

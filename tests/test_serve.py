@@ -10,7 +10,6 @@ import json
 import os
 import re
 import select
-import shutil
 import signal
 import socket
 import stat
@@ -22,7 +21,7 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 import pytest
-from helpers import GCL, Spawned, gcl, ok, one_line_error, wait_for
+from helpers import GCL, Spawned, gcl, installed_or_skip, ok, one_line_error, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
 from gcl_local import create_limit, read_limit
@@ -316,13 +315,7 @@ def test_a_port_in_use_is_one_line_and_exit_1(db: str) -> None:
 
 @pytest.fixture(scope="module")
 def chromium() -> str:
-    found = shutil.which("chromium")
-    if found is None and os.geteuid() == 0 and shutil.which("apt-get"):
-        subprocess.run(["apt-get", "install", "-y", "chromium"], capture_output=True, timeout=600, check=False)
-        found = shutil.which("chromium")
-    if found is None:
-        pytest.skip("chromium is not installed and could not be installed (apt-get install -y chromium)")
-    return found
+    return installed_or_skip("chromium", "chromium")
 
 
 def render(chromium: str, spawned: Spawned, url: str, profile: Path) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -11,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import REPO, Spawned, gcl, ok, wait_for
+from helpers import REPO, Spawned, gcl, installed_or_skip, ok, wait_for
 
 from gcl_local import create_limit, read_limit
 from gcl_local._output import width
@@ -20,13 +19,7 @@ WIDE = "图形处理器"  # two columns a character
 
 
 def _tmux_or_install() -> str:
-    found = shutil.which("tmux")
-    if found is None and os.geteuid() == 0 and shutil.which("apt-get"):
-        subprocess.run(["apt-get", "install", "-y", "tmux"], capture_output=True, timeout=240, check=False)
-        found = shutil.which("tmux")
-    if found is None:
-        pytest.skip("tmux is not installed and could not be installed (apt-get install tmux)")
-    return found
+    return installed_or_skip("tmux", "tmux", timeout=240)
 
 
 class Terminal:
