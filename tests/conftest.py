@@ -47,6 +47,22 @@ def db(tmp_path: Path) -> str:
     return str(tmp_path / "gcl.db")
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_db(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh store on each backend: a SQLite file, or a PostgreSQL schema of its own."""
+    if request.param == "sqlite":
+        return str(tmp_path / "gcl.db")
+    return str(request.getfixturevalue("pg_url"))
+
+
+@pytest.fixture
+def pg_url() -> str:
+    url = os.environ.get("GCL_TEST_PG")
+    if not url:
+        pytest.skip("no PostgreSQL server: GCL_TEST_PG is not set (scripts/test starts one)")
+    return url
+
+
 class Procs:
     """Start Python child processes running a snippet; every one is killed and reaped at teardown."""
 
