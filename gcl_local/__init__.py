@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from ._limits import create_limit, delete_limit, list_limits, read_limit, update_limit
     from ._model import Lease, Limit, Waiter
     from ._shell import MissingLimitWarning
-    from ._store import Store
+    from .sqlite import Store
     from .sync import acquire_lease, concurrency, rate_limit, release_lease, renew_lease
 
 # Names are loaded on first use (PEP 562): `gcl run`, started by cron every minute, imports only
@@ -51,7 +51,7 @@ _HOMES = {
     "Limit": "_model",
     "Waiter": "_model",
     "MissingLimitWarning": "_shell",
-    "Store": "_store",
+    "Store": "sqlite",
     "acquire_lease": "sync",
     "concurrency": "sync",
     "rate_limit": "sync",

@@ -225,7 +225,7 @@ def ls(output: Output = None, db: Db = None) -> None:
     """
 
     def action() -> None:
-        from ._store import get_store
+        from ._backend import open_backend as get_store
 
         store = get_store(_db(db))
         try:
@@ -235,13 +235,13 @@ def ls(output: Output = None, db: Db = None) -> None:
                 _output.print_json([])
                 sys.stderr.write(f"gcl: {exc}\n")
             else:
-                _done(_output.header(str(store.path)))
+                _done(_output.header(str(store.description)))
                 _done("No state file yet: gcl create NAME --limit N makes it.")
             return
         if output == "json":
             _output.print_json([limit.to_json() for limit in limits])
             return
-        _done(_output.header(str(store.path)))
+        _done(_output.header(str(store.description)))
         _done(_output.limits_table(limits) if limits else "No limits yet: gcl create NAME --limit N")
 
     _run(action)
@@ -265,7 +265,7 @@ def inspect(
         _cli.fail("--file needs -o json: gcl inspect NAME -o json --file PATH", _cli.EX_USAGE)
 
     def action() -> None:
-        from ._store import get_store
+        from ._backend import open_backend as get_store
 
         store = get_store(_db(db))
         limit = snapshot(store, name)[0]
@@ -282,7 +282,7 @@ def inspect(
         elif output == "json":
             _output.print_json(limit.to_json())
         else:
-            _done(_output.header(str(store.path)))
+            _done(_output.header(str(store.description)))
             _done(_output.limit_details(limit))
 
     _run(action)
@@ -459,14 +459,14 @@ def export(db: Db = None) -> None:
         from . import _apply
 
         store = get_store_of(db)
-        sys.stdout.write(_apply.export_text(list_limits(db=store), str(store.path)))
+        sys.stdout.write(_apply.export_text(list_limits(db=store), str(store.description)))
 
     _run(action)
 
 
 def _limits_now(db: str | None) -> tuple[Any, list[Any]]:
     """The store and a snapshot of every limit ([] when there is no state file yet: none is created)."""
-    from ._store import get_store
+    from ._backend import open_backend as get_store
 
     store = get_store(_db(db))
     try:
@@ -535,7 +535,7 @@ def top(
         from . import _top
 
         store, _ = _limits_now(db)
-        _top.run(str(store.path), lambda: _limits_now(db)[1], interval, once)
+        _top.run(str(store.description), lambda: _limits_now(db)[1], interval, once)
 
     _run(action)
 
@@ -589,7 +589,7 @@ def serve(
 
 
 def get_store_of(db: str | None) -> Any:
-    from ._store import get_store
+    from ._backend import open_backend as get_store
 
     return get_store(_db(db))
 

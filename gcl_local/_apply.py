@@ -25,11 +25,12 @@ import sys
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
-from . import _core, _sql
+from . import _limits
+from ._backend import Backend, Tx
+from ._effects import Effects, transact
 from ._errors import EX_CHANGES_PENDING, InvalidLimitError
 from ._model import Limit, validate_count, validate_decay, validate_name
 from ._rates import parse_rate, rate_of
-from ._store import Store, Tx
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -236,10 +237,10 @@ def _spec_of(limit: Limit) -> Spec:
     return Spec(limit.name, limit.limit, limit.slot_decay_per_second, limit.active)
 
 
-def _plan(tx: Tx, effects: _core.Effects, wanted: list[Spec], prune: bool, force: bool, commit: bool) -> list[Change]:
+def _plan(tx: Tx, effects: Effects, wanted: list[Spec], prune: bool, force: bool, commit: bool) -> list[Change]:
     """Compare and (with *commit*) apply, in the caller's one transaction."""
-    existing = {limit.name: limit for limit in _core.list_limits(tx)}
-    applied = _sql.applied_limits(tx.conn)
+    existing = {limit.name: limit for limit in _limits.read_all(tx)}
+    applied = tx.applied_limits()
     changes: list[Change] = []
     for spec in wanted:
         current = existing.get(spec.name)
@@ -266,23 +267,23 @@ def _plan(tx: Tx, effects: _core.Effects, wanted: list[Spec], prune: bool, force
     return changes
 
 
-def _carry_out(tx: Tx, effects: _core.Effects, change: Change) -> None:
+def _carry_out(tx: Tx, effects: Effects, change: Change) -> None:
     after = change.after
     if change.action == "create":
         assert after is not None
-        made = _core.create_limit(tx, effects, after.name, after.limit, after.slot_decay_per_second, after.active, 0)
-        _sql.mark_applied(tx.conn, after.name, made.created.timestamp())
+        made = _limits.create(tx, effects, after.name, after.limit, after.slot_decay_per_second, after.active, 0)
+        tx.mark_applied(after.name, made.created.timestamp())
     elif change.action == "update":
         assert after is not None
-        _core.update_limit(tx, effects, after.name, after.limit, after.slot_decay_per_second, after.active, None)
+        _limits.update(tx, effects, after.name, after.limit, after.slot_decay_per_second, after.active, None)
     elif change.action == "delete":
-        _core.delete_limit(tx, effects, change.name)
-        _sql.unmark_applied(tx.conn, change.name)
+        _limits.delete(tx, effects, change.name)
+        tx.unmark_applied(change.name)
 
 
-def plan(store: Store, wanted: list[Spec], *, prune: bool, force: bool, commit: bool) -> list[Change]:
+def plan(store: Backend, wanted: list[Spec], *, prune: bool, force: bool, commit: bool) -> list[Change]:
     """The changes that make the store match *wanted*; carried out, all or nothing, with *commit*."""
-    return _core.transact(store, _plan, wanted, prune, force, commit, durable=commit)
+    return transact(store, _plan, wanted, prune, force, commit, durable=commit)
 
 
 # -- showing it --------------------------------------------------------------------------------------

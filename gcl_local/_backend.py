@@ -90,6 +90,9 @@ STATS_COUNTERS = ("acq_cn", "acq_cw", "acq_rn", "acq_rw", "timeouts", "refusals"
 """Acquisitions by kind (c: concurrency, r: rate) and whether they waited (w) or not (n); timeouts,
 refusals of non-blocking attempts, leases reclaimed from the dead."""
 WAIT_BUCKET_COUNT = 8
+OCCUPANCY_SPAN = 2.0
+"""Prefect's moving average of slot occupancy: each sample moves it by ``1 / (OCCUPANCY_SPAN * limit)``
+of the difference (about the last ``2 * limit`` samples count)."""
 
 
 class StatsRow(NamedTuple):
@@ -172,9 +175,9 @@ class Tx(Protocol):
         self, names: Sequence[str], seconds_per_slot: float, slot_seconds: float, reclaimed: int, unqueued: int
     ) -> bool:
         """On the active limits among *names* with a limit above 0, move ``avg_occupancy`` towards
-        *seconds_per_slot* by ``1 / (OCCUPANCY_SPAN * limit)`` of the difference (Prefect's moving
-        average; see ``_admission``); on every one of *names* add *slot_seconds* to the slot-seconds
-        held, *reclaimed* to ``reclaimed``, and *unqueued* to ``acq_cn`` and the first wait bucket.
+        *seconds_per_slot* by ``1 / (OCCUPANCY_SPAN * limit)`` of the difference; on every one of
+        *names* add *slot_seconds* to the slot-seconds held, *reclaimed* to ``reclaimed``, and
+        *unqueued* to ``acq_cn`` and the first wait bucket.
         Return whether anyone waits on one of *names*."""
 
     def count_acquisition(self, names: Sequence[str], counter: str, bucket: int, waited: float) -> None:
@@ -340,7 +343,7 @@ def open_backend(db: DbArg) -> Backend:
         key: tuple[object, ...] = ("postgres", chosen, os.getpid())
         backend = _backends.get(key)
         if backend is None:
-            from .postgres import PostgresBackend
+            from .postgres import PostgresBackend  # type: ignore[import-not-found,unused-ignore]
 
             with _backends_lock:
                 backend = _backends.get(key) or PostgresBackend(str(chosen))
@@ -360,6 +363,7 @@ if hasattr(os, "register_at_fork"):
 
 
 __all__ = [
+    "OCCUPANCY_SPAN",
     "STATS_COUNTERS",
     "WAIT_BUCKET_COUNT",
     "Backend",

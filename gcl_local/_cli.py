@@ -59,10 +59,10 @@ def _waiting_notice(names: Sequence[str], verbose: bool) -> Any:
         return None
 
     def notice(acquisition: Any) -> None:
-        from . import _core
+        from . import _admission
 
         with acquisition.store.read() as tx:
-            ahead, holder = _core.wait_summary(tx, acquisition.ticket, list(names))
+            ahead, holder = _admission.wait_summary(tx, acquisition.ticket, list(names))
         who = ""
         if holder is not None:
             from ._output import duration
@@ -136,7 +136,7 @@ def cmd_run(
     db: str | None = None,
 ) -> int:
     from . import _runner, _shell
-    from ._store import get_store
+    from ._backend import open_backend as get_store
     from .sync import acquire_slots
 
     _require_names(names, "gcl run NAME... -- COMMAND...")
@@ -174,7 +174,7 @@ def cmd_rate_limit(
     db: str | None = None,
 ) -> int:
     from . import _shell
-    from ._store import get_store
+    from ._backend import open_backend as get_store
     from .sync import acquire_slots
 
     _require_names(names, "gcl rate-limit NAME... [-- COMMAND...]")
@@ -200,9 +200,9 @@ def cmd_acquire(
     verbose: bool = False,
     db: str | None = None,
 ) -> int:
-    from . import _shell, _tokens
+    from . import _process, _shell
+    from ._backend import open_backend as get_store
     from ._errors import ConcurrencySlotAcquisitionError
-    from ._store import get_store
     from .sync import acquire_slots
 
     _check_values(occupy, timeout, lease_duration)
@@ -212,7 +212,7 @@ def cmd_acquire(
         store, names, occupy, "concurrency", strict=strict, lease_duration=lease_duration,
         holder=_program_of(pid), holder_pid=pid,
     )  # fmt: skip
-    request = request._replace(waiter_token=_shell.token_of(store).name)
+    request = request._replace(waiter_token=_shell.registration(store).name)
     holder = request.holder
     acquisition = _shell.Acquisition(store, request)
     try:  # given back if anything fails before the lease is printed: nobody else would know its id
@@ -221,13 +221,13 @@ def cmd_acquire(
                 notice = _waiting_notice(names, verbose)
                 granted = acquire_slots(store, request, timeout, 0 if nonblock else None, notice, acquisition)
             except ConcurrencySlotAcquisitionError:
-                if not _tokens.pid_alive(pid, holder.pid_start):  # the queue dropped our ticket for it
+                if not _process.pid_alive(pid, holder.pid_start):  # the queue dropped our ticket for it
                     _holder_gone(holder)
                 raise
             lease = granted.lease
             assert lease is not None
             # A pid-held lease of a dead process would be reaped by the next look: never hand one out.
-            if lease.token is not None and not _tokens.pid_alive(pid, holder.pid_start):
+            if lease.token is not None and not _process.pid_alive(pid, holder.pid_start):
                 _holder_gone(holder)
             _warn_missing(granted.missing)
             _print_lease(lease, output)
@@ -240,7 +240,7 @@ def cmd_acquire(
 
 def _holder_of_lease(holder_pid: int | None) -> int:
     """The process that will hold a ``gcl acquire`` lease: ``--holder-pid``, else the calling script."""
-    from . import _holder, _tokens
+    from . import _holder, _process
 
     if holder_pid is None:
         pid, why = _holder.script_pid()
@@ -249,7 +249,7 @@ def _holder_of_lease(holder_pid: int | None) -> int:
         return pid
     if holder_pid <= 0:
         fail(f"--holder-pid must be a positive process id, not {holder_pid}.")
-    if not _tokens.pid_alive(holder_pid, None):
+    if not _process.pid_alive(holder_pid, None):
         fail(f"--holder-pid {holder_pid} is not a running process.")
     return holder_pid
 

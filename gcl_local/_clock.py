@@ -4,7 +4,7 @@ Every stored moment is kept twice: wall-clock seconds (for display, and to bridg
 seconds of the boot clock (``CLOCK_BOOTTIME`` on Linux: never stepped, counts suspend). Elapsed
 time is measured on the boot clock while the file's stored boot id is the current one; after a
 reboot the store rebases every stored boot time from wall-clock deltas clamped at >= 0 (see
-``_store``), so a wall-clock step can neither expire a live lease early nor stall decay.
+``gcl_local.sqlite``), so a wall-clock step can neither expire a live lease early nor stall decay.
 """
 
 from __future__ import annotations

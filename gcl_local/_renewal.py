@@ -16,9 +16,9 @@ import threading
 import time
 from collections.abc import Callable
 
-from . import _core, _log
+from . import _admission, _log
+from ._backend import Backend
 from ._errors import GclError, LeaseNotFoundError, LeaseRenewalError
-from ._store import Store
 
 RENEWAL_FRACTION = 0.75
 RETRY_DELAYS = (1.0, 2.0)
@@ -41,7 +41,7 @@ class Renewal:
 
     def __init__(
         self,
-        store: Store,
+        store: Backend,
         lease_id: str,
         duration: float,
         raise_on_failure: bool,
@@ -67,7 +67,7 @@ class Renewal:
         if self.cancelled:
             return None
         try:
-            _core.renewed(self.store, self.lease_id, self.duration)
+            _admission.renewed(self.store, self.lease_id, self.duration)
         except GclError as exc:
             self.failures += 1
             if not isinstance(exc, LeaseNotFoundError) and self.failures <= len(RETRY_DELAYS):

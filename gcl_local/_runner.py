@@ -15,11 +15,13 @@ import os
 import signal
 from collections.abc import Sequence
 
-from . import _core, _shell
+from . import _admission, _shell
+from ._backend import Backend
+from ._effects import transact
 from ._errors import CommandError, CommandNotFoundError, GclError
 from ._model import Lease
 from ._renewal import Renewal, renewer
-from ._store import Store
+from ._request import Request
 
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 _SI_KERNEL = 0x80  # si_code of a signal the kernel (e.g. the tty driver) sent
@@ -45,17 +47,17 @@ def command_environment(lease: Lease) -> dict[str, str]:
 
 
 def run_command(
-    store: Store, request: _core.Request, command: Sequence[str], acquisition: _shell.Acquisition, lease: Lease
+    store: Backend, request: Request, command: Sequence[str], acquisition: _shell.Acquisition, lease: Lease
 ) -> int:
     """Run *command* holding *lease*, the grant of *acquisition*; release it when the command ends."""
     lease_id = acquisition.lease_id
     assert lease_id is not None
-    token = _shell.token_of(store)
+    token = _shell.registration(store)
     pending: list[int] = []
     previous = {sig: signal.signal(sig, lambda signum, _frame: pending.append(signum)) for sig in FORWARDED}
     try:
         try:
-            child = _spawn(command, token.fd, command_environment(lease))
+            child = _spawn(command, token.inheritable(), command_environment(lease))
         except OSError as exc:
             acquisition.release()
             error = CommandNotFoundError if isinstance(exc, FileNotFoundError) else CommandError
@@ -78,9 +80,9 @@ def _spawn(command: Sequence[str], token_fd: int, environment: dict[str, str]) -
         os.set_inheritable(token_fd, False)
 
 
-def _name_holder(store: Store, lease_id: str, pid: int, label: str) -> None:
+def _name_holder(store: Backend, lease_id: str, pid: int, label: str) -> None:
     with contextlib.suppress(GclError):
-        _core.transact(store, _core.set_holder, lease_id, pid, label)
+        transact(store, _admission.set_holder, lease_id, pid, label)
 
 
 def _exited(pid: int) -> int | None:
@@ -90,7 +92,7 @@ def _exited(pid: int) -> int | None:
 
 
 def _supervise(
-    store: Store, request: _core.Request, acquisition: _shell.Acquisition, child: int, pending: list[int]
+    store: Backend, request: Request, acquisition: _shell.Acquisition, child: int, pending: list[int]
 ) -> int:
     lease_id = acquisition.lease_id
     assert lease_id is not None

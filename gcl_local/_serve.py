@@ -29,10 +29,10 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from . import _cli, _metrics, _serve_page
+from ._backend import Backend
 from ._errors import GclError, InvalidLimitError, LimitNotFoundError, NoStateFileError
 from ._limits import snapshot
 from ._model import Lease, Limit, validate_name
-from ._store import Store
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
@@ -75,7 +75,7 @@ def limit_json(limit: Limit, now: datetime) -> dict[str, Any]:
     return data
 
 
-def _read(store: Store, name: str | None = None) -> list[Limit]:
+def _read(store: Backend, name: str | None = None) -> list[Limit]:
     """A snapshot; no state file yet means no limits (nothing is created)."""
     try:
         return snapshot(store, name)
@@ -120,7 +120,7 @@ class _Handler(BaseHTTPRequestHandler):
         server = self.server
         try:
             if path == "/":
-                self._send(200, "text/html; charset=utf-8", _serve_page.page(str(server.store.path)), body,
+                self._send(200, "text/html; charset=utf-8", _serve_page.page(str(server.store.description)), body,
                            {"Content-Security-Policy": _serve_page.CONTENT_SECURITY_POLICY})  # fmt: skip
             elif path == "/api/limits":
                 now = datetime.now(timezone.utc)
@@ -197,7 +197,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True  # a browser's open connection must not hold up the stop
-    store: Store
+    store: Backend
     token: str | None
     host: str = ""
     loopback: bool = False
@@ -325,7 +325,7 @@ def _open_in_browser(url: str, secret: bool) -> str | None:
 
 
 def serve(
-    store: Store,
+    store: Backend,
     *,
     host: str = DEFAULT_HOST,
     port: int = DEFAULT_PORT,
@@ -356,7 +356,7 @@ def serve(
                 if server.token is None and not server.loopback:
                     how += f"; WARNING: without a token anyone who reaches {bound_host} can read it"
             sys.stdout.flush()
-            sys.stderr.write(f"gcl serve: a read-only view of {store.path}; {how}. Ctrl-C stops it.\n")
+            sys.stderr.write(f"gcl serve: a read-only view of {store.description}; {how}. Ctrl-C stops it.\n")
             sys.stderr.flush()
             if open_browser:
                 redirect = _open_in_browser(url, server.token is not None)

@@ -13,14 +13,14 @@ import contextlib
 import os
 import sys
 import threading
-import time
 import warnings
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
-from . import _core, _log, _tokens
-from ._core import Granted, Holder, Kind, Outcome, Request
-from ._errors import InvalidArgumentError, InvalidLimitError, StoreError
+from . import _admission, _log, _process, _reaping
+from ._backend import Backend, DbArg, Registration, open_backend
+from ._effects import transact
+from ._errors import InvalidArgumentError, InvalidLimitError
 from ._model import (
     DEFAULT_LEASE_SECONDS,
     MAX_LEASE_SECONDS,
@@ -30,7 +30,7 @@ from ._model import (
     validate_names,
     validate_seconds,
 )
-from ._store import Store
+from ._request import Granted, Holder, Kind, Outcome, Request
 
 MAX_LABEL = 200
 
@@ -73,76 +73,54 @@ def _program_name() -> str:
     return _program
 
 
-SWEEP_ABOVE = 64
-"""Sweep the run directory when a process starts using it and finds more files than this ..."""
-SWEEP_EVERY_SECONDS = 60.0
-"""... and nobody swept it for this long. (A sweep reads every token: one per newcomer made 300
-processes starting at once cost 300 x 600 liveness checks under the write lock.)"""
-SWEPT = "swept"
-"""The file in the run directory whose modification time says when it was last swept."""
-
-
-def token_of(store: Store) -> _tokens.ProcessToken:
-    run_dir = store.ensure_run_dir()
-    try:
-        token, created = _tokens.process_token(run_dir, store.file_mode)
-    except OSError as exc:
-        raise StoreError(f"Cannot create a liveness token in {run_dir}: {exc.strerror or exc}.") from None
+def registration(backend: Backend) -> Registration:
+    """This process's liveness registration on *backend*; the first one sweeps for the dead (now and then)."""
+    token, created = backend.register()
     if created:
-        if _sweep_due(store):
-            _core.transact(store, _core.sweep)  # processes that died without cleaning up
-        atexit.register(_forget_token, store, token)
+        if backend.sweep_due():
+            transact(backend, _admission.sweep)  # processes that died without cleaning up
+        atexit.register(_forget_registration, backend, token)
     return token
 
 
-def _sweep_due(store: Store) -> bool:
-    """Whether a newcomer should sweep: many files, and no sweep for a while (then it says it swept)."""
-    marker = os.path.join(store.run_dir, SWEPT)
-    with contextlib.suppress(OSError):
-        if time.time() - os.stat(marker).st_mtime < SWEEP_EVERY_SECONDS:
-            return False
-    if len(os.listdir(store.run_dir)) <= SWEEP_ABOVE:
-        return False
-    try:
-        fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, store.file_mode)
-        try:
-            os.utime(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass  # (then every newcomer sweeps, as before)
-    return True
-
-
-def kept_pipe(store: Store) -> _tokens.Pipe:
-    """The calling thread's wake-up pipe, kept across its waits."""
-    token = token_of(store)
-    try:
-        return token.thread_pipe(store.run_dir, store.file_mode)
-    except OSError as exc:
-        raise StoreError(f"Cannot create a wake-up pipe in {store.run_dir}: {exc.strerror or exc}.") from None
-
-
-def open_pipe(store: Store, name: str) -> _tokens.Pipe:
-    """Make the wake-up pipe a ticket names (no other name will do)."""
-    try:
-        return _tokens.Pipe(store.run_dir, name, store.file_mode)
-    except OSError as exc:
-        raise StoreError(f"Cannot create a wake-up pipe in {store.run_dir}: {exc.strerror or exc}.") from None
-
-
-def _forget_token(store: Store, token: _tokens.ProcessToken) -> None:
-    """At exit, remove this process's token file if nothing names it any more."""
+def _forget_registration(backend: Backend, token: Registration) -> None:
+    """At exit, remove this process's registration if nothing names it any more."""
     if token.pid != os.getpid():
         return
     try:
-        _core.transact(store, _core.forget_token, token.name)
+        transact(backend, _reaping.forget_token, token.name)
     except Exception:
-        _log.debug("could not remove token %s at exit", token.name, exc_info=True)
+        _log.debug("could not remove registration %s at exit", token.name, exc_info=True)
+
+
+def prepare(
+    db: DbArg,
+    names: str | Iterable[str],
+    occupy: int,
+    kind: Kind,
+    *,
+    timeout_seconds: float | None = None,
+    max_retries: int | None = None,
+    strict: bool = False,
+    lease_duration: float = DEFAULT_LEASE_SECONDS,
+    holder: Any = None,
+    holder_pid: int | None = None,
+) -> tuple[Backend, Request]:
+    """Check every argument of an acquisition, then open the backend and describe the request.
+
+    Nothing touches the store before every check has passed: a bad value creates no file and no row.
+    """
+    check_wait_args(timeout_seconds, max_retries)
+    backend = open_backend(db)
+    request = make_request(
+        backend, names, occupy, kind, strict=strict, lease_duration=lease_duration, holder=holder,
+        holder_pid=holder_pid,
+    )  # fmt: skip
+    return backend, request
 
 
 def make_request(
-    store: Store,
+    backend: Backend,
     names: str | Iterable[str],
     occupy: int,
     kind: Kind,
@@ -157,22 +135,22 @@ def make_request(
     if plain and holder_pid is None and type(names) is str and (holder is None or type(holder) is str):
         # The same request again (a loop around concurrency()): reuse the checked description.
         # Only plain values are keys (True == 1 must not pass for a checked occupy of 1).
-        key = (store, names, occupy, kind, strict, lease_duration, type(lease_duration), holder, os.getpid())
+        key = (backend, names, occupy, kind, strict, lease_duration, type(lease_duration), holder, os.getpid())
         request = _recent.get(key)
         if request is None:
-            request = _describe(store, names, occupy, kind, strict, lease_duration, holder, None)
+            request = _describe(backend, names, occupy, kind, strict, lease_duration, holder, None)
             if len(_recent) >= 256:
                 _recent.clear()
             _recent[key] = request
         return request
-    return _describe(store, names, occupy, kind, strict, lease_duration, holder, holder_pid)
+    return _describe(backend, names, occupy, kind, strict, lease_duration, holder, holder_pid)
 
 
 _recent: dict[tuple[Any, ...], Request] = {}
 
 
 def _describe(
-    store: Store,
+    backend: Backend,
     names: str | Iterable[str],
     occupy: int,
     kind: Kind,
@@ -193,12 +171,12 @@ def _describe(
     if holder_pid is not None:
         if isinstance(holder_pid, bool) or not isinstance(holder_pid, int) or holder_pid <= 0:
             raise InvalidArgumentError(f"holder_pid must be a positive process id, not {holder_pid!r}.")
-        start = _tokens.process_start_time(holder_pid)
-        if not _tokens.pid_alive(holder_pid, start):
+        start = _process.process_start_time(holder_pid)
+        if not _process.pid_alive(holder_pid, start):
             raise InvalidArgumentError(f"holder_pid {holder_pid} is not a running process.")
         who = Holder(None, holder_pid, start, host, user, label)
         return Request(checked, occupy, kind, strict, float(lease_duration), who, None)
-    token = token_of(store) if checked else None
+    token = registration(backend) if checked else None
     pid = os.getpid()
     who = Holder(token.name if token else None, pid, _own_start_time(), host, user, label)
     return Request(checked, occupy, kind, strict, float(lease_duration), who, who.token)
@@ -211,7 +189,7 @@ _host_user: tuple[str, str] | None = None
 def _identity() -> tuple[str, str]:
     global _host_user
     if _host_user is None:
-        _host_user = (_tokens.host_name(), _tokens.user_name())
+        _host_user = (_process.host_name(), _process.user_name())
     return _host_user
 
 
@@ -219,7 +197,7 @@ def _own_start_time() -> int | None:
     global _start_time
     pid = os.getpid()
     if _start_time is None or _start_time[0] != pid:
-        _start_time = (pid, _tokens.process_start_time(pid))
+        _start_time = (pid, _process.process_start_time(pid))
     return _start_time[1]
 
 
@@ -363,8 +341,8 @@ class Acquisition:
     async shell records from worker threads.
     """
 
-    def __init__(self, store: Store, request: Request) -> None:
-        self.store = store
+    def __init__(self, backend: Backend, request: Request) -> None:
+        self.backend = backend
         self.request = request
         self.pid = os.getpid()
         self.ticket: int | None = None
@@ -388,26 +366,26 @@ class Acquisition:
     def transact(self, fn: Callable[..., Outcome], *args: object, blocking: bool = True) -> Outcome:
         """One write step of the acquisition, recorded before any signal can intervene."""
         with SignalsHeldBack():
-            return self.record(_core.transact(self.store, fn, *args, blocking=blocking))
+            return self.record(transact(self.backend, fn, *args, blocking=blocking))
 
     def look(self, blocking: bool = True) -> Outcome:
         """A real attempt for our ticket: served now, by someone else already, or still denied."""
         assert self.ticket is not None
-        return self.transact(_core.attempt_ticket, self.ticket, self.request.kind, blocking=blocking)
+        return self.transact(_admission.attempt_ticket, self.ticket, self.request.kind, blocking=blocking)
 
     def retry_interval(self) -> float:
         """The interval between the retries that ``max_retries`` counts: Prefect's Retry-After (a read)."""
-        with self.store.read() as tx:
-            return _core.retry_interval(tx, self.request)
+        with self.backend.read() as tx:
+            return _admission.retry_interval(tx, self.request)
 
     def probe(self) -> Granted | bool | None:
         assert self.ticket is not None
-        with self.store.read() as tx:
-            found = _core.probe(tx, self.ticket, self.request.kind)
+        with self.backend.read() as tx:
+            found = _admission.probe(tx, self.ticket, self.request.kind)
         return self.record(found) if isinstance(found, Granted) else found  # type: ignore[return-value]
 
     def served(self, granted: Granted) -> Granted:
-        """A grant that came through our pipe: the releaser committed it for our ticket."""
+        """A grant that came through our channel: the releaser committed it for our ticket."""
         with SignalsHeldBack():
             self.record(granted)
         return granted
@@ -453,7 +431,7 @@ class Acquisition:
         ticket = self.ticket
         if ticket is None:
             return None
-        late = _core.transact(self.store, _core.cancel, ticket, self.request.kind, timed_out)
+        late = transact(self.backend, _admission.cancel, ticket, self.request.kind, timed_out)
         with self._lock:
             if self.ticket == ticket:
                 self.ticket = None
@@ -465,7 +443,7 @@ class Acquisition:
         """Release our lease (idempotent: releasing a released lease does nothing)."""
         lease_id = self.lease_id
         if lease_id is not None:
-            _core.transact(self.store, _core.release, lease_id, blocking=blocking)
+            transact(self.backend, _admission.release, lease_id, blocking=blocking)
             with self._lock:
                 if self.lease_id == lease_id:
                     self.lease_id = None
@@ -500,11 +478,10 @@ __all__ = [
     "MissingLimitWarning",
     "SignalsHeldBack",
     "check_wait_args",
-    "kept_pipe",
     "label_of",
     "make_request",
-    "open_pipe",
     "to_the_end",
-    "token_of",
+    "prepare",
+    "registration",
     "warn_missing",
 ]

@@ -1,13 +1,13 @@
 """The one waiting policy of the sync and async shells: when a waiter wakes, and what it does then.
 
 A wait is a generator of steps. It never sleeps and does no I/O: it yields :class:`Sleep` (the shell
-sleeps on the waiter's pipe and sends back what the pipe held), :data:`LOOK` (a real attempt, one
+sleeps on the waiter's channel and sends back what it held), :data:`LOOK` (a real attempt, one
 write transaction; the shell sends back its outcome) or :data:`PROBE` (the safety net's read-only
 look; the shell sends back its answer), and returns the grant. Each shell only performs the steps.
 
 Every moment it learns is kept as an absolute moment on the monotonic clock: the caller's deadline,
 and the moment a denial names (decay or a lease's expiry could let the request in then). A waiter
-wakes at the earliest of those, of a wake-up on its pipe, and of the safety net; at a due moment it
+wakes at the earliest of those, of a wake-up on its channel, and of the safety net; at a due moment it
 makes a real attempt. (Keeping the denial's *relative* delay and comparing it with each fresh
 safety-net sleep, as 0.1 did, slept for ever whenever the delay was longer than the safety net.)
 """
@@ -19,9 +19,9 @@ import time
 from collections.abc import Callable, Generator
 from typing import Any, NamedTuple
 
-from . import _log
-from ._core import Denied, Granted, Outcome, Request, read_wake
+from . import _log, _wire
 from ._errors import AcquireConcurrencySlotTimeoutError
+from ._request import Denied, Granted, Outcome, Request
 
 SAFETY_NET_SECONDS = 0.5
 """A waiter looks at least this often (jittered by ±20 %), in case a wake-up was lost or a holder died ..."""
@@ -37,7 +37,7 @@ NOTICE_AFTER_SECONDS = 1.0
 
 
 class Sleep(NamedTuple):
-    """Sleep on the pipe for at most *seconds*; send back what it held (``b""`` if nothing came)."""
+    """Sleep on the channel for at most *seconds*; send back what it held (``b""`` if nothing came)."""
 
     seconds: float
 
@@ -95,7 +95,7 @@ def wait(
     max_retries: int | None,
     clock: Callable[[], float] = time.monotonic,
     jitter: Callable[[], float] = _log.jitter,
-    pipe_made_late: bool = False,
+    channel_made_late: bool = False,
     retry_interval: float | None = None,
 ) -> Steps:
     """Wait in the queue with *ticket* until granted; *denied* is the outcome that queued us.
@@ -104,8 +104,8 @@ def wait(
     does: it gives up once N retry intervals (*retry_interval*, the Retry-After a Prefect server
     would send) have passed since *start*, after a last real attempt; the wake-ups in between are
     extra attempts that cost no retry. Raises :class:`AcquireConcurrencySlotTimeoutError`; the shell
-    then leaves the queue (keeping a grant that came at the last moment). With *pipe_made_late*
-    (the pipe was made after the ticket), a wake-up may have been written before the pipe existed:
+    then leaves the queue (keeping a grant that came at the last moment). With *channel_made_late*
+    (the channel was made after the ticket), a wake-up may have been sent before it existed:
     it starts with the safety net's look.
     """
     deadline = deadline_of(timeout_seconds, start)
@@ -116,7 +116,7 @@ def wait(
             deadline, timeout_seconds, last_look = retries_end, None, True  # the error says: retries exhausted
     due = due_moment(denied, clock())
     safety_net = SAFETY_NET_SECONDS
-    if pipe_made_late:
+    if channel_made_late:
         found = yield PROBE
         if isinstance(found, Granted):
             return found
@@ -141,7 +141,7 @@ def wait(
         if deadline is not None:
             wake_at = min(wake_at, deadline)
         data = yield Sleep(max(0.0, wake_at - now))
-        granted, poked = read_wake(request, ticket, data) if data else (None, False)
+        granted, poked = _wire.read(request, ticket, data) if data else (None, False)
         if granted is not None:
             return granted
         now = clock()

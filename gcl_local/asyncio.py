@@ -2,7 +2,7 @@
 
 The event loop is never blocked for longer than one short transaction: each transaction is tried
 without waiting for SQLite's write lock, and only when that lock is busy does it run in a worker
-thread. A waiter sleeps on its pipe through ``loop.add_reader``, in the same queue as sync waiters.
+thread. A waiter sleeps on its channel through ``loop.add_reader``, in the same queue as sync waiters.
 
 Example::
 
@@ -22,21 +22,19 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any, TypeVar
 
-from . import _core, _shell, _waiting
-from ._core import Granted, Request
+from . import _admission, _shell, _waiting
+from ._backend import Backend, Channel, DbArg, WouldBlock
 from ._errors import AcquireConcurrencySlotTimeoutError, ConcurrencySlotAcquisitionError, LeaseRenewalError
 from ._model import DEFAULT_LEASE_SECONDS, Lease
 from ._renewal import Renewal, renewal_failed_message, renewer
+from ._request import Granted, Request
 from ._shell import Acquisition
-from ._store import Store, WouldBlock, get_store
-from ._tokens import Pipe
-from .sync import DbArg
 
 T = TypeVar("T")
 
 
 async def _off_the_loop(acquisition: Acquisition, call: Callable[[bool], T]) -> T:
-    """Run ``call(blocking)`` on the loop if SQLite's write lock is free, else in a worker thread."""
+    """Run ``call(blocking)`` on the loop if the store's write lock is free, else in a worker thread."""
     try:
         return call(False)
     except WouldBlock:
@@ -92,7 +90,7 @@ async def _wait_readable(fd: int, seconds: float) -> bool:
 
 
 async def acquire_slots(
-    store: Store,
+    backend: Backend,
     request: Request,
     timeout_seconds: float | None,
     max_retries: int | None,
@@ -100,24 +98,29 @@ async def acquire_slots(
 ) -> Granted:
     """The async twin of :func:`gcl_local.sync.acquire_slots`: the same steps, slept on the event loop."""
     start = time.monotonic()
-    acquisition = acquisition or Acquisition(store, request)
-    pipe_name = _shell.token_of(store).new_pipe_name() if _waiting.may_wait(timeout_seconds, max_retries) else None
-    pipe: Pipe | None = None
+    acquisition = acquisition or Acquisition(backend, request)
+    if _waiting.may_wait(timeout_seconds, max_retries):
+        _shell.registration(backend)
+        channel_name: str | None = backend.new_channel_name()
+    else:
+        channel_name = None
+    channel: Channel | None = None
     try:
         outcome = await _off_the_loop(
-            acquisition, lambda blocking: acquisition.transact(_core.attempt, request, pipe_name, blocking=blocking)
+            acquisition,
+            lambda blocking: acquisition.transact(_admission.attempt, request, channel_name, blocking=blocking),
         )
         if isinstance(outcome, Granted):
             return outcome
-        if outcome.ticket is None or pipe_name is None:
+        if outcome.ticket is None or channel_name is None:
             raise _waiting.timeout_error(request, timeout_seconds, max_retries, waited=time.monotonic() - start)
-        # The pipe is made after the ticket (it is this wait's own): the policy starts with a look for
-        # what was written before it existed. Reads never wait for the write lock.
-        pipe = _shell.open_pipe(store, pipe_name)
+        # The channel is made after the ticket (it is this wait's own): the policy starts with a look
+        # for what was sent before it existed. Reads never wait for the write lock.
+        channel = backend.open_channel(channel_name)
         interval = None if max_retries is None else acquisition.retry_interval()
         steps = _waiting.wait(
             request, outcome.ticket, outcome, start=start, timeout_seconds=timeout_seconds, max_retries=max_retries,
-            pipe_made_late=True, retry_interval=interval,
+            channel_made_late=True, retry_interval=interval,
         )  # fmt: skip
         answer: Any = None
         while True:
@@ -132,7 +135,7 @@ async def acquire_slots(
                 answer = acquisition.probe()
             else:
                 assert isinstance(step, _waiting.Sleep)
-                answer = pipe.drain() if await _wait_readable(pipe.fd, step.seconds) else b""
+                answer = channel.drain() if await _wait_readable(channel.fileno(), step.seconds) else b""
     except BaseException as exc:
         keep = isinstance(exc, AcquireConcurrencySlotTimeoutError)
         late = await _in_thread(acquisition, functools.partial(acquisition.abandon, keep_late=keep))
@@ -140,8 +143,8 @@ async def acquire_slots(
             return late  # granted at the last moment of a timeout: take it
         raise
     finally:
-        if pipe is not None:
-            pipe.close()
+        if channel is not None:
+            channel.close()
 
 
 @contextlib.asynccontextmanager
@@ -158,15 +161,14 @@ async def concurrency(
     db: DbArg = None,
 ) -> AsyncIterator[Lease]:
     """Hold slots for the duration of an ``async with`` block; see :func:`gcl_local.sync.concurrency`."""
-    _shell.check_wait_args(timeout_seconds, max_retries)  # before anything touches the store
-    store = get_store(db)
-    request = _shell.make_request(
-        store, names, occupy, "concurrency", strict=strict, lease_duration=lease_duration, holder=holder
-    )
+    backend, request = _shell.prepare(
+        db, names, occupy, "concurrency", timeout_seconds=timeout_seconds, max_retries=max_retries, strict=strict,
+        lease_duration=lease_duration, holder=holder,
+    )  # fmt: skip
     raising = strict if raise_on_lease_renewal_failure is None else bool(raise_on_lease_renewal_failure)
-    acquisition = Acquisition(store, request)
+    acquisition = Acquisition(backend, request)
     try:  # from before the first transaction: a cancellation must not strand the slots in a live process
-        granted = await acquire_slots(store, request, timeout_seconds, max_retries, acquisition)
+        granted = await acquire_slots(backend, request, timeout_seconds, max_retries, acquisition)
         lease = granted.lease
         assert lease is not None
         _shell.warn_missing(granted)
@@ -174,7 +176,7 @@ async def concurrency(
             yield lease
             return
         # The process's renewal thread renews it, as for the sync shell; a lost lease cancels this task.
-        renewal = Renewal(store, lease.id, request.lease_duration, raising, _canceller())
+        renewal = Renewal(backend, lease.id, request.lease_duration, raising, _canceller())
         renewer().add(renewal)
         try:
             yield lease
@@ -211,10 +213,8 @@ async def rate_limit(
     db: DbArg = None,
 ) -> None:
     """Take rate-limit slots, waiting without blocking the loop; see :func:`gcl_local.sync.rate_limit`."""
-    _shell.check_wait_args(timeout_seconds, None)  # before anything touches the store
-    store = get_store(db)
-    request = _shell.make_request(store, names, occupy, "rate", strict=strict)
-    _shell.warn_missing(await acquire_slots(store, request, timeout_seconds, None))
+    backend, request = _shell.prepare(db, names, occupy, "rate", timeout_seconds=timeout_seconds, strict=strict)
+    _shell.warn_missing(await acquire_slots(backend, request, timeout_seconds, None))
 
 
 # As from prefect.concurrency.asyncio: code that catches these needs only its import changed.

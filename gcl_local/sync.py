@@ -13,22 +13,19 @@ Example::
 from __future__ import annotations
 
 import contextlib
-import os
 import select
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from . import _core, _shell, _waiting
-from ._core import Granted, Request
+from . import _admission, _shell, _waiting
+from ._backend import Backend, Channel, DbArg, open_backend
+from ._effects import transact
 from ._errors import AcquireConcurrencySlotTimeoutError, ConcurrencySlotAcquisitionError, InvalidLimitError
-from ._model import DEFAULT_LEASE_SECONDS, Lease, validate_seconds
+from ._model import DEFAULT_LEASE_SECONDS, MAX_LEASE_SECONDS, MIN_LEASE_SECONDS, Lease, validate_seconds
 from ._renewal import Renewal, renewer
+from ._request import Granted, Request
 from ._shell import Acquisition, SignalsHeldBack
-from ._store import Store, get_store
-from ._tokens import Pipe
-
-DbArg = str | os.PathLike[str] | Store | None
 
 
 def _wait_readable(fd: int, seconds: float) -> bool:
@@ -39,7 +36,7 @@ def _wait_readable(fd: int, seconds: float) -> bool:
 
 
 def acquire_slots(
-    store: Store,
+    backend: Backend,
     request: Request,
     timeout_seconds: float | None,
     max_retries: int | None,
@@ -52,18 +49,18 @@ def acquire_slots(
     behind. The caller that passes *acquisition* owns the returned lease through it (its ``release``).
     """
     start = time.monotonic()
-    acquisition = acquisition or Acquisition(store, request)
-    pipe = _shell.kept_pipe(store) if _waiting.may_wait(timeout_seconds, max_retries) else None
+    acquisition = acquisition or Acquisition(backend, request)
+    channel = backend.kept_channel() if _waiting.may_wait(timeout_seconds, max_retries) else None
     # Signals are held back for the whole call but for its sleeps: a Ctrl-C lands in a sleep (or just
     # after a transaction), never between a commit and the code that owns it or gives it back.
     held = SignalsHeldBack()
     with held:
-        return _acquire(acquisition, pipe, held, start, timeout_seconds, max_retries, on_wait)
+        return _acquire(acquisition, channel, held, start, timeout_seconds, max_retries, on_wait)
 
 
 def _acquire(
     acquisition: Acquisition,
-    pipe: Pipe | None,
+    channel: Channel | None,
     held: SignalsHeldBack,
     start: float,
     timeout_seconds: float | None,
@@ -72,10 +69,10 @@ def _acquire(
 ) -> Granted:
     request = acquisition.request
     try:
-        outcome = acquisition.transact(_core.attempt, request, pipe.name if pipe else None)
+        outcome = acquisition.transact(_admission.attempt, request, channel.name if channel else None)
         if isinstance(outcome, Granted):
             return outcome
-        if outcome.ticket is None or pipe is None:
+        if outcome.ticket is None or channel is None:
             raise _waiting.timeout_error(request, timeout_seconds, max_retries, waited=time.monotonic() - start)
         interval = None if max_retries is None else acquisition.retry_interval()
         steps = _waiting.wait(
@@ -99,8 +96,8 @@ def _acquire(
                     on_wait(acquisition)
                     on_wait = None
                 with held.let_through():
-                    readable = _wait_readable(pipe.fd, step.seconds)
-                answer = pipe.drain() if readable else b""
+                    readable = _wait_readable(channel.fileno(), step.seconds)
+                answer = channel.drain() if readable else b""
     except BaseException as exc:
         late = acquisition.abandon(keep_late=isinstance(exc, AcquireConcurrencySlotTimeoutError))
         if late is not None:
@@ -139,22 +136,21 @@ def concurrency(
     :raises AcquireConcurrencySlotTimeoutError: when the slots were not had in time.
     :raises ConcurrencySlotAcquisitionError: when the request can never be served.
     """
-    _shell.check_wait_args(timeout_seconds, max_retries)  # before anything touches the store
-    store = get_store(db)
-    request = _shell.make_request(
-        store, names, occupy, "concurrency", strict=strict, lease_duration=lease_duration, holder=holder
-    )
+    backend, request = _shell.prepare(
+        db, names, occupy, "concurrency", timeout_seconds=timeout_seconds, max_retries=max_retries, strict=strict,
+        lease_duration=lease_duration, holder=holder,
+    )  # fmt: skip
     raise_on_failure = strict if raise_on_lease_renewal_failure is None else bool(raise_on_lease_renewal_failure)
-    acquisition = Acquisition(store, request)
+    acquisition = Acquisition(backend, request)
     try:  # from before the first transaction: an interrupt must not strand the slots in a live process
-        granted = acquire_slots(store, request, timeout_seconds, max_retries, acquisition=acquisition)
+        granted = acquire_slots(backend, request, timeout_seconds, max_retries, acquisition=acquisition)
         lease = granted.lease
         assert lease is not None
         _shell.warn_missing(granted)
         if lease.token is None:
             yield lease
             return
-        renewal = Renewal(store, lease.id, request.lease_duration, raise_on_failure)
+        renewal = Renewal(backend, lease.id, request.lease_duration, raise_on_failure)
         renewals = renewer()
         renewals.add(renewal)
         try:
@@ -182,10 +178,8 @@ def rate_limit(
     :raises AcquireConcurrencySlotTimeoutError: when the slots were not had in time.
     :raises ConcurrencySlotAcquisitionError: when the request can never be served.
     """
-    _shell.check_wait_args(timeout_seconds, None)  # before anything touches the store
-    store = get_store(db)
-    request = _shell.make_request(store, names, occupy, "rate", strict=strict)
-    _shell.warn_missing(acquire_slots(store, request, timeout_seconds, None))
+    backend, request = _shell.prepare(db, names, occupy, "rate", timeout_seconds=timeout_seconds, strict=strict)
+    _shell.warn_missing(acquire_slots(backend, request, timeout_seconds, None))
 
 
 def acquire_lease(
@@ -205,17 +199,15 @@ def acquire_lease(
     With *holder_pid* the lease belongs to that process: freed at once when it dies, and at the
     lease's end unless renewed. Without it, the calling process holds the lease by its token.
     """
-    _shell.check_wait_args(timeout_seconds, max_retries)  # before anything touches the store
-    store = get_store(db)
-    request = _shell.make_request(
-        store, names, occupy, "concurrency", strict=strict, lease_duration=lease_duration, holder=holder,
-        holder_pid=holder_pid,
+    backend, request = _shell.prepare(
+        db, names, occupy, "concurrency", timeout_seconds=timeout_seconds, max_retries=max_retries, strict=strict,
+        lease_duration=lease_duration, holder=holder, holder_pid=holder_pid,
     )  # fmt: skip
     if holder_pid is not None:
-        request = _with_waiter(store, request)
-    acquisition = Acquisition(store, request)
+        request = _with_waiter(backend, request)
+    acquisition = Acquisition(backend, request)
     try:
-        granted = acquire_slots(store, request, timeout_seconds, max_retries, acquisition=acquisition)
+        granted = acquire_slots(backend, request, timeout_seconds, max_retries, acquisition=acquisition)
         _shell.warn_missing(granted)
         acquisition.disown()  # from here on the lease is the caller's
     finally:
@@ -224,15 +216,15 @@ def acquire_lease(
     return granted.lease
 
 
-def _with_waiter(store: Store, request: Request) -> Request:
-    return request._replace(waiter_token=_shell.token_of(store).name)
+def _with_waiter(backend: Backend, request: Request) -> Request:
+    return request._replace(waiter_token=_shell.registration(backend).name)
 
 
 def release_lease(lease_id: str, *, db: DbArg = None) -> bool:
     """Give a lease's slots back (idempotent; also an admin's force-release). False if it was not held."""
     if not isinstance(lease_id, str):
         raise InvalidLimitError(f"A lease id must be a string, not {lease_id!r}.")
-    return _core.transact(get_store(db), _core.release, lease_id)
+    return transact(open_backend(db), _admission.release, lease_id)
 
 
 def renew_lease(lease_id: str, lease_duration: float = DEFAULT_LEASE_SECONDS, *, db: DbArg = None) -> Lease:
@@ -240,8 +232,8 @@ def renew_lease(lease_id: str, lease_duration: float = DEFAULT_LEASE_SECONDS, *,
 
     :raises LeaseNotFoundError: if the lease was released, expired or reclaimed.
     """
-    validate_seconds(lease_duration, "lease_duration", minimum=60, maximum=86400)
-    return _core.renewed(get_store(db), lease_id, float(lease_duration))
+    validate_seconds(lease_duration, "lease_duration", minimum=MIN_LEASE_SECONDS, maximum=MAX_LEASE_SECONDS)
+    return _admission.renewed(open_backend(db), lease_id, float(lease_duration))
 
 
 # As from prefect.concurrency.sync: code that catches these needs only its import changed.

@@ -710,7 +710,7 @@ def _landing(frame: Any) -> str:
         if code.co_name == "_work_then_interrupt":
             return "before-commit"
         if "gcl_local" in code.co_filename:
-            if code.co_filename.endswith("_store.py") and code.co_name == "write":
+            if code.co_filename.endswith("_store.py") and code.co_name == "write":  # sqlite/_store.py
                 return "in-transaction"
             where = "in-gcl_local"
         elif where == "in-hold" and code.co_filename.endswith("contextlib.py"):
@@ -737,7 +737,7 @@ def _install_commit_interrupts(probability: float, rng: random.Random) -> None:
     transaction) or just after ``COMMIT`` (before gcl_local has looked at what it committed)."""
     import threading
 
-    from gcl_local import _store
+    from gcl_local.sqlite import _store
 
     original = _store.Store.write
     main = threading.main_thread()
@@ -1525,8 +1525,7 @@ class Driver:
     # -- auditing ----------------------------------------------------------------------------------
 
     def audit(self) -> None:
-        from gcl_local import _sql
-        from gcl_local._store import get_store
+        from gcl_local.sqlite import get_store
 
         store = get_store(str(self.db))
         run_dir = Path(store.run_dir)
@@ -1536,11 +1535,11 @@ class Driver:
             queues: dict[str, list[Any]] = {}
             with store.read() as rtx:
                 for name in self.names:
-                    for lease in _sql.leases_on(rtx.conn, name):
+                    for lease in rtx.leases_on(name):
                         leases[lease.token] = lease
-                    queues[name] = _sql.waiting_on(rtx.conn, name)
+                    queues[name] = rtx.waiting_on(name)
                 wall = rtx.now.wall
-            on_limit = [x for x in leases.values() if self.args.name in x.name_list]
+            on_limit = [x for x in leases.values() if self.args.name in x.names]
             tickets = {t.ticket: t for q in queues.values() for t in q}
             # Liveness is judged now, while nobody can enter or leave the ledger.
             table = process_table()
@@ -1673,7 +1672,8 @@ class Driver:
                     mates = {p: e for p, e in holders.items() if e.get("gcl") == lease.holder_token}
                     self.fail_once(
                         f"leak:{lease.token}", "leaked-lease",
-                        f"LEAKED LEASE {lease.id} on {lease.name_list}: held by live pid {lease.pid} ({lease.label}, "
+                        f"LEAKED LEASE {lease.token}-{lease.secret} on {list(lease.names)}: "
+                        f"held by live pid {lease.pid} ({lease.label}, "
                         f"{kind}) for {now - first:.1f} s outside any block (age {wall - lease.acquired_wall:.1f} s); "
                         f"holder {describe(lease.pid or 0)}; token {lease.holder_token} of "
                         f"{describe(_token_pid(lease.holder_token) or 0)}; ledger entries with that token: {mates}",
@@ -1686,7 +1686,8 @@ class Driver:
                     kind = self._owner_kind(table, lease.pid, _token_pid(lease.holder_token))
                     self.fail_once(
                         f"dead:{lease.token}", "dead-lease-kept",
-                        f"dead holder's lease {lease.id} (pid {lease.pid}, token {lease.holder_token}) kept "
+                        f"dead holder's lease {lease.token}-{lease.secret} (pid {lease.pid}, "
+                        f"token {lease.holder_token}) kept "
                         f"{now - first:.1f} s while others wait",
                         kind,
                     )  # fmt: skip
@@ -1747,7 +1748,7 @@ class Driver:
                 kind = self._owner_kind(table, ticket.pid, _token_pid(ticket.holder_token))
                 self.fail_once(
                     f"lonely:{ticket.ticket}", "ticket-without-waiter",
-                    f"TICKET WITHOUT WAITER: ticket {ticket.ticket} on {list(ticket.name_list)} of live pid "
+                    f"TICKET WITHOUT WAITER: ticket {ticket.ticket} on {list(ticket.names)} of live pid "
                     f"{ticket.pid} ({ticket.label}, {kind}, token {ticket.holder_token}) kept {now - first:.1f} s "
                     "while nobody of it waits",
                     kind,
@@ -1788,21 +1789,21 @@ class Driver:
 
     def dump(self) -> str:
         """What the state file and the run directory hold now (read-only)."""
-        from gcl_local import _sql
-        from gcl_local._store import get_store
+        from gcl_local.sqlite import get_store
 
         store = get_store(str(self.db))
         lines = []
         with store.read() as rtx:
             for name in self.names:
-                for lease in _sql.leases_on(rtx.conn, name):
+                for lease in rtx.leases_on(name):
                     lines.append(
-                        f"    {name}: lease {lease.id} pid {lease.pid} slots {lease.slots} token {lease.holder_token}"
+                        f"    {name}: lease {lease.token}-{lease.secret} pid {lease.pid} slots {lease.slots} "
+                        f"token {lease.holder_token}"
                     )
-                for t in _sql.waiting_on(rtx.conn, name):
+                for t in rtx.waiting_on(name):
                     lines.append(
                         f"    {name}: ticket {t.ticket} pid {t.pid} slots {t.slots} token {t.holder_token} "
-                        f"pipe {t.pipe}"
+                        f"channel {t.channel}"
                     )
         with contextlib.suppress(OSError):
             lines.append(f"    run dir: {sorted(os.listdir(store.run_dir))}")
@@ -1996,8 +1997,9 @@ def check_rate(grants: list[tuple[float, float]], limit: int, decay: float) -> t
 def final_checks(driver: Driver) -> dict[str, Any]:
     import apsw
 
-    from gcl_local import _core, _sql, read_limit
-    from gcl_local._store import get_store
+    from gcl_local import _admission, _effects, read_limit
+    from gcl_local.sqlite import get_store
+    from gcl_local.sqlite._sql import integrity_check
 
     args, db = driver.args, driver.db
     checks: dict[str, Any] = {}
@@ -2063,13 +2065,13 @@ def final_checks(driver: Driver) -> dict[str, Any]:
     with store.read() as rtx:
         files = sorted(os.listdir(run_dir)) if run_dir.is_dir() else []
         checks["before_sweep"] = {
-            "leases": _sql.count_leases(rtx.conn),
-            "tickets": _sql.count_tickets(rtx.conn),
+            "leases": rtx.count_leases(),
+            "tickets": rtx.count_tickets(),
             "run_files": len(files),
             "tokens": sum(f.endswith(".lock") for f in files),
             "pipes": sum(f.endswith(".fifo") for f in files),
         }
-    _core.transact(store, _core.sweep)  # what a newcomer does on a crowded run directory (reads never tidy)
+    _effects.transact(store, _admission.sweep)  # what a newcomer does on a crowded run directory (reads never tidy)
     left = {}
     for name in driver.names:
         limit = read_limit(name, db=str(db))
@@ -2093,9 +2095,9 @@ def final_checks(driver: Driver) -> dict[str, Any]:
     conn = apsw.Connection(str(db), flags=apsw.SQLITE_OPEN_READWRITE)
     try:
         conn.set_busy_timeout(10_000)
-        checks["integrity"] = _sql.integrity_check(conn)
-        checks["leases_left"] = _sql.count_leases(conn)
-        checks["tickets_left"] = _sql.count_tickets(conn)
+        checks["integrity"] = integrity_check(conn)
+        checks["leases_left"] = conn.execute("SELECT count(*) FROM leases").fetchall()[0][0]
+        checks["tickets_left"] = conn.execute("SELECT count(*) FROM tickets").fetchall()[0][0]
     finally:
         conn.close()
     if checks["integrity"] != "ok":

@@ -13,7 +13,8 @@ import pytest
 from helpers import Spawned, drop_schema, pg_server_url, pg_unavailable, with_schema
 from hosts import Hosts
 
-from gcl_local import _shell, _store, _tokens
+from gcl_local import _shell
+from gcl_local.sqlite import _liveness, _store
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -31,13 +32,10 @@ def _fresh_process_state() -> Iterator[None]:
     """After each test, close what its state files left open in this process (connections, tokens,
     kept pipes), as its exit would: 400 tests in one process must not run out of descriptors."""
     yield
-    for token in list(_tokens._tokens.values()):
-        pipe = getattr(token._threads, "pipe", None)
-        if pipe is not None:
-            pipe.close()
+    for token in list(_liveness._tokens.values()):
         with contextlib.suppress(OSError):
             os.close(token.fd)
-    _tokens._tokens.clear()
+    _liveness._tokens.clear()
     for store in list(_store._stores.values()):
         with contextlib.suppress(Exception):
             store.close()

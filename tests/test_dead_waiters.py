@@ -16,14 +16,14 @@ import time
 import pytest
 from helpers import GCL, Spawned, env, gcl, holding, ok, one_line_error, wait_for
 
-from gcl_local import _sql, create_limit, read_limit
-from gcl_local._store import get_store
+from gcl_local import _admission, create_limit, read_limit
+from gcl_local.sqlite import get_store
 
 
 def left_in_file(db: str) -> tuple[int, int]:
     """(leases, tickets) in the file, read without reaping anything."""
     with get_store(db).read() as tx:
-        return _sql.count_leases(tx.conn), _sql.count_tickets(tx.conn)
+        return tx.count_leases(), tx.count_tickets()
 
 
 def kill9(proc: subprocess.Popen[str]) -> None:
@@ -124,7 +124,6 @@ def test_a_waiter_far_back_says_so_and_each_watches_the_one_just_ahead(db: str, 
     """The safety net's look: the second in line answers False (nothing to do, look again in 0.5 s),
     the third None (two live waiters ahead: look again in 2 s), and True once the one just ahead of
     it died (a write attempt then reaps it)."""
-    from gcl_local import _core
 
     create_limit("c", 1, db=db)
     holder = spawned.gcl(db, "run", "c", "--", "sleep", "60")
@@ -137,7 +136,7 @@ def test_a_waiter_far_back_says_so_and_each_watches_the_one_just_ahead(db: str, 
 
     def probe(ticket: int) -> object:
         with get_store(db).read() as tx:
-            return _core.probe(tx, ticket, "concurrency")
+            return _admission.probe(tx, ticket, "concurrency")
 
     assert [probe(t) for t in tickets] == [False, False, None]
     kill9(waiters[1])

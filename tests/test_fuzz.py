@@ -49,7 +49,7 @@ from gcl_local import (
     read_limit,
     update_limit,
 )
-from gcl_local._store import get_store
+from gcl_local.sqlite import get_store
 
 REPO = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
@@ -790,12 +790,12 @@ def test_cli_run_through_the_typer_app_itself(db: str) -> None:
 # -- damaged files ----------------------------------------------------------------------------------------
 
 MAKE_GCL_DB = """
-import sys, gcl_local, gcl_local._store
+import sys, gcl_local, gcl_local.sqlite
 db = sys.argv[1]
 gcl_local.create_limit("made", 2, slot_decay_per_second=1.0, db=db)
 with gcl_local.concurrency("made", db=db):
     pass
-gcl_local._store.get_store(db).close()
+gcl_local.sqlite.get_store(db).close()
 """
 
 

@@ -13,7 +13,7 @@ from helpers import Spawned, gcl, ok, wait_for
 
 from gcl_local import concurrency, create_limit, rate_limit, read_limit
 from gcl_local._model import WAIT_BUCKETS, Stats, wait_bucket
-from gcl_local._sql import APPLICATION_ID, MIGRATIONS
+from gcl_local.sqlite._sql import APPLICATION_ID, MIGRATIONS
 
 
 def stats_of(db: str, name: str) -> Stats:

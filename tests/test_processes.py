@@ -32,7 +32,7 @@ from gcl_local import (
     read_limit,
     update_limit,
 )
-from gcl_local._store import get_store
+from gcl_local.sqlite import get_store
 
 # -- helpers -----------------------------------------------------------------------------------------
 

@@ -32,7 +32,8 @@ from gcl_local import (
     read_limit,
     update_limit,
 )
-from gcl_local import _tokens as tokens_module
+from gcl_local.sqlite import _liveness as tokens_module
+from gcl_local.sqlite import _wakeups
 
 REPO = Path(__file__).resolve().parent.parent
 IS_ROOT = os.geteuid() == 0
@@ -457,8 +458,8 @@ def test_wake_up_does_not_write_through_a_planted_symlink(db: str, outside: Path
     before = outside_state(outside)
     reader = os.open(outside / "a-fifo", os.O_RDONLY | os.O_NONBLOCK)
     try:
-        tokens_module.wake(run_dir, "1-00000000.1.fifo")
-        tokens_module.wake(run_dir, "1-00000000.2.fifo")
+        _wakeups.wake(run_dir, "1-00000000.1.fifo")
+        _wakeups.wake(run_dir, "1-00000000.2.fifo")
         try:
             written = os.read(reader, 10)
         except BlockingIOError:
@@ -488,7 +489,7 @@ def test_planted_symlinks_named_like_tokens_are_left_alone_by_the_sweep(db: str,
 @pytest.mark.parametrize("suffix", ["-wal", "-shm"])
 def test_symlink_planted_beside_the_state_file_is_not_followed(db: str, outside: Path, suffix: str) -> None:
     create_limit("a", 1, db=db)
-    gcl_local._store.get_store(db).close()
+    gcl_local.sqlite.get_store(db).close()
     assert not os.path.exists(f"{db}{suffix}")
     os.symlink(outside / "precious.txt", f"{db}{suffix}")
     before = outside_state(outside)

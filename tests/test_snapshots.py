@@ -15,8 +15,8 @@ import pytest
 from conftest import Procs
 from helpers import Spawned, gcl, ok, one_line_error, wait_for
 
-from gcl_local import LimitNotFoundError, _core, create_limit, list_limits, read_limit
-from gcl_local._store import get_store
+from gcl_local import LimitNotFoundError, _admission, _effects, create_limit, list_limits, read_limit
+from gcl_local.sqlite import get_store
 
 HOLD_WRITE_LOCK = """
 import sys, time, apsw
@@ -122,5 +122,5 @@ def test_the_run_directory_is_swept_by_writers_not_readers(db: str) -> None:
     os.mkfifo(stale, 0o600)
     list_limits(db=db)
     assert os.path.lexists(stale)
-    _core.transact(get_store(db), _core.sweep)
+    _effects.transact(get_store(db), _admission.sweep)
     assert not os.path.lexists(stale)

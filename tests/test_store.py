@@ -14,17 +14,17 @@ import apsw
 import pytest
 
 import gcl_local
-import gcl_local._store
+import gcl_local.sqlite._files
 from gcl_local import StoreError, concurrency, create_limit, list_limits, read_limit
 
 IS_ROOT = os.geteuid() == 0
 NOBODY = 65534
 
 MAKE_GCL_DB = """
-import sys, gcl_local, gcl_local._store
+import sys, gcl_local, gcl_local.sqlite
 db = sys.argv[1]
 gcl_local.create_limit("made", 2, slot_decay_per_second=1.0, db=db)
-gcl_local._store.get_store(db).close()
+gcl_local.sqlite.get_store(db).close()
 """
 
 MAKE_FOREIGN_DB = """
@@ -558,7 +558,7 @@ def test_network_filesystem_is_refused_before_creating(
 ) -> None:
     remote = tmp_path / "remote"
     remote.mkdir()
-    monkeypatch.setattr(gcl_local._store, "MOUNTINFO", str(fake_mountinfo(tmp_path, remote, fstype)))
+    monkeypatch.setattr(gcl_local.sqlite._files, "MOUNTINFO", str(fake_mountinfo(tmp_path, remote, fstype)))
     path = remote / "gcl.db"
     error = assert_store_error(lambda: create_limit("a", 1, db=str(path)), path)
     assert fstype in str(error)
@@ -573,7 +573,7 @@ def test_network_filesystem_is_refused_for_an_existing_file(
     path = remote / "gcl.db"
     make_gcl_db(procs, path)
     before, listing = snapshot(path), dir_listing(remote)
-    monkeypatch.setattr(gcl_local._store, "MOUNTINFO", str(fake_mountinfo(tmp_path, remote, "nfs4")))
+    monkeypatch.setattr(gcl_local.sqlite._files, "MOUNTINFO", str(fake_mountinfo(tmp_path, remote, "nfs4")))
     error = assert_store_error(lambda: list_limits(db=str(path)), path)
     assert "nfs4" in str(error)
     assert snapshot(path) == before
@@ -583,7 +583,7 @@ def test_network_filesystem_is_refused_for_an_existing_file(
 def test_network_filesystem_in_a_subdirectory_of_the_mount(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     remote = tmp_path / "remote"
     (remote / "deep").mkdir(parents=True)
-    monkeypatch.setattr(gcl_local._store, "MOUNTINFO", str(fake_mountinfo(tmp_path, remote, "nfs4")))
+    monkeypatch.setattr(gcl_local.sqlite._files, "MOUNTINFO", str(fake_mountinfo(tmp_path, remote, "nfs4")))
     path = remote / "deep" / "gcl.db"
     assert "nfs4" in str(assert_store_error(lambda: create_limit("a", 1, db=str(path)), path))
 
@@ -591,7 +591,7 @@ def test_network_filesystem_in_a_subdirectory_of_the_mount(tmp_path: Path, monke
 def test_local_filesystem_is_used(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     local = tmp_path / "local"
     local.mkdir()
-    monkeypatch.setattr(gcl_local._store, "MOUNTINFO", str(fake_mountinfo(tmp_path, local, "ext4")))
+    monkeypatch.setattr(gcl_local.sqlite._files, "MOUNTINFO", str(fake_mountinfo(tmp_path, local, "ext4")))
     path = local / "gcl.db"
     create_limit("a", 1, db=str(path))
     assert [lim.name for lim in list_limits(db=str(path))] == ["a"]
@@ -601,7 +601,7 @@ def test_a_sibling_mount_with_a_common_prefix_does_not_count(tmp_path: Path, mon
     (tmp_path / "nfs").mkdir()
     local = tmp_path / "nfs-not"
     local.mkdir()
-    monkeypatch.setattr(gcl_local._store, "MOUNTINFO", str(fake_mountinfo(tmp_path, tmp_path / "nfs", "nfs4")))
+    monkeypatch.setattr(gcl_local.sqlite._files, "MOUNTINFO", str(fake_mountinfo(tmp_path, tmp_path / "nfs", "nfs4")))
     create_limit("a", 1, db=str(local / "gcl.db"))
     assert (local / "gcl.db").exists()
 

@@ -10,17 +10,17 @@ from pathlib import Path
 import pytest
 from helpers import Spawned, gcl, ok, wait_for
 
-from gcl_local import _core, _tokens, create_limit, read_limit
-from gcl_local._store import get_store
+from gcl_local import _admission, _effects, create_limit, read_limit
+from gcl_local.sqlite import _liveness, get_store
 
 
 def sweep(db: str) -> None:
     """What processes run now and then as they start (readers such as ``gcl ls`` never write)."""
-    _core.transact(get_store(db), _core.sweep)
+    _effects.transact(get_store(db), _admission.sweep)
 
 
 def pipes_in(run_dir: str) -> list[str]:
-    return sorted(e for e in os.listdir(run_dir) if e.endswith(_tokens.PIPE_SUFFIX))
+    return sorted(e for e in os.listdir(run_dir) if e.endswith(_liveness.PIPE_SUFFIX))
 
 
 def test_the_sweep_removes_a_pipe_whose_token_is_gone(db: str, spawned: Spawned) -> None:
@@ -57,7 +57,7 @@ def test_a_token_is_unlinked_after_its_pipes(tmp_path: Path, monkeypatch: pytest
         real_unlink(path)
 
     monkeypatch.setattr(os, "unlink", recording_unlink)
-    _tokens.remove_token_files(run_dir, name)
+    _liveness.remove_token_files(run_dir, name)
     assert sorted(unlinked[:2]) == [f"{name}.1.fifo", f"{name}.2.fifo"]
     assert unlinked[2:] == [f"{name}.lock"]
     assert os.listdir(run_dir) == []
@@ -71,7 +71,7 @@ def test_the_sweep_removes_a_new_pipe_temporary_whose_token_is_dead(db: str) -> 
     os.makedirs(run_dir, exist_ok=True)
     dead = os.path.join(run_dir, ".4243-deadbeef.3.fifo.tmp")
     os.mkfifo(dead, 0o600)
-    token = _tokens.process_token(run_dir, 0o600)[0]  # a live token: its temporary must stay
+    token = _liveness.process_token(run_dir, 0o600)[0]  # a live token: its temporary must stay
     alive = os.path.join(run_dir, f".{token.name}.9.fifo.tmp")
     os.mkfifo(alive, 0o600)
     sweep(db)

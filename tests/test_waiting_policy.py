@@ -15,8 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gcl_local import _waiting
-from gcl_local._core import Denied, Granted, Holder, Request
 from gcl_local._errors import AcquireConcurrencySlotTimeoutError
+from gcl_local._request import Denied, Granted, Holder, Request
 
 TICKET = 7
 REQUEST = Request(("r",), 1, "rate", False, 300.0, Holder("tok", 1, None, "h", "u", "label"), "tok")
@@ -248,7 +248,7 @@ def test_a_pipe_made_after_the_ticket_starts_with_a_look_for_what_came_before_it
     world = World(fits_at=0.0, by_decay=True)
     steps = _waiting.wait(
         REQUEST, TICKET, Denied(None, TICKET), start=0.0, timeout_seconds=20, max_retries=None,
-        clock=world.clock, pipe_made_late=True,
+        clock=world.clock, channel_made_late=True,
     )  # fmt: skip
     assert next(steps) is _waiting.PROBE
     assert steps.send(True) is _waiting.LOOK
@@ -259,20 +259,20 @@ def test_a_pipe_made_after_the_ticket_starts_with_a_look_for_what_came_before_it
 def test_the_probe_sees_a_head_request_that_fits_by_decay(db: str) -> None:
     import time
 
-    from gcl_local import _core, _shell, create_limit, rate_limit
-    from gcl_local._store import get_store
+    from gcl_local import _admission, _effects, _shell, create_limit, rate_limit
+    from gcl_local.sqlite import get_store
 
     create_limit("d", 1, slot_decay_per_second=10.0, db=db)
     rate_limit("d", db=db)  # full for 0.1 s
     store = get_store(db)
     request = _shell.make_request(store, "d", 1, "rate")
-    denied = _core.transact(store, _core.attempt, request, "never-made.fifo")  # nobody can wake it
+    denied = _effects.transact(store, _admission.attempt, request, "never-made.fifo")  # nobody can wake it
     assert isinstance(denied, Denied)
     assert denied.ticket is not None
     time.sleep(0.15)
     with store.read() as tx:
-        assert _core.probe(tx, denied.ticket, "rate") is True
-    _core.transact(store, _core.cancel, denied.ticket, "rate")
+        assert _admission.probe(tx, denied.ticket, "rate") is True
+    _effects.transact(store, _admission.cancel, denied.ticket, "rate")
 
 
 def test_a_waiter_far_back_looks_every_2_s_and_the_second_in_line_every_half_second() -> None:

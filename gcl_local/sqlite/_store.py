@@ -1,4 +1,4 @@
-"""The state file: where it is, whether it can be used, and short transactions on it.
+"""The SQLite backend: one state file, short transactions on it, and the run directory beside it.
 
 One SQLite file in WAL mode, opened with apsw only (a second SQLite copy or a foreign ``close()``
 of the file in this process would silently drop SQLite's POSIX locks). Each thread of each process
@@ -14,194 +14,27 @@ import os
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import apsw
 
-from . import _log, _sql
-from ._clock import SYSTEM_CLOCK, Clock, Instant
-from ._errors import GclError, NoStateFileError, StoreError
-
-MOUNTINFO = "/proc/self/mountinfo"
-"""Where the mount table is read from (tests point this at a fake table)."""
-
-NETWORK_FILESYSTEMS = frozenset(
-    [
-        "nfs",
-        "nfs4",
-        "cifs",
-        "smb",
-        "smb3",
-        "smbfs",
-        "9p",
-        "virtiofs",
-        "fakeowner",
-        "ceph",
-        "glusterfs",
-        "lustre",
-        "gpfs",
-        "beegfs",
-        "afs",
-        "ocfs2",
-        "gfs2",
-        "davfs",
-        "ncpfs",
-        "vboxsf",
-        "vmhgfs",
-        "prl_fs",
-    ]
+from .. import _log, _process
+from .._backend import CorruptRowError, WouldBlock
+from .._clock import SYSTEM_CLOCK, Clock
+from .._errors import NoStateFileError, StoreError
+from . import _liveness, _sql, _wakeups
+from ._files import (
+    BUSY_GIVE_UP_SECONDS,
+    check_local,
+    corrupt,
+    explain_open_error,
+    file_mode,
+    prepare_file,
+    resolve_path,
+    shared_dir,
 )
-BUSY_GIVE_UP_SECONDS = 30.0
-"""A write lock held this long means a stuck process, not contention: report it."""
-
-
-def default_path() -> str:
-    state = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
-    return os.path.join(state, "gcl_local", "gcl.db")
-
-
-def resolve_path(db: str | os.PathLike[str] | None) -> tuple[str, bool]:
-    """The state file's path, and whether it is the default one (whose parent we may create)."""
-    if db is None:
-        env = os.environ.get("GCL_DB")
-        if env:
-            return os.path.abspath(os.path.expanduser(env)), False
-        return default_path(), True
-    text = os.fspath(db)
-    if not text:
-        raise StoreError("The state file path must not be empty.")
-    return os.path.abspath(os.path.expanduser(text)), False
-
-
-def _unescape_mount(field: str) -> str:
-    return field.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
-
-
-def filesystem_type(directory: str) -> str | None:
-    """The type of the filesystem that holds *directory*, from the mount table (None if unknown)."""
-    try:
-        with open(MOUNTINFO, encoding="utf-8", errors="replace") as f:
-            lines = f.readlines()
-    except OSError:
-        return None
-    target = os.path.realpath(directory)
-    best, best_type = "", None
-    for line in lines:
-        left, sep, right = line.partition(" - ")
-        fields = left.split()
-        if not sep or len(fields) < 5 or not right.split():
-            continue
-        mount_point = _unescape_mount(fields[4])
-        inside = target == mount_point or target.startswith(mount_point.rstrip("/") + "/")
-        if inside and len(mount_point) >= len(best):
-            best, best_type = mount_point, right.split()[0]
-    return best_type
-
-
-def _check_local(path: str) -> None:
-    fstype = filesystem_type(os.path.dirname(path))
-    if fstype and (fstype in NETWORK_FILESYSTEMS or fstype.startswith("fuse")):
-        raise StoreError(
-            f"State file {path} is on a {fstype!r} filesystem. SQLite WAL needs shared memory and reliable "
-            "locks, which only local filesystems give; put it on a local disk (set GCL_DB or --db)."
-        )
-
-
-def _shared_dir(directory: str) -> bool:
-    """A setgid directory marks files that a team's users share on purpose."""
-    try:
-        return bool(os.stat(directory).st_mode & stat.S_ISGID)
-    except OSError:
-        return False
-
-
-def file_mode(directory: str) -> int:
-    return 0o660 if _shared_dir(directory) else 0o600
-
-
-def _prepare_file(path: str, is_default: bool) -> bool:
-    """Check the path and create an empty file with the right mode if there is none; True if created."""
-    parent = os.path.dirname(path)
-    if is_default and not os.path.exists(parent):
-        try:
-            os.makedirs(parent, mode=0o700, exist_ok=True)
-            os.chmod(parent, 0o700)
-        except OSError as exc:
-            raise StoreError(f"Cannot create the state directory {parent}: {exc.strerror}.") from None
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        st = None
-    except OSError as exc:
-        raise StoreError(f"Cannot use state file {path}: {exc.strerror}.") from None
-    if st is not None:
-        if stat.S_ISDIR(st.st_mode):
-            raise StoreError(f"Cannot use state file {path}: it is a directory; give the path of a file.")
-        if not stat.S_ISREG(st.st_mode):
-            raise StoreError(f"Cannot use state file {path}: it is not a regular file.")
-        if 0 < st.st_size < 512:  # SQLite files are empty or at least one 512-byte page
-            raise StoreError(f"Cannot use state file {path}: it is not a SQLite database (wrong path?).")
-        return False
-    if not os.path.isdir(parent):
-        raise StoreError(f"Cannot create state file {path}: the directory {parent} does not exist.")
-    _check_local(path)
-    mode = file_mode(parent)
-    try:
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
-    except FileExistsError:
-        return False  # another process created it a moment ago; it initialises it under the lock
-    except OSError as exc:
-        raise StoreError(
-            f"Cannot create state file {path}: {exc.strerror}; the directory must be writable by you."
-        ) from None
-    try:
-        os.fchmod(fd, mode)  # the umask must not take the group bits of a shared directory
-    finally:
-        os.close(fd)
-    return True
-
-
-def _corrupt(path: str) -> StoreError:
-    name = os.path.basename(path)
-    return StoreError(
-        f"State file {path} is corrupt. It holds only transient slot state: remove {name}, "
-        f"{name}-wal and {name}-shm when no process uses them, and recreate the limits."
-    )
-
-
-def _explain_open_error(path: str, exc: apsw.Error) -> StoreError:
-    parent = os.path.dirname(path)
-    extended = getattr(exc, "extendedresult", None)
-    if isinstance(exc, apsw.NotADBError):
-        return StoreError(f"Cannot use state file {path}: it is not a SQLite database (wrong path?).")
-    if isinstance(exc, apsw.CorruptError):
-        return _corrupt(path)
-    if isinstance(exc, apsw.ReadOnlyError) or extended == apsw.SQLITE_READONLY_DIRECTORY:
-        if extended == apsw.SQLITE_READONLY_DIRECTORY or not os.access(parent, os.W_OK):
-            return StoreError(
-                f"Cannot use state file {path}: its directory {parent} is not writable by you, and SQLite "
-                "must create -wal and -shm files there."
-            )
-        culprits = [p for p in (path, f"{path}-wal", f"{path}-shm") if os.path.exists(p)]
-        culprits = [p for p in culprits if not os.access(p, os.W_OK)] or culprits[:1]
-        return StoreError(f"Cannot use state file {path}: {culprits[0]} is not writable by you.")
-    if isinstance(exc, apsw.CantOpenError):
-        if not os.path.isdir(parent):
-            return StoreError(f"Cannot open state file {path}: the directory {parent} does not exist.")
-        return StoreError(f"Cannot open state file {path}: permission denied or not a file.")
-    if isinstance(exc, apsw.BusyError):
-        return StoreError(
-            f"Timed out after {BUSY_GIVE_UP_SECONDS:g}s waiting for the write lock of {path}; another "
-            f"process holds it (see: fuser {path})."
-        )
-    if isinstance(exc, (apsw.ProtocolError, apsw.IOError)):
-        return StoreError(
-            f"Cannot use state file {path}: the filesystem does not give the shared memory and locking "
-            f"SQLite WAL needs ({exc})."
-        )
-    return StoreError(f"Cannot use state file {path}: {exc}.")
-
+from ._sql import SqliteTx
 
 FRONT_POLL_SECONDS = 0.0001
 """How often a writer that holds the turnstile tries SQLite's write lock (held by a writer that
@@ -211,6 +44,13 @@ TURNSTILE_POLLS = 8
 it queues for it in the kernel, through a helper thread (which costs more than a short wait)."""
 TURNSTILE = "turnstile"
 """The file in the run directory that writers queue on with ``flock``."""
+SWEEP_ABOVE = 64
+"""Sweep the run directory when a process starts using it and finds more files than this ..."""
+SWEEP_EVERY_SECONDS = 60.0
+"""... and nobody swept it for this long. (A sweep reads every token: one per newcomer made 300
+processes starting at once cost 300 x 600 liveness checks under the write lock.)"""
+SWEPT = "swept"
+"""The file in the run directory whose modification time says when it was last swept."""
 
 
 def _busy_handler(connection: _Connection) -> Any:
@@ -374,7 +214,7 @@ _leaked: list[object] = []
 
 
 class Store:
-    """A state file, its connections (one per thread) and its run directory."""
+    """A state file, its connections (one per thread) and its run directory: the SQLite backend."""
 
     def __init__(self, db: str | os.PathLike[str] | None = None, *, clock: Clock | None = None) -> None:
         self.path, self._is_default = resolve_path(db)
@@ -386,6 +226,7 @@ class Store:
         self._lock = threading.Lock()
         self._mode: int | None = None
         self._run_dir_ok = 0
+        self.description = self.path
 
     # -- connections -----------------------------------------------------------------------------
 
@@ -414,7 +255,7 @@ class Store:
             c.execute("PRAGMA journal_size_limit=8388608")
             c.execute("PRAGMA foreign_keys=OFF")
         except apsw.Error as exc:
-            raise _explain_open_error(self.path, exc) from None
+            raise explain_open_error(self.path, exc) from None
         return conn
 
     def _turnstile_path(self) -> str | None:
@@ -423,9 +264,9 @@ class Store:
 
     def _initialise(self) -> None:
         """Check the file once per process; create or migrate the schema under a sidecar file lock."""
-        created = _prepare_file(self.path, self._is_default)
+        created = prepare_file(self.path, self._is_default)
         if not created:
-            _check_local(self.path)
+            check_local(self.path)
             if self._header_ok():
                 return
         from filelock import FileLock  # only on first use of a file: its import is slow
@@ -447,7 +288,7 @@ class Store:
             finally:
                 conn.close()
         except apsw.Error as exc:
-            raise _explain_open_error(self.path, exc) from None
+            raise explain_open_error(self.path, exc) from None
         if empty:
             return False
         self._check_header(app_id, version)
@@ -488,13 +329,13 @@ class Store:
             finally:
                 conn.close()
         except apsw.Error as exc:
-            raise _explain_open_error(self.path, exc) from None
-        except _sql.CorruptRowError:
-            raise _corrupt(self.path) from None
+            raise explain_open_error(self.path, exc) from None
+        except CorruptRowError:
+            raise corrupt(self.path) from None
 
     # -- transactions ----------------------------------------------------------------------------
 
-    def write(self, work: Callable[[Tx], T], *, durable: bool = False, blocking: bool = True) -> T:
+    def write(self, work: Callable[[SqliteTx], T], *, durable: bool = False, blocking: bool = True) -> T:
         """Run ``work(tx)`` in one short ``BEGIN IMMEDIATE`` transaction; "now" is read once, inside the lock.
 
         A plain method rather than a context manager: this is the hot path of every acquire and release.
@@ -515,7 +356,7 @@ class Store:
                     conn.blocking = True
                     conn.enter(blocking)
                     c.execute("BEGIN IMMEDIATE")
-                tx = Tx(self, c, self.clock.now())
+                tx = SqliteTx(self, c, self.clock.now())
                 if not conn.boot_checked:
                     _sql.rebase_after_reboot(c, tx.now)
                     conn.boot_checked = True
@@ -529,16 +370,16 @@ class Store:
             finally:
                 conn.leave()
         except apsw.Error as exc:
-            raise _explain_open_error(self.path, exc) from None
-        except (UnicodeDecodeError, _sql.CorruptRowError):
-            raise _corrupt(self.path) from None
+            raise explain_open_error(self.path, exc) from None
+        except (UnicodeDecodeError, CorruptRowError):
+            raise corrupt(self.path) from None
         finally:
             conn.blocking = True
             if durable:
                 c.execute("PRAGMA synchronous=NORMAL")
 
     @contextlib.contextmanager
-    def read(self) -> Iterator[Tx]:
+    def read(self) -> Iterator[SqliteTx]:
         """A read transaction: a consistent snapshot, taken without the write lock, that writes nothing.
 
         It never creates the file (:class:`NoStateFileError` when there is none). After a reboot,
@@ -551,7 +392,7 @@ class Store:
         try:
             try:  # BEGIN inside: an interrupt just after it must not leave the snapshot open
                 c.execute("BEGIN DEFERRED")
-                tx = Tx(self, c, self.clock.now())
+                tx = SqliteTx(self, c, self.clock.now())
                 if not conn.boot_checked and _sql.stored_boot_id(c) == tx.now.boot_id:
                     conn.boot_checked = True  # nothing to rebase: the next write need not look
                 yield tx
@@ -559,16 +400,20 @@ class Store:
                 if c.in_transaction:
                     c.execute("COMMIT")
         except apsw.Error as exc:
-            raise _explain_open_error(self.path, exc) from None
-        except (UnicodeDecodeError, _sql.CorruptRowError):
-            raise _corrupt(self.path) from None
+            raise explain_open_error(self.path, exc) from None
+        except (UnicodeDecodeError, CorruptRowError):
+            raise corrupt(self.path) from None
 
     def close(self) -> None:
-        """Close this thread's connection (others close when their threads' stores are collected)."""
+        """Close this thread's connection and kept pipe (others close when their threads' stores are collected)."""
         conn: _Connection | None = getattr(self._local, "conn", None)
         if conn is not None and conn.pid == os.getpid():
             conn.close()
         self._local.conn = None
+        pipe: _wakeups.Pipe | None = getattr(self._local, "pipe", None)
+        if pipe is not None:
+            pipe.close()
+        self._local.pipe = None
 
     @property
     def file_mode(self) -> int:
@@ -583,7 +428,7 @@ class Store:
             return self.run_dir
         self._connection()  # the file first: it checks the path and creates the default directory
         d = self.run_dir
-        shared = _shared_dir(os.path.dirname(self.path))
+        shared = shared_dir(os.path.dirname(self.path))
         mode = 0o2770 if shared else 0o700
         try:
             os.mkdir(d, mode)
@@ -605,7 +450,7 @@ class Store:
 
         Loose modes on a directory we own are tightened rather than refused.
         """
-        shared = _shared_dir(os.path.dirname(self.path))
+        shared = shared_dir(os.path.dirname(self.path))
         try:
             st = os.lstat(self.run_dir)
         except OSError:
@@ -621,20 +466,88 @@ class Store:
             return True
         return not loose
 
+    # -- liveness: a flock-ed token file per process in the run directory -------------------------
 
-class WouldBlock(GclError):
-    """A non-blocking transaction found the write lock taken (internal: the async shell then uses a thread)."""
+    def register(self) -> tuple[_liveness.ProcessToken, bool]:
+        run_dir = self.ensure_run_dir()
+        try:
+            return _liveness.process_token(run_dir, self.file_mode)
+        except OSError as exc:
+            raise StoreError(f"Cannot create a liveness token in {run_dir}: {exc.strerror or exc}.") from None
 
+    def alive(self, token: str) -> bool | None:
+        return _liveness.token_alive(self.run_dir, token)
 
-class Tx:
-    """A transaction in progress: the connection and the one "now" of the transaction."""
+    def pid_alive(self, pid: int, pid_start: int | None, host: str) -> bool | None:
+        return _process.pid_alive(pid, pid_start)  # one host: every holder is on this one
 
-    __slots__ = ("conn", "now", "store")
+    def sweep_due(self) -> bool:
+        """Whether a newcomer should sweep: many files, and no sweep for a while (then it says it swept)."""
+        marker = os.path.join(self.run_dir, SWEPT)
+        with contextlib.suppress(OSError):
+            if time.time() - os.stat(marker).st_mtime < SWEEP_EVERY_SECONDS:
+                return False
+        if len(os.listdir(self.run_dir)) <= SWEEP_ABOVE:
+            return False
+        try:
+            flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+            fd = os.open(marker, flags, self.file_mode)
+            try:
+                os.utime(fd)
+            finally:
+                os.close(fd)
+        except OSError:
+            pass  # (then every newcomer sweeps, as before)
+        return True
 
-    def __init__(self, store: Store, conn: apsw.Connection, now: Instant) -> None:
-        self.store = store
-        self.conn = conn
-        self.now = now
+    def census(self) -> list[str]:
+        if not self.run_dir_is_safe():
+            return []  # missing, or planted by someone else: nothing of ours to sweep there
+        return _liveness.tokens_in(self.run_dir)
+
+    def tidy(self) -> None:
+        """Pipes that no token names: a process killed between unlinking a token and its pipes (an
+        earlier gcl_local unlinked the token first) left them, and no token sweep ever sees them."""
+        if not self.run_dir_is_safe():
+            return
+        for path in _liveness.stale_temporaries(self.run_dir) + _liveness.orphan_pipes(self.run_dir):
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+
+    def forget(self, tokens: set[str]) -> None:
+        for name in tokens:
+            _liveness.remove_token_files(self.run_dir, name)
+
+    # -- wake-ups: a named pipe per waiter -----------------------------------------------------------
+
+    max_message = _wakeups.MAX_MESSAGE
+
+    def kept_channel(self) -> _wakeups.Pipe:
+        """The calling thread's own pipe, made once and kept for every wait of that thread."""
+        token, _ = self.register()
+        pipe: _wakeups.Pipe | None = getattr(self._local, "pipe", None)
+        if pipe is None or pipe.fd < 0 or pipe.pid != os.getpid():
+            try:
+                pipe = _wakeups.new_pipe(self.run_dir, token, self.file_mode)
+            except OSError as exc:
+                raise StoreError(f"Cannot create a wake-up pipe in {self.run_dir}: {exc.strerror or exc}.") from None
+            self._local.pipe = pipe
+        return pipe
+
+    def new_channel_name(self) -> str:
+        token, _ = self.register()
+        return token.new_pipe_name()
+
+    def open_channel(self, name: str) -> _wakeups.Pipe:
+        """Make the wake-up pipe a ticket names (no other name will do)."""
+        try:
+            return _wakeups.Pipe(self.run_dir, name, self.file_mode)
+        except OSError as exc:
+            raise StoreError(f"Cannot create a wake-up pipe in {self.run_dir}: {exc.strerror or exc}.") from None
+
+    def wake(self, wakes: Sequence[tuple[str, bytes]]) -> None:
+        for pipe, message in wakes:
+            _wakeups.wake(self.run_dir, pipe, message)
 
 
 _stores: dict[tuple[str, int], Store] = {}
@@ -681,4 +594,4 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_after_fork)
 
 
-__all__ = ["MOUNTINFO", "Store", "Tx", "WouldBlock", "default_path", "file_mode", "get_store"]
+__all__ = ["Store", "get_store"]

@@ -1,4 +1,4 @@
-"""Kernel-released liveness tokens, wake-up pipes, and who a process is.
+"""Liveness on one host: kernel-released tokens in the run directory.
 
 Each process that holds or waits for slots keeps one *token*: a file in the run directory beside
 the state file, created under a temporary name, ``flock``-ed, then renamed into place, so a token
@@ -6,8 +6,7 @@ under its final name is locked from the moment it is visible until its process (
 was handed to) has exited. Another process tells a dead holder from a live one by trying the
 lock: the kernel drops it at exit, whatever PID reuse or PID namespaces do.
 
-Each waiting request has a named pipe; whoever frees capacity writes a byte to the pipe of the
-waiter it served or that should look again.
+A token's wake-up pipes (``_wakeups``) are named after it, so that a sweep can tell orphans.
 """
 
 from __future__ import annotations
@@ -18,6 +17,8 @@ import os
 import stat
 import threading
 import time
+
+from .._process import pid_alive
 
 TOKEN_SUFFIX = ".lock"
 PIPE_SUFFIX = ".fifo"
@@ -51,20 +52,15 @@ class ProcessToken:
         self.fd = fd
         self._pipes = 0
         self._lock = threading.Lock()
-        self._threads = threading.local()
+
+    def inheritable(self) -> int:
+        """The flock-ed descriptor: a child that inherits it keeps this token alive."""
+        return self.fd
 
     def new_pipe_name(self) -> str:
         with self._lock:
             self._pipes += 1
             return f"{self.name}.{self._pipes}{PIPE_SUFFIX}"
-
-    def thread_pipe(self, run_dir: str, mode: int) -> Pipe:
-        """The calling thread's own pipe, made once and kept for every wait of that thread."""
-        pipe: Pipe | None = getattr(self._threads, "pipe", None)
-        if pipe is None or pipe.fd < 0:
-            pipe = new_pipe(run_dir, self, mode)
-            self._threads.pipe = pipe
-        return pipe
 
 
 _tokens: dict[str, ProcessToken] = {}
@@ -223,157 +219,13 @@ def stale_temporaries(run_dir: str) -> list[str]:
     return found
 
 
-class Pipe:
-    """A waiter's named pipe, read end open; closed and unlinked by :meth:`close`."""
-
-    def __init__(self, run_dir: str, name: str, mode: int) -> None:
-        self.fd = -1
-        self.pid = os.getpid()
-        self.name = name
-        self.path = os.path.join(run_dir, name)
-        if os.path.lexists(self.path):
-            raise FileExistsError(f"{self.path} exists")
-        # Made under a temporary name and renamed into place once its mode is right: mkfifo obeys
-        # the umask, and a team's shared directory needs the group bits from the first moment.
-        tmp = os.path.join(run_dir, f".{name}.tmp")
-        os.mkfifo(tmp, mode)
-        try:
-            # O_RDWR: the pipe never reports EOF, and writers find a reader at once. O_NOFOLLOW and
-            # the check below: what we open must be the pipe we made, not something swapped in.
-            fd = os.open(tmp, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOFOLLOW)
-            if not stat.S_ISFIFO(os.fstat(fd).st_mode):
-                os.close(fd)
-                raise FileExistsError(f"{tmp} is not our pipe")
-            os.fchmod(fd, mode)
-            os.rename(tmp, self.path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-        self.fd = fd
-
-    def drain(self) -> bytes:
-        """Read whatever woke us (empty if nothing)."""
-        chunks = []
-        while True:
-            try:
-                data = os.read(self.fd, 65536)
-            except BlockingIOError:
-                break
-            if not data:
-                break
-            chunks.append(data)
-        return b"".join(chunks)
-
-    def __del__(self) -> None:
-        self.close()  # a thread's kept pipe goes when the thread does
-
-    def close(self) -> None:
-        """Close and unlink; safe to call twice (a second close must not hit a reused descriptor)."""
-        fd, self.fd = self.fd, -1
-        if fd < 0 or self.pid != os.getpid():
-            return  # a forked child's copy: the pipe is its parent's
-        with contextlib.suppress(OSError):
-            os.close(fd)
-        with contextlib.suppress(OSError):
-            os.unlink(self.path)
-
-
-def new_pipe(run_dir: str, token: ProcessToken, mode: int) -> Pipe:
-    """A new pipe under a fresh name; a name already taken (maybe by a planted file) is skipped, never opened."""
-    for _ in range(8):
-        try:
-            return Pipe(run_dir, token.new_pipe_name(), mode)
-        except FileExistsError:
-            continue
-    raise FileExistsError(f"no free pipe name in {run_dir}")
-
-
-def wake(run_dir: str, pipe_name: str, message: bytes = b"!") -> None:
-    """Write a short message (< PIPE_BUF: atomic) to a waiter's pipe; a waiter that is gone is no error."""
-    try:
-        fd = os.open(os.path.join(run_dir, pipe_name), os.O_WRONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError:
-        return  # ENXIO: no reader (dead); ENOENT: gone; ELOOP: planted symlink
-    try:
-        if stat.S_ISFIFO(os.fstat(fd).st_mode):
-            os.write(fd, message)
-    except OSError:
-        pass  # EAGAIN: a wake-up is already pending
-    finally:
-        os.close(fd)
-
-
-def process_start_time(pid: int) -> int | None:
-    """The start time of *pid* in clock ticks since boot (Linux), to tell a reused PID from its first owner."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
-        return None
-    # The command name is in parentheses and may itself contain spaces or parentheses.
-    fields = data[data.rfind(b")") + 2 :].split()
-    try:
-        return int(fields[19])
-    except (IndexError, ValueError):
-        return None
-
-
-def pid_alive(pid: int, start_time: int | None) -> bool:
-    """Whether *pid* is the same live process that was recorded (by PID and start time)."""
-    if pid <= 0:
-        return False
-    if os.path.isdir("/proc/self"):
-        now_start = process_start_time(pid)
-        if now_start is None:
-            return False
-        if start_time is not None and now_start != start_time:
-            return False
-        return not _is_zombie(pid)
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _is_zombie(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
-        return True
-    fields = data[data.rfind(b")") + 2 :].split()
-    return bool(fields) and fields[0] == b"Z"
-
-
-def host_name() -> str:
-    return os.uname().nodename
-
-
-def user_name() -> str:
-    import pwd
-
-    try:
-        return pwd.getpwuid(os.getuid()).pw_name
-    except KeyError:
-        return str(os.getuid())
-
-
 __all__ = [
-    "Pipe",
+    "PIPE_SUFFIX",
     "ProcessToken",
-    "host_name",
     "orphan_pipes",
-    "pid_alive",
-    "process_start_time",
     "process_token",
     "remove_token_files",
     "stale_temporaries",
     "token_alive",
     "tokens_in",
-    "user_name",
-    "wake",
 ]

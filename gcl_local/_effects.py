@@ -1,0 +1,48 @@
+"""Running the core's work: one write transaction, then what it left to do after its commit.
+
+The core's transactions never touch a channel or a file: they note whom to wake and which dead
+registrations to forget in an :class:`Effects`, and :func:`transact` carries them out once the
+transaction has committed (a woken waiter must find the grant already there).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TypeVar
+
+from . import _wire
+from ._backend import Backend
+from ._request import Granted
+
+T = TypeVar("T")
+
+
+class Effects:
+    """What a transaction leaves to do after its commit: waiters to wake, registrations to forget."""
+
+    __slots__ = ("dead_tokens", "max_message", "wakes")
+
+    def __init__(self, max_message: int) -> None:
+        self.max_message = max_message
+        self.wakes: list[tuple[str, bytes]] = []
+        self.dead_tokens: set[str] = set()
+
+    def poke(self, channel: str, ticket: int) -> None:
+        self.wakes.append((channel, _wire.poke(ticket)))
+
+    def hand_over(self, channel: str, ticket: int, granted: Granted) -> None:
+        self.wakes.append((channel, _wire.grant(ticket, granted, self.max_message)))
+
+
+def transact(backend: Backend, fn: Callable[..., T], *args: object, blocking: bool = True, durable: bool = False) -> T:
+    """Run ``fn(tx, effects, *args)`` in one write transaction, then wake whom it served."""
+    effects = Effects(backend.max_message)
+    result = backend.write(lambda tx: fn(tx, effects, *args), blocking=blocking, durable=durable)
+    if effects.wakes:
+        backend.wake(effects.wakes)
+    if effects.dead_tokens:
+        backend.forget(effects.dead_tokens)
+    return result
+
+
+__all__ = ["Effects", "transact"]

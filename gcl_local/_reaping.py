@@ -1,0 +1,174 @@
+"""Reaping, and the liveness decisions behind it: who is dead, what they held, what a reader shows.
+
+A lease is gone when its holder died, and expiry decides only where liveness cannot be told (a lease
+held by pid on another host, or a registration the backend cannot judge). A dead process's leases
+and tickets go together. Reaping is done by the process that needs the room (a waiter for itself,
+a newcomer at the head of a queue): never by a releaser, whose transaction is on every hand-off's
+path. Readers tell the dead apart without reaping them (:class:`Snapshot`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from . import _log
+from ._backend import LeaseRow, LimitRow, TicketRow, Tx
+from ._effects import Effects
+
+MIN_OCCUPANCY_SAMPLE = 0.1
+"""Seconds: a shorter hold counts as this long in the moving average of occupancy."""
+
+
+class Liveness:
+    """Liveness answers for one transaction: each token is checked at most once."""
+
+    def __init__(self, tx: Tx) -> None:
+        self.tx = tx
+        self.answers: dict[str, bool | None] = {}
+
+    def token(self, name: str) -> bool | None:
+        if name not in self.answers:
+            self.answers[name] = self.tx.backend.alive(name)
+        return self.answers[name]
+
+    def lease_gone(self, lease: LeaseRow) -> bool:
+        """A lease is gone when its holder died; expiry decides only where liveness cannot be checked."""
+        if lease.holder_token is not None:
+            alive = self.token(lease.holder_token)
+            if alive is not None:
+                return not alive
+        elif lease.pid is not None and self.tx.backend.pid_alive(lease.pid, lease.pid_start, lease.host) is False:
+            return True
+        return lease.expires_boot <= self.tx.now.boot
+
+
+def drop_holder(tx: Tx, effects: Effects, token: str, freed: set[str]) -> None:
+    """Remove every lease and ticket of a dead process."""
+    for lease in tx.leases_of_holder(token):
+        freed.update(drop_lease(tx, lease))
+    for ticket in tx.tickets_of_holder(token):
+        freed.update(ticket.names)
+        tx.delete_ticket(ticket)
+    effects.dead_tokens.add(token)
+    _log.debug("reaped the leases and tickets of dead holder %s", token)
+
+
+def drop_lease(tx: Tx, lease: LeaseRow) -> tuple[str, ...]:
+    """Reclaim a lease (its holder died, or it expired), feeding its occupancy time to its limits'
+    averages and history; return its names."""
+    tx.delete_lease(lease)
+    record_occupancy(tx, lease, reclaimed=True)
+    return lease.names
+
+
+def record_occupancy(tx: Tx, lease: LeaseRow, *, reclaimed: bool = False) -> bool:
+    """Feed a lease's occupancy to its limits' averages and history; True if anyone waits on them."""
+    names = lease.names
+    if not names:
+        return False
+    occupied = max(0.0, tx.now.boot - lease.acquired_boot)
+    per_slot = max(occupied / max(lease.slots, 1), MIN_OCCUPANCY_SAMPLE)
+    unqueued = int(lease.ticket is None)  # its acquisition is counted now (see ``_admission.count_acquisition``)
+    return tx.record_occupancy(names, per_slot, occupied * lease.slots, int(reclaimed), unqueued)
+
+
+def reap_leases(tx: Tx, effects: Effects, names: Iterable[str], live: Liveness, freed: set[str]) -> bool:
+    """Free the leases on *names* whose holders died or expired; True if any was freed."""
+    reaped = False
+    for name in names:
+        for lease in tx.leases_on(name):
+            if not live.lease_gone(lease):
+                continue
+            reaped = True
+            if lease.holder_token is not None and live.token(lease.holder_token) is False:
+                drop_holder(tx, effects, lease.holder_token, freed)
+            else:
+                freed.update(drop_lease(tx, lease))
+    return reaped
+
+
+def reap_dead_heads(tx: Tx, effects: Effects, names: list[str], live: Liveness, freed: set[str]) -> bool:
+    """Reap the dead waiters at the head of the queues on *names*, oldest first; True if none is left.
+
+    It stops at the first live one (or one it cannot tell), so its cost grows with the dead found,
+    not with the length of the queue.
+    """
+    while True:
+        head = tx.oldest_ticket_on(names)
+        if head is None:
+            return True
+        if live.token(head.holder_token) is not False:
+            return False
+        drop_holder(tx, effects, head.holder_token, freed)  # its tickets, this one included
+
+
+def reap_just_ahead(
+    tx: Tx, effects: Effects, names: tuple[str, ...], ticket: int, ahead: int, live: Liveness, freed: set[str]
+) -> int | None:
+    """Reap the dead waiters just ahead of *ticket*, nearest first; return the live one now ahead.
+
+    Only the nearest: a waiter further ahead is watched by the one behind it (see ``_admission.probe``),
+    so the cost grows with the dead found, not with our place in the queue.
+    """
+    just_ahead: int | None = ahead
+    while just_ahead is not None:
+        row = tx.select_ticket(just_ahead)
+        if row is not None and live.token(row.holder_token) is not False:
+            return just_ahead
+        if row is not None:
+            drop_holder(tx, effects, row.holder_token, freed)  # its tickets, this one included
+        just_ahead = tx.ticket_ahead(names, ticket)
+    return None
+
+
+class Snapshot:
+    """What a reader needs to tell the living from the dead without reaping them."""
+
+    def __init__(self, tx: Tx) -> None:
+        self.live = Liveness(tx)
+        # After a reboot nothing has rebased the file yet (a reader does not write): every holder
+        # and waiter of the old boot is gone, and buckets decay by the wall clock since then.
+        self.old_boot = tx.predates_boot()
+
+    def row(self, tx: Tx, row: LimitRow) -> LimitRow:
+        if not self.old_boot:
+            return row
+        return row._replace(level_boot=tx.now.boot - max(0.0, tx.now.wall - row.level_wall))
+
+    def lease_gone(self, lease: LeaseRow) -> bool:
+        return self.old_boot or self.live.lease_gone(lease)
+
+    def ticket_gone(self, ticket: TicketRow) -> bool:
+        if self.old_boot or self.live.token(ticket.holder_token) is False:
+            return True
+        if not ticket.by_pid or ticket.pid is None:
+            return False
+        return self.live.tx.backend.pid_alive(ticket.pid, ticket.pid_start, ticket.host) is False
+
+
+def sweep(tx: Tx, effects: Effects, freed: set[str]) -> None:
+    """Reap every registration the backend's census finds dead, and the rows that name it."""
+    live = Liveness(tx)
+    for token in tx.backend.census():
+        if live.token(token) is False:
+            drop_holder(tx, effects, token, freed)
+
+
+def forget_token(tx: Tx, effects: Effects, token: str) -> None:
+    """At a process's exit: remove its token file unless a lease or ticket still names it."""
+    if not tx.leases_of_holder(token) and not tx.tickets_of_holder(token):
+        effects.dead_tokens.add(token)
+
+
+__all__ = [
+    "Liveness",
+    "Snapshot",
+    "drop_holder",
+    "drop_lease",
+    "forget_token",
+    "reap_dead_heads",
+    "reap_just_ahead",
+    "reap_leases",
+    "record_occupancy",
+    "sweep",
+]
