@@ -40,7 +40,6 @@ from gcl_local import (
     StoreError,
     _cli,
     _shell,
-    _sql,
     concurrency,
     create_limit,
     delete_limit,
@@ -49,7 +48,7 @@ from gcl_local import (
     read_limit,
     update_limit,
 )
-from gcl_local.sqlite import get_store
+from gcl_local.sqlite import _sql, get_store
 
 REPO = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
