@@ -1,6 +1,11 @@
 """Benchmarks of gcl_local against its baselines; prints one markdown table (for BENCHMARKS.md).
 
-Usage: .venv/bin/python scripts/bench.py [--quick] [--only 1,3,9] [--waiters 4,50,200,400]
+Usage: .venv/bin/python scripts/bench.py [--quick] [--only 1,3,9] [--waiters 4,50,200,400] [--db URL]
+
+With --db postgresql://... it also measures PostgreSQL's floors there with psycopg alone (`--only pg`:
+only those), in a second table; on a throwaway server:
+  scripts/pg-server run --durable -- sh -c '.venv/bin/python scripts/bench.py --only pg --db "$GCL_TEST_PG"'
+(--durable: fsync on, without which synchronous_commit=on flushes nothing).
 
 Baselines, run in the same invocation:
   SQLite floor    two bare ``BEGIN IMMEDIATE; UPDATE one row; COMMIT`` (apsw, WAL, synchronous=NORMAL)
@@ -9,6 +14,10 @@ Baselines, run in the same invocation:
   portalocker     BoundedSemaphore with its default check_interval (it polls every 0.25 s); its
                   default timeout (5 s) is raised to 60 s so that slow polling is measured, not an error
   pyrate-limiter  SQLiteBucket (sliding-window log, file lock) with Rate(5, 250 ms) and default buffer_ms
+  PostgreSQL floors (--db; psycopg, no gcl_local code; over the URL's transport, a Unix socket above)
+                  P1 two ``BEGIN; SELECT ... FOR UPDATE; UPDATE; COMMIT``, synchronous_commit on and off;
+                  P2 the same with ``pg_advisory_xact_lock`` first; P3 NOTIFY -> LISTEN to another,
+                  awake process; P4 connect; P5 ``python -c "import psycopg"``
 
 Every multi-process scenario spawns fresh processes, each opening its own state; the workers meet at
 a start barrier after their imports and warm-up, start at one shared monotonic moment (system-wide on
@@ -19,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import bisect
+import collections
 import contextlib
 import dataclasses
 import fcntl
@@ -957,6 +967,275 @@ SCENARIOS = {
 }
 
 
+# -- PostgreSQL floors (--db URL): psycopg alone, no gcl_local code --------------------------------
+#
+# The floors against which gcl_local's scenarios on PostgreSQL will be judged (issue 12): what the
+# server and the driver cost by themselves on this machine. Tables live in a scratch schema of their
+# own, dropped at the end; a `gcl_schema` parameter of the URL is ignored.
+
+PG_SLOT_KEY = 0x67636C  # pg_advisory_xact_lock key of the "global lock" floor
+
+
+@dataclass
+class PgRow:
+    scenario: str
+    gcl: str
+    floor_on: str
+    floor_off: str = "n/a"
+    goal: str = ""
+    met: bool | None = None
+    notes: str = ""
+
+
+def libpq_url(url: str) -> str:
+    """*url* without the `gcl_schema` query parameter (libpq knows no such parameter)."""
+    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != "gcl_schema"]
+    return urlunsplit(parts._replace(query=urlencode(query, safe="/")))
+
+
+@contextlib.contextmanager
+def pg_scratch_schema(url: str):
+    """A schema of our own holding ``slot(id, n)`` with one row; yields its name, drops it after."""
+    import psycopg
+
+    schema = f"gcl_bench_{os.getpid()}"
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+        conn.execute(f"CREATE SCHEMA {schema}")
+        conn.execute(f"CREATE TABLE {schema}.slot (id int PRIMARY KEY, n bigint NOT NULL)")
+        conn.execute(f"INSERT INTO {schema}.slot VALUES (1, 0)")
+    try:
+        yield schema
+    finally:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+
+
+def pg_cycle_times(url: str, schema: str, iters: int, synchronous_commit: bool, xact_lock: bool) -> list[float]:
+    """One acquire+release as two minimal write transactions, one statement per round trip:
+    [``SELECT pg_advisory_xact_lock(K)``;] ``SELECT n … FOR UPDATE``; ``UPDATE``; ``COMMIT``
+    (psycopg sends the BEGIN itself), the first adding 1 and the second taking it back."""
+    import psycopg
+
+    conn = psycopg.connect(url)
+    conn.execute(f"SET synchronous_commit = {'on' if synchronous_commit else 'off'}")
+    conn.commit()
+    lock = f"SELECT pg_advisory_xact_lock({PG_SLOT_KEY})"
+    select = f"SELECT n FROM {schema}.slot WHERE id = 1 FOR UPDATE"
+    update = f"UPDATE {schema}.slot SET n = n + %s WHERE id = 1"
+
+    def transaction(delta: int) -> None:
+        if xact_lock:
+            conn.execute(lock)
+        conn.execute(select).fetchone()
+        conn.execute(update, (delta,))
+        conn.commit()
+
+    try:
+        for _ in range(max(100, iters // 10)):
+            transaction(1)
+            transaction(-1)
+        times = []
+        for _ in range(iters):
+            t0 = time.perf_counter()
+            transaction(1)
+            transaction(-1)
+            times.append(time.perf_counter() - t0)
+        return times
+    finally:
+        conn.close()
+
+
+class PgListener:
+    """The payloads of the notifications that reach an autocommit connection LISTENing on one
+    channel. Those that arrive while psycopg runs a query are drained by psycopg itself (to its
+    notify handlers): catch those as well as the ones read off the socket."""
+
+    def __init__(self, conn, channel: str) -> None:
+        self.conn, self.pgconn = conn, conn.pgconn
+        self.payloads: collections.deque[str] = collections.deque()
+        conn.add_notify_handler(lambda note: self.payloads.append(note.payload))
+        conn.execute(f"LISTEN {channel}")
+
+    def wait(self, timeout: float) -> str:
+        """The next payload, waiting in select(2) on the connection's socket."""
+        import selectors
+
+        deadline = time.monotonic() + timeout
+        with selectors.DefaultSelector() as sel:
+            sel.register(self.pgconn.socket, selectors.EVENT_READ)
+            while not self.payloads:
+                self.pgconn.consume_input()
+                while (note := self.pgconn.notifies()) is not None:
+                    self.payloads.append(note.extra.decode())
+                if self.payloads:
+                    break
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError("no notification")
+                sel.select(left)
+        return self.payloads.popleft()
+
+
+def w_pg_echo(url: str, ping: str, pong: str, count: int, ready, results) -> None:
+    """LISTEN *ping*; on each notification note the moment it woke, then NOTIFY *pong* with the
+    same payload. After *count* of them, report the moments."""
+    import psycopg
+
+    try:
+        with psycopg.connect(url, autocommit=True) as conn:
+            listener = PgListener(conn, ping)
+            ready.set()
+            woke = []
+            for _ in range(count):
+                payload = listener.wait(30.0)
+                woke.append(time.monotonic())
+                conn.execute("SELECT pg_notify(%s, %s)", (pong, payload))
+            results.put((True, woke))
+    except BaseException:
+        results.put((False, traceback.format_exc()))
+
+
+def pg_notify_times(url: str, count: int) -> tuple[list[float], list[float]]:
+    """(one-way NOTIFY → awake listener woken, full ping-pong) times of *count* notifications; the
+    listener is another process blocked in select(2) on its connection's socket."""
+    import psycopg
+
+    ping, pong = f"gcl_bench_ping_{os.getpid()}", f"gcl_bench_pong_{os.getpid()}"
+    warm = max(20, count // 10)
+    ready, results = CTX.Event(), CTX.Queue()
+    proc = CTX.Process(target=w_pg_echo, args=(url, ping, pong, warm + count, ready, results), daemon=True)
+    proc.start()
+    try:
+        with psycopg.connect(url, autocommit=True) as conn:
+            listener = PgListener(conn, pong)
+            if not ready.wait(SETUP_TIMEOUT):
+                raise RuntimeError("the listener did not start")
+            sent, round_trips = [], []
+            for i in range(warm + count):
+                t0 = time.monotonic()
+                conn.execute("SELECT pg_notify(%s, %s)", (ping, str(i)))
+                payload = listener.wait(30.0)
+                round_trips.append(time.monotonic() - t0)
+                sent.append(t0)
+                if payload != str(i):
+                    raise RuntimeError(f"notification {i} came back as {payload!r}")
+            ok, woke = results.get(timeout=30)
+            if not ok:
+                raise RuntimeError(f"listener failed:\n{woke}")
+        one_way = [w - s for w, s in zip(woke[warm:], sent[warm:], strict=True)]
+        return one_way, round_trips[warm:]
+    finally:
+        proc.join(timeout=5)
+        if proc.is_alive():
+            proc.kill()
+            proc.join(timeout=5)
+
+
+def pg_connect_times(url: str, count: int) -> list[float]:
+    import psycopg
+
+    times = []
+    for _ in range(count + 5):
+        t0 = time.perf_counter()
+        psycopg.connect(url).close()
+        times.append(time.perf_counter() - t0)
+    return times[5:]
+
+
+def pg_floors(url: str, cfg: Config) -> list[PgRow]:
+    """PostgreSQL's floors (psycopg only), each row a median; both synchronous_commit settings where
+    they matter."""
+    import psycopg
+
+    with psycopg.connect(url) as conn:
+        fsync = conn.execute("SHOW fsync").fetchone()[0]
+    flushes = "" if fsync == "on" else "; **fsync=off on this server: `on` flushes nothing** (pg-server --durable)"
+    rows = []
+    with pg_scratch_schema(url) as schema:
+        for xact_lock in (False, True):
+            medians = {}
+            for sync in (True, False):
+                log(f"  pg: two transactions, xact lock {xact_lock}, synchronous_commit {'on' if sync else 'off'}")
+                medians[sync] = statistics.median(pg_cycle_times(url, schema, cfg.latency_iters, sync, xact_lock))
+            what = "BEGIN; SELECT … FOR UPDATE; UPDATE; COMMIT"
+            if xact_lock:
+                what = what.replace("BEGIN; ", "BEGIN; pg_advisory_xact_lock; ")
+            rows.append(
+                PgRow(
+                    f"P{len(rows) + 1}. floor of acquire+release: two `{what}`, median",
+                    "—",
+                    us(medians[True]),
+                    us(medians[False]),
+                    notes=f"{cfg.latency_iters} iterations after warm-up, one round trip per statement{flushes}",
+                )
+            )
+    log("  pg: NOTIFY → LISTEN")
+    count = max(200, cfg.latency_iters // 3)
+    one_way, round_trips = pg_notify_times(url, count)
+    rows.append(
+        PgRow(
+            "P3. NOTIFY → LISTEN, other process awake (from `SELECT pg_notify` sent to the listener woken), median",
+            "—",
+            us(statistics.median(one_way)),
+            notes=f"p90 {us(percentile(one_way, 0.9))}; ping-pong round trip {us(statistics.median(round_trips))}; "
+            f"{count} notifications, autocommit",
+        )
+    )
+    log("  pg: connect")
+    connects = pg_connect_times(url, max(50, cfg.latency_iters // 15))
+    host = "Unix socket" if "host=/" in url or "@/" in url else "as the URL says"
+    rows.append(
+        PgRow(
+            "P4. connect + close (`psycopg.connect(url)`), median",
+            "—",
+            ms(statistics.median(connects)),
+            notes=f"{host}; min {ms(min(connects))}; {len(connects)} connections",
+        )
+    )
+    log("  pg: import psycopg")
+    runs = max(8, cfg.cli_runs)
+    commands = {"psycopg": [sys.executable, "-c", "import psycopg"], "python": [sys.executable, "-c", "pass"]}
+    imports = timed_runs(commands, runs, dict(os.environ))
+    rows.append(
+        PgRow(
+            'P5. `python -c "import psycopg"`, median',
+            "—",
+            ms(imports["psycopg"]),
+            notes=f"`python -c pass`: {ms(imports['python'])}; {runs} runs each, bytecode cached",
+        )
+    )
+    return rows
+
+
+def pg_machine(url: str) -> list[str]:
+    import psycopg
+
+    with psycopg.connect(url) as conn:
+        server = conn.execute("SHOW server_version").fetchone()[0]
+        settings = conn.execute(
+            "SELECT string_agg(name || '=' || setting, ', ' ORDER BY name) FROM pg_settings"
+            " WHERE name IN ('fsync', 'max_connections', 'shared_buffers', 'wal_sync_method')"
+        ).fetchone()[0]
+    return [
+        f"- PostgreSQL {server} ({settings}), psycopg {psycopg.__version__} ({psycopg.pq.__impl__}, "
+        f"libpq {psycopg.pq.version()})"
+    ]
+
+
+def pg_table(rows: list[PgRow]) -> list[str]:
+    head = ["PostgreSQL", "gcl_local", "floor, synchronous_commit on", "floor, off", "goal", "met?", "notes"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        met = "n/a" if r.met is None else ("yes" if r.met else "**no**")
+        cells = [r.scenario, r.gcl, r.floor_on, r.floor_off, r.goal, met, r.notes]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
 # -- report ------------------------------------------------------------------------------------------
 
 
@@ -1001,16 +1280,30 @@ def private_bytecode_cache(directory: str) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer iterations: a smoke run of under a minute")
-    parser.add_argument("--only", default="", help="comma-separated scenario numbers, e.g. 1,3,9")
+    parser.add_argument(
+        "--only", default="", help="comma-separated scenario numbers, e.g. 1,3,9; `pg`: the PostgreSQL floors (--db)"
+    )
     parser.add_argument("--waiters", default="", help="process counts of scenarios 11-13, e.g. 4,400")
+    parser.add_argument(
+        "--db",
+        default="",
+        metavar="URL",
+        help="a postgresql:// URL: also measure PostgreSQL's floors there (psycopg alone), in a table of their own",
+    )
     args = parser.parse_args()
     cfg = QUICK if args.quick else Config()
     if args.waiters:
         cfg = dataclasses.replace(cfg, many_waiters=tuple(int(n) for n in args.waiters.split(",")))
+    if args.db and not args.db.startswith(("postgresql://", "postgres://")):
+        parser.error("--db takes a postgresql:// URL")
+    wanted = [n.strip() for n in args.only.split(",") if n.strip()]
+    with_pg = bool(args.db) and (not wanted or "pg" in wanted)
+    if "pg" in wanted and not args.db:
+        parser.error("--only pg needs --db URL")
     try:
-        chosen = [int(n) for n in args.only.split(",") if n.strip()] or list(SCENARIOS)
+        chosen = [int(n) for n in wanted if n != "pg"] if wanted else list(SCENARIOS)
     except ValueError:
-        parser.error("--only takes scenario numbers, e.g. 1,3,9")
+        parser.error("--only takes scenario numbers, e.g. 1,3,9, or pg")
     if unknown := [n for n in chosen if n not in SCENARIOS]:
         parser.error(f"no scenario {unknown[0]} (there are 1 to {len(SCENARIOS)})")
     began, load = time.monotonic(), os.getloadavg()
@@ -1029,10 +1322,29 @@ def main() -> int:
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             rows.append(Row(f"{number}. {SCENARIOS[number].__name__}", f"error: {first}", "", False))
         log(f"scenario {number}: {time.monotonic() - t0:.1f} s")
-    print("\n".join(machine(load)))
+    pg_rows: list[PgRow] = []
+    pg_lines: list[str] = []
+    if with_pg:
+        url = libpq_url(args.db)
+        log("PostgreSQL floors ...")
+        t0 = time.monotonic()
+        try:
+            pg_lines = pg_machine(url)
+            pg_rows = pg_floors(url, cfg)
+        except Exception as exc:
+            failed = True
+            log(traceback.format_exc())
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            pg_rows.append(PgRow("PostgreSQL floors", f"error: {first}", "", met=False))
+        log(f"PostgreSQL floors: {time.monotonic() - t0:.1f} s")
+    print("\n".join(machine(load) + pg_lines))
     print()
-    print("\n".join(table(rows)))
-    print()
+    if rows:
+        print("\n".join(table(rows)))
+        print()
+    if pg_rows:
+        print("\n".join(pg_table(pg_rows)))
+        print()
     print(f"Run took {time.monotonic() - began:.0f} s ({'--quick' if args.quick else 'full run'}).")
     pyc.cleanup()
     return 1 if failed else 0

@@ -143,3 +143,91 @@ def installed_or_skip(tool: str, package: str, timeout: float = 600) -> str:
     if found is None:
         pytest.skip(f"{tool} is not installed and could not be installed (apt-get install -y {package})")
     return found
+
+
+# PostgreSQL: scripts/test runs the suite under scripts/pg-server, which exports GCL_TEST_PG (a
+# libpq URL of a throwaway server on a private Unix socket). Each test gets its own schema through
+# the URL's `gcl_schema` query parameter, which the PostgreSQL backend honours (and strips before it
+# hands the URL to libpq, which knows no such parameter).
+PG_ENV = "GCL_TEST_PG"
+SCHEMA_PARAM = "gcl_schema"
+
+
+def is_postgres(db: str | None) -> bool:
+    return db is not None and db.startswith(("postgresql://", "postgres://"))
+
+
+def pg_server_url() -> str | None:
+    """$GCL_TEST_PG when it names a server (scripts/test sets it; `off` or empty: none)."""
+    url = os.environ.get(PG_ENV, "")
+    return url if is_postgres(url) else None
+
+
+def pg_unavailable() -> str | None:
+    """Why the PostgreSQL tests cannot run here, or None when they can."""
+    if pg_server_url() is None:
+        value = os.environ.get(PG_ENV)
+        where = f"{PG_ENV}={value!r} names no server" if value else f"{PG_ENV} is not set"
+        return f"{where}: run the tests through scripts/test (or scripts/pg-server run -- pytest ...)"
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        return "psycopg is not installed: pip install '.[postgres]' (scripts/setup dev does)"
+    return None
+
+
+def with_schema(url: str, schema: str) -> str:
+    """*url* with `gcl_schema=<schema>` set in its query."""
+    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != SCHEMA_PARAM]
+    query.append((SCHEMA_PARAM, schema))
+    return urlunsplit(parts._replace(query=urlencode(query, safe="/")))
+
+
+def split_schema(url: str) -> tuple[str, str | None]:
+    """(the libpq URL without `gcl_schema`, the schema named there or None)."""
+    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    pairs = parse_qsl(parts.query, keep_blank_values=True)
+    schema = next((v for k, v in pairs if k == SCHEMA_PARAM), None)
+    rest = [(k, v) for k, v in pairs if k != SCHEMA_PARAM]
+    return urlunsplit(parts._replace(query=urlencode(rest, safe="/"))), schema
+
+
+def pg_connect(url: str, **kwargs: Any) -> Any:
+    """A psycopg connection (autocommit) to the server of *url*, a `gcl_schema` parameter ignored."""
+    import psycopg
+
+    kwargs.setdefault("autocommit", True)
+    kwargs.setdefault("connect_timeout", 10)
+    return psycopg.connect(split_schema(url)[0], **kwargs)
+
+
+def drop_schema(url: str, schema: str, lock_timeout: float = 5.0) -> None:
+    """DROP SCHEMA ... CASCADE; a session that still holds a lock on something in it (a process the
+    test left in a transaction) is terminated after *lock_timeout* seconds, and the drop retried."""
+    import psycopg
+    from psycopg import sql
+
+    with pg_connect(url) as conn:
+        conn.execute(sql.SQL("SET lock_timeout = {}").format(sql.Literal(f"{int(lock_timeout * 1000)}ms")))
+        drop = sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema))
+        for _ in range(5):
+            try:
+                conn.execute(drop)
+                return
+            except psycopg.errors.LockNotAvailable:
+                conn.execute(
+                    "SELECT pg_terminate_backend(l.pid) FROM pg_locks l"
+                    " WHERE l.pid <> pg_backend_pid() AND l.granted AND ("
+                    "  l.relation IN (SELECT c.oid FROM pg_class c JOIN pg_namespace n ON c.relnamespace = n.oid"
+                    "                 WHERE n.nspname = %(s)s)"
+                    "  OR (l.classid = 'pg_namespace'::regclass"
+                    "      AND l.objid = (SELECT oid FROM pg_namespace WHERE nspname = %(s)s)))",
+                    {"s": schema},
+                )
+                time.sleep(0.1)
+        conn.execute(drop)
