@@ -61,7 +61,7 @@ def _waiting_notice(names: Sequence[str], verbose: bool) -> Any:
     def notice(acquisition: Any) -> None:
         from . import _admission
 
-        with acquisition.store.read() as tx:
+        with acquisition.backend.read() as tx:
             ahead, holder = _admission.wait_summary(tx, acquisition.ticket, list(names))
         who = ""
         if holder is not None:
