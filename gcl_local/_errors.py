@@ -28,6 +28,8 @@ EX_CHANGES_PENDING = 4
 """``gcl apply --check``: the store does not match the file yet."""
 EX_TEMPFAIL = 75
 """The slots were not had in time, or ``-n`` found them busy (sysexits' EX_TEMPFAIL)."""
+EX_LEASE_LOST = 76
+"""``gcl run --strict`` stopped its command because the lease was lost (its renewal failed)."""
 
 
 class GclError(Exception):
@@ -155,6 +157,7 @@ class CommandNotFoundError(CommandError):
 
 __all__ = [
     "EX_CHANGES_PENDING",
+    "EX_LEASE_LOST",
     "EX_TEMPFAIL",
     "EX_USAGE",
     "CommandError",

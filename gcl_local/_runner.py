@@ -6,6 +6,11 @@ lease names the command's pid and program name, so ``gcl inspect`` shows what re
 
 SIGINT, SIGTERM and SIGHUP sent to ``gcl run`` are forwarded to the command, except a signal that
 the terminal sent to the whole foreground process group: the command has it already.
+
+If the lease is lost while the command runs (its renewal fails: on a server, the holder's host was
+cut off long enough for the server to free its slots), ``gcl run`` warns; with ``--strict`` it stops
+the command (SIGTERM, then SIGKILL after ``LOST_LEASE_GRACE_SECONDS``) and exits with
+:data:`~gcl_local._errors.EX_LEASE_LOST`, as ``consul lock`` does.
 """
 
 from __future__ import annotations
@@ -13,17 +18,20 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import time
 from collections.abc import Sequence
 
 from . import _admission, _shell
 from ._backend import Backend
 from ._effects import transact
-from ._errors import CommandError, CommandNotFoundError, GclError
+from ._errors import EX_LEASE_LOST, CommandError, CommandNotFoundError, GclError
 from ._model import Lease
 from ._renewal import Renewal, renewer
 from ._request import Request
 
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+LOST_LEASE_GRACE_SECONDS = 5.0
+"""How long a command stopped for a lost lease gets between SIGTERM and SIGKILL (Consul's grace)."""
 _SI_KERNEL = 0x80  # si_code of a signal the kernel (e.g. the tty driver) sent
 
 
@@ -47,9 +55,18 @@ def command_environment(lease: Lease) -> dict[str, str]:
 
 
 def run_command(
-    store: Backend, request: Request, command: Sequence[str], acquisition: _shell.Acquisition, lease: Lease
+    store: Backend,
+    request: Request,
+    command: Sequence[str],
+    acquisition: _shell.Acquisition,
+    lease: Lease,
+    *,
+    strict: bool = False,
 ) -> int:
-    """Run *command* holding *lease*, the grant of *acquisition*; release it when the command ends."""
+    """Run *command* holding *lease*, the grant of *acquisition*; release it when the command ends.
+
+    *strict*: stop the command if the lease is lost meanwhile.
+    """
     lease_id = acquisition.lease_id
     assert lease_id is not None
     token = _shell.registration(store)
@@ -63,7 +80,7 @@ def run_command(
             error = CommandNotFoundError if isinstance(exc, FileNotFoundError) else CommandError
             raise error(f"Cannot run {command[0]!r}: {exc.strerror}.") from None
         _name_holder(store, lease_id, child, program_label(command))
-        return _supervise(store, request, acquisition, child, pending)
+        return _supervise(store, request, acquisition, child, pending, strict)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -91,8 +108,24 @@ def _exited(pid: int) -> int | None:
     return exit_status(os.waitstatus_to_exitcode(status)) if done else None
 
 
+class _LostLease:
+    """Stops the command once its lease is lost (called from the renewal thread, under ``--strict``)."""
+
+    def __init__(self, child: int) -> None:
+        self.child = child
+        self.stopped_at: float | None = None
+
+    def __call__(self) -> None:
+        self.stopped_at = time.monotonic()
+        _forward(self.child, signal.SIGTERM)
+
+    def kill_if_late(self) -> None:
+        if self.stopped_at is not None and time.monotonic() - self.stopped_at >= LOST_LEASE_GRACE_SECONDS:
+            _forward(self.child, signal.SIGKILL)
+
+
 def _supervise(
-    store: Backend, request: Request, acquisition: _shell.Acquisition, child: int, pending: list[int]
+    store: Backend, request: Request, acquisition: _shell.Acquisition, child: int, pending: list[int], strict: bool
 ) -> int:
     lease_id = acquisition.lease_id
     assert lease_id is not None
@@ -102,7 +135,8 @@ def _supervise(
         # Block before the renewal thread starts, so that it inherits the mask and every signal
         # waits for sigtimedwait below, where its sender can be told.
         signal.pthread_sigmask(signal.SIG_BLOCK, watched)
-    renewal = Renewal(store, lease_id, request.lease_duration, False)
+    lost = _LostLease(child)
+    renewal = Renewal(store, lease_id, request.lease_duration, strict, lost)
     renewals = renewer()
     renewals.add(renewal)
     try:
@@ -112,11 +146,13 @@ def _supervise(
         if not waiting:
             for sig in FORWARDED:
                 signal.signal(sig, lambda s, _f: _forward(child, s))
-            return exit_status(os.waitstatus_to_exitcode(os.waitpid(child, 0)[1]))
+            code = exit_status(os.waitstatus_to_exitcode(os.waitpid(child, 0)[1]))
+            return EX_LEASE_LOST if lost.stopped_at is not None else code
         while True:
-            code = _exited(child)
-            if code is not None:
-                return code
+            ended = _exited(child)
+            if ended is not None:
+                return EX_LEASE_LOST if lost.stopped_at is not None else ended
+            lost.kill_if_late()
             info = signal.sigtimedwait(watched, 1.0)
             if info is not None and info.si_signo != signal.SIGCHLD and info.si_code != _SI_KERNEL:
                 _forward(child, info.si_signo)
