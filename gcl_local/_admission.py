@@ -98,7 +98,7 @@ def _retry_in(tx: Tx, short: list[LimitRow], occupy: int) -> float | None:
         expiries = [
             lease.expires_boot - tx.now.boot
             for lease in tx.leases_on(row.name)
-            if lease.holder_token is None  # a token holder keeps its lease while it lives
+            if lease.registration is None  # a registered holder keeps its lease while it lives
         ]
         if not expiries:
             return None
@@ -130,7 +130,7 @@ def _grant(
         secret=os.urandom(4).hex(),
         names=names,
         slots=request.occupy,
-        holder_token=holder.token,
+        registration=holder.registration,
         pid=holder.pid,
         pid_start=holder.pid_start,
         host=holder.host,
@@ -199,7 +199,7 @@ def lease_of(row: LeaseRow) -> Lease:
         label=row.label,
         acquired=utc(row.acquired_wall),
         expires=utc(row.expires_wall),
-        held_by="token" if row.holder_token is not None else "pid",
+        held_by="token" if row.registration is not None else "pid",
     )
 
 
@@ -250,9 +250,9 @@ def _attempt(tx: Tx, effects: Effects, request: Request) -> Outcome:
 
 def _enqueue(tx: Tx, effects: Effects, request: Request, channel: str) -> Outcome:
     """Take a ticket (strictly increasing) and serve the queue: the new ticket may be served at once."""
-    waiter = request.waiter_token or request.holder.token
+    waiter = request.waiter_registration or request.holder.registration
     if waiter is None:
-        raise ValueError("a waiter needs a liveness token")
+        raise ValueError("a waiter needs a liveness registration")
     active, _ = _active_limits(tx, request)
     if request.kind == "rate":
         # Bring each bucket's timestamp up to now (its level carried exactly, nothing reset), so the
@@ -261,7 +261,7 @@ def _enqueue(tx: Tx, effects: Effects, request: Request, channel: str) -> Outcom
             tx.set_level(limit.name, level_at(limit, tx.now.boot), tx.now)
     holder = request.holder
     row = TicketRow(0, request.names, request.kind, request.occupy, request.strict,
-                    request.lease_duration, waiter, holder.token is None, channel, holder.pid, holder.pid_start,
+                    request.lease_duration, waiter, holder.registration is None, channel, holder.pid, holder.pid_start,
                     holder.host, holder.user, holder.label, tx.now.wall)  # fmt: skip
     ticket = tx.insert_ticket(row)
     outcome = serve(tx, effects, set(request.names), ticket)
@@ -297,7 +297,7 @@ def probe(tx: Tx, ticket: int, kind: Kind) -> Granted | bool | None:
         # Each waiter watches the one just ahead of it, the head watches the holders: every death
         # is seen by someone, at a cost that does not grow with the queue.
         ahead = tx.select_ticket(just_ahead)
-        if ahead is None or live.token(ahead.holder_token) is False:
+        if ahead is None or live.alive(ahead.registration) is False:
             return ahead is not None
         return None if tx.ticket_ahead(ahead.names, just_ahead) is not None else False
     if any(live.lease_gone(lease) for name in names for lease in tx.leases_on(name)):
@@ -372,10 +372,10 @@ def serve(tx: Tx, effects: Effects, names: set[str], me: int | None, *, freed: b
                 blocked.update(ticket_names)
                 mine = Denied(None, me) if ticket == me else mine
                 continue
-            if me is not None and ticket != me and live.token(row.holder_token) is False:
+            if me is not None and ticket != me and live.alive(row.registration) is False:
                 # A waiter looking for itself reaps the dead ahead of it (a releaser does not: its
                 # transaction is on the hand-off's path, and it checks whom it grants to below).
-                _reaping.drop_holder(tx, effects, row.holder_token, pending)
+                _reaping.drop_holder(tx, effects, row.registration, pending)
                 continue
             if row.by_pid and row.pid is not None and tx.backend.pid_alive(row.pid, row.pid_start, row.host) is False:
                 # A `gcl acquire` whose script has exited: the lease would be reaped at the next
@@ -400,8 +400,8 @@ def serve(tx: Tx, effects: Effects, names: set[str], me: int | None, *, freed: b
                 active, missing = _active_limits(tx, request)
                 short = _short_limits(tx, active, request.occupy)
             if not short:
-                if ticket != me and live.token(row.holder_token) is False:
-                    _reaping.drop_holder(tx, effects, row.holder_token, pending)  # never grant to the dead
+                if ticket != me and live.alive(row.registration) is False:
+                    _reaping.drop_holder(tx, effects, row.registration, pending)  # never grant to the dead
                     continue
                 granted = Granted(_grant(tx, request, active, ticket, row.since_wall), missing)
                 tx.delete_ticket(row)
@@ -439,10 +439,10 @@ def _queue(tx: Tx, names: list[str]) -> Iterator[int]:
 
 
 def _request_of(row: TicketRow, names: tuple[str, ...]) -> Request:
-    lease_token = None if row.by_pid else row.holder_token
-    holder = Holder(lease_token, row.pid, row.pid_start, row.host, row.user, row.label)
+    lease_registration = None if row.by_pid else row.registration
+    holder = Holder(lease_registration, row.pid, row.pid_start, row.host, row.user, row.label)
     kind: Kind = "rate" if row.kind == "rate" else "concurrency"
-    return Request(names, row.slots, kind, row.strict, row.duration, holder, row.holder_token)
+    return Request(names, row.slots, kind, row.strict, row.duration, holder, row.registration)
 
 
 def wait_summary(tx: Tx, ticket: int | None, names: list[str]) -> tuple[int, Lease | None]:

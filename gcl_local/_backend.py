@@ -48,7 +48,7 @@ class LeaseRow(NamedTuple):
     secret: str
     names: tuple[str, ...]
     slots: int
-    holder_token: str | None
+    registration: str | None
     """The holder's liveness registration; None when the lease is held by pid (``gcl acquire``)."""
     pid: int | None
     pid_start: int | None
@@ -72,7 +72,7 @@ class TicketRow(NamedTuple):
     slots: int
     strict: bool
     duration: float
-    holder_token: str
+    registration: str
     """The waiting process's liveness registration."""
     by_pid: bool
     """The lease will be held by pid, not by that registration."""
@@ -162,7 +162,7 @@ class Tx(Protocol):
     def leases_on(self, name: str) -> list[LeaseRow]:
         """By fencing token."""
 
-    def leases_of_holder(self, holder_token: str) -> list[LeaseRow]: ...
+    def leases_of_holder(self, registration: str) -> list[LeaseRow]: ...
     def pop_lease(self, token: int, secret: str) -> LeaseRow | None:
         """Delete a lease and return it (None if there is none): the release path."""
 
@@ -205,7 +205,7 @@ class Tx(Protocol):
     def count_older_tickets(self, names: Sequence[str], ticket: int) -> int: ...
     def oldest_ticket_on(self, names: Sequence[str]) -> TicketRow | None: ...
     def any_ticket_on(self, names: Sequence[str]) -> bool: ...
-    def tickets_of_holder(self, holder_token: str) -> list[TicketRow]: ...
+    def tickets_of_holder(self, registration: str) -> list[TicketRow]: ...
     def waiting_on(self, name: str) -> list[TicketRow]:
         """By ticket."""
 
@@ -228,7 +228,7 @@ class Registration(Protocol):
 
     @property
     def name(self) -> str:
-        """What leases and tickets record as ``holder_token``."""
+        """What leases and tickets record as ``registration``."""
 
     @property
     def pid(self) -> int: ...

@@ -212,7 +212,7 @@ def cmd_acquire(
         store, names, occupy, "concurrency", strict=strict, lease_duration=lease_duration,
         holder=_program_of(pid), holder_pid=pid,
     )  # fmt: skip
-    request = request._replace(waiter_token=_shell.registration(store).name)
+    request = request._replace(waiter_registration=_shell.registration(store).name)
     holder = request.holder
     acquisition = _shell.Acquisition(store, request)
     try:  # given back if anything fails before the lease is printed: nobody else would know its id

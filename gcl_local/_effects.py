@@ -20,12 +20,12 @@ T = TypeVar("T")
 class Effects:
     """What a transaction leaves to do after its commit: waiters to wake, registrations to forget."""
 
-    __slots__ = ("dead_tokens", "max_message", "wakes")
+    __slots__ = ("dead_registrations", "max_message", "wakes")
 
     def __init__(self, max_message: int) -> None:
         self.max_message = max_message
         self.wakes: list[tuple[str, bytes]] = []
-        self.dead_tokens: set[str] = set()
+        self.dead_registrations: set[str] = set()
 
     def poke(self, channel: str, ticket: int) -> None:
         self.wakes.append((channel, _wire.poke(ticket)))
@@ -40,8 +40,8 @@ def transact(backend: Backend, fn: Callable[..., T], *args: object, blocking: bo
     result = backend.write(lambda tx: fn(tx, effects, *args), blocking=blocking, durable=durable)
     if effects.wakes:
         backend.wake(effects.wakes)
-    if effects.dead_tokens:
-        backend.forget(effects.dead_tokens)
+    if effects.dead_registrations:
+        backend.forget(effects.dead_registrations)
     return result
 
 

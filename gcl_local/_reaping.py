@@ -20,21 +20,21 @@ MIN_OCCUPANCY_SAMPLE = 0.1
 
 
 class Liveness:
-    """Liveness answers for one transaction: each token is checked at most once."""
+    """Liveness answers for one transaction: each registration is checked at most once."""
 
     def __init__(self, tx: Tx) -> None:
         self.tx = tx
         self.answers: dict[str, bool | None] = {}
 
-    def token(self, name: str) -> bool | None:
+    def alive(self, name: str) -> bool | None:
         if name not in self.answers:
             self.answers[name] = self.tx.backend.alive(name)
         return self.answers[name]
 
     def lease_gone(self, lease: LeaseRow) -> bool:
         """A lease is gone when its holder died; expiry decides only where liveness cannot be checked."""
-        if lease.holder_token is not None:
-            alive = self.token(lease.holder_token)
+        if lease.registration is not None:
+            alive = self.alive(lease.registration)
             if alive is not None:
                 return not alive
         elif lease.pid is not None and self.tx.backend.pid_alive(lease.pid, lease.pid_start, lease.host) is False:
@@ -42,15 +42,15 @@ class Liveness:
         return lease.expires_boot <= self.tx.now.boot
 
 
-def drop_holder(tx: Tx, effects: Effects, token: str, freed: set[str]) -> None:
+def drop_holder(tx: Tx, effects: Effects, registration: str, freed: set[str]) -> None:
     """Remove every lease and ticket of a dead process."""
-    for lease in tx.leases_of_holder(token):
+    for lease in tx.leases_of_holder(registration):
         freed.update(drop_lease(tx, lease))
-    for ticket in tx.tickets_of_holder(token):
+    for ticket in tx.tickets_of_holder(registration):
         freed.update(ticket.names)
         tx.delete_ticket(ticket)
-    effects.dead_tokens.add(token)
-    _log.debug("reaped the leases and tickets of dead holder %s", token)
+    effects.dead_registrations.add(registration)
+    _log.debug("reaped the leases and tickets of dead holder %s", registration)
 
 
 def drop_lease(tx: Tx, lease: LeaseRow) -> tuple[str, ...]:
@@ -80,8 +80,8 @@ def reap_leases(tx: Tx, effects: Effects, names: Iterable[str], live: Liveness, 
             if not live.lease_gone(lease):
                 continue
             reaped = True
-            if lease.holder_token is not None and live.token(lease.holder_token) is False:
-                drop_holder(tx, effects, lease.holder_token, freed)
+            if lease.registration is not None and live.alive(lease.registration) is False:
+                drop_holder(tx, effects, lease.registration, freed)
             else:
                 freed.update(drop_lease(tx, lease))
     return reaped
@@ -97,9 +97,9 @@ def reap_dead_heads(tx: Tx, effects: Effects, names: list[str], live: Liveness, 
         head = tx.oldest_ticket_on(names)
         if head is None:
             return True
-        if live.token(head.holder_token) is not False:
+        if live.alive(head.registration) is not False:
             return False
-        drop_holder(tx, effects, head.holder_token, freed)  # its tickets, this one included
+        drop_holder(tx, effects, head.registration, freed)  # its tickets, this one included
 
 
 def reap_just_ahead(
@@ -113,10 +113,10 @@ def reap_just_ahead(
     just_ahead: int | None = ahead
     while just_ahead is not None:
         row = tx.select_ticket(just_ahead)
-        if row is not None and live.token(row.holder_token) is not False:
+        if row is not None and live.alive(row.registration) is not False:
             return just_ahead
         if row is not None:
-            drop_holder(tx, effects, row.holder_token, freed)  # its tickets, this one included
+            drop_holder(tx, effects, row.registration, freed)  # its tickets, this one included
         just_ahead = tx.ticket_ahead(names, ticket)
     return None
 
@@ -139,7 +139,7 @@ class Snapshot:
         return self.old_boot or self.live.lease_gone(lease)
 
     def ticket_gone(self, ticket: TicketRow) -> bool:
-        if self.old_boot or self.live.token(ticket.holder_token) is False:
+        if self.old_boot or self.live.alive(ticket.registration) is False:
             return True
         if not ticket.by_pid or ticket.pid is None:
             return False
@@ -149,15 +149,15 @@ class Snapshot:
 def sweep(tx: Tx, effects: Effects, freed: set[str]) -> None:
     """Reap every registration the backend's census finds dead, and the rows that name it."""
     live = Liveness(tx)
-    for token in tx.backend.census():
-        if live.token(token) is False:
-            drop_holder(tx, effects, token, freed)
+    for registration in tx.backend.census():
+        if live.alive(registration) is False:
+            drop_holder(tx, effects, registration, freed)
 
 
-def forget_token(tx: Tx, effects: Effects, token: str) -> None:
-    """At a process's exit: remove its token file unless a lease or ticket still names it."""
-    if not tx.leases_of_holder(token) and not tx.tickets_of_holder(token):
-        effects.dead_tokens.add(token)
+def forget_registration(tx: Tx, effects: Effects, registration: str) -> None:
+    """At a process's exit: forget its registration unless a lease or ticket still names it."""
+    if not tx.leases_of_holder(registration) and not tx.tickets_of_holder(registration):
+        effects.dead_registrations.add(registration)
 
 
 __all__ = [
@@ -165,7 +165,7 @@ __all__ = [
     "Snapshot",
     "drop_holder",
     "drop_lease",
-    "forget_token",
+    "forget_registration",
     "reap_dead_heads",
     "reap_just_ahead",
     "reap_leases",

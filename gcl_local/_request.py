@@ -12,8 +12,8 @@ Kind = Literal["concurrency", "rate"]
 class Holder(NamedTuple):
     """Who asks: the process identity recorded on its leases and tickets."""
 
-    token: str | None
-    """The liveness token's name; None when the holder is known only by pid (``gcl acquire``)."""
+    registration: str | None
+    """Its liveness registration; None when the holder is known only by pid (``gcl acquire``)."""
     pid: int | None
     pid_start: int | None
     host: str
@@ -28,8 +28,8 @@ class Request(NamedTuple):
     strict: bool
     lease_duration: float
     holder: Holder
-    waiter_token: str | None = None
-    """The liveness token of the process that waits (it differs from a pid-held lease's holder)."""
+    waiter_registration: str | None = None
+    """The liveness registration of the process that waits (it differs from a pid-held lease's holder)."""
 
 
 class Granted(NamedTuple):

@@ -88,7 +88,7 @@ def _forget_registration(backend: Backend, token: Registration) -> None:
     if token.pid != os.getpid():
         return
     try:
-        transact(backend, _reaping.forget_token, token.name)
+        transact(backend, _reaping.forget_registration, token.name)
     except Exception:
         _log.debug("could not remove registration %s at exit", token.name, exc_info=True)
 
@@ -179,7 +179,7 @@ def _describe(
     token = registration(backend) if checked else None
     pid = os.getpid()
     who = Holder(token.name if token else None, pid, _own_start_time(), host, user, label)
-    return Request(checked, occupy, kind, strict, float(lease_duration), who, who.token)
+    return Request(checked, occupy, kind, strict, float(lease_duration), who, who.registration)
 
 
 _start_time: tuple[int, int | None] | None = None

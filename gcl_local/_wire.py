@@ -70,7 +70,7 @@ def read(request: Request, ticket: int, data: bytes) -> tuple[Granted | None, bo
                       slots=request.occupy, pid=holder.pid, host=holder.host, user=holder.user, label=holder.label,
                       acquired=utc(float(acquired)) if acquired else None,
                       expires=utc(float(expires)) if expires else None,
-                      held_by="token" if holder.token is not None else "pid")  # fmt: skip
+                      held_by="token" if holder.registration is not None else "pid")  # fmt: skip
         return Granted(lease, missing), True
     return None, poked
 

@@ -217,7 +217,7 @@ def acquire_lease(
 
 
 def _with_waiter(backend: Backend, request: Request) -> Request:
-    return request._replace(waiter_token=_shell.registration(backend).name)
+    return request._replace(waiter_registration=_shell.registration(backend).name)
 
 
 def release_lease(lease_id: str, *, db: DbArg = None) -> bool:

@@ -1544,7 +1544,7 @@ class Driver:
             # Liveness is judged now, while nobody can enter or leave the ledger.
             table = process_table()
             liveness: dict[str, bool | None] = {}
-            for token in {x.holder_token for x in leases.values()} | {t.holder_token for t in tickets.values()}:
+            for token in {x.registration for x in leases.values()} | {t.registration for t in tickets.values()}:
                 if token is not None:
                     liveness[token] = token_alive(run_dir, token)
             for pid, e in list(st["holders"].items()):  # entries of processes that are gone
@@ -1572,8 +1572,8 @@ class Driver:
             self.fail_once("stall", "stall", f"no acquisition for {now - self.last_progress:.1f} s\n{self.dump()}")
 
         def alive_lease(lease: Any) -> bool | None:
-            if lease.holder_token is not None:
-                return liveness.get(lease.holder_token)
+            if lease.registration is not None:
+                return liveness.get(lease.registration)
             info = lookup(table, lease.pid or 0)
             return info is not None and info[1] != "Z" and (lease.pid_start is None or info[2] == lease.pid_start)
 
@@ -1642,8 +1642,8 @@ class Driver:
                 )  # fmt: skip
         lease_slots: Counter[str] = Counter()
         for lease in leases.values():
-            if lease.token not in by_fencing and lease.holder_token is not None and alive_lease(lease):
-                lease_slots[lease.holder_token] += lease.slots
+            if lease.token not in by_fencing and lease.registration is not None and alive_lease(lease):
+                lease_slots[lease.registration] += lease.slots
         for token, n in cli_slots.items():
             if lease_slots[token] < n:
                 self.fail(
@@ -1658,36 +1658,36 @@ class Driver:
             if lease.token in by_fencing:
                 accounted.add(lease.token)
                 continue
-            if state and lease.holder_token is not None and cli_slots[lease.holder_token] >= lease.slots:
-                cli_slots[lease.holder_token] -= lease.slots
+            if state and lease.registration is not None and cli_slots[lease.registration] >= lease.slots:
+                cli_slots[lease.registration] -= lease.slots
                 accounted.add(lease.token)
                 continue
-            if state and lease.holder_token in starting:
+            if state and lease.registration in starting:
                 continue  # its `gcl run` child starts up or exits: not a leak, and no window to learn from
             if state:
                 seen_unaccounted.add(lease.token)
                 first = self.unaccounted_since.setdefault(lease.token, now)
                 if now - first > grace:
-                    kind = self._owner_kind(table, lease.pid, _token_pid(lease.holder_token))
-                    mates = {p: e for p, e in holders.items() if e.get("gcl") == lease.holder_token}
+                    kind = self._owner_kind(table, lease.pid, _token_pid(lease.registration))
+                    mates = {p: e for p, e in holders.items() if e.get("gcl") == lease.registration}
                     self.fail_once(
                         f"leak:{lease.token}", "leaked-lease",
                         f"LEAKED LEASE {lease.token}-{lease.secret} on {list(lease.names)}: "
                         f"held by live pid {lease.pid} ({lease.label}, "
                         f"{kind}) for {now - first:.1f} s outside any block (age {wall - lease.acquired_wall:.1f} s); "
-                        f"holder {describe(lease.pid or 0)}; token {lease.holder_token} of "
-                        f"{describe(_token_pid(lease.holder_token) or 0)}; ledger entries with that token: {mates}",
+                        f"holder {describe(lease.pid or 0)}; token {lease.registration} of "
+                        f"{describe(_token_pid(lease.registration) or 0)}; ledger entries with that token: {mates}",
                         kind,
                     )  # fmt: skip
             else:  # dead (a missing token file is a dead holder too)
                 seen_dead.add(lease.token)
                 first = self.dead_since.setdefault(lease.token, now)
                 if anyone_waits and now - first > grace:
-                    kind = self._owner_kind(table, lease.pid, _token_pid(lease.holder_token))
+                    kind = self._owner_kind(table, lease.pid, _token_pid(lease.registration))
                     self.fail_once(
                         f"dead:{lease.token}", "dead-lease-kept",
                         f"dead holder's lease {lease.token}-{lease.secret} (pid {lease.pid}, "
-                        f"token {lease.holder_token}) kept "
+                        f"token {lease.registration}) kept "
                         f"{now - first:.1f} s while others wait",
                         kind,
                     )  # fmt: skip
@@ -1708,7 +1708,7 @@ class Driver:
         for name, queue in queues.items():
             at_head = True  # dead tickets matter where they stand before every live one (the head of the queue)
             for ticket in queue:
-                if liveness.get(ticket.holder_token) is not True:
+                if liveness.get(ticket.registration) is not True:
                     if at_head:
                         seen_dead.add(ticket.ticket)
                         first = self.dead_ticket_since.setdefault(ticket.ticket, now)
@@ -1717,7 +1717,7 @@ class Driver:
                                 f"deadticket:{ticket.ticket}", "dead-ticket-kept",
                                 f"dead waiter's ticket {ticket.ticket} (pid {ticket.pid}) kept {now - first:.1f} s at "
                                 f"the head of the queue of {name!r}",
-                                self._owner_kind(table, ticket.pid, _token_pid(ticket.holder_token)),
+                                self._owner_kind(table, ticket.pid, _token_pid(ticket.registration)),
                             )  # fmt: skip
                     continue
                 at_head = False
@@ -1727,8 +1727,8 @@ class Driver:
                 ):
                     self.reported.add(f"starved:{ticket.ticket}")
                     starved.append(f"{ticket.ticket} (pid {ticket.pid}, {wall - ticket.since_wall:.1f} s)")
-                owner = self._waiter_of(table, kids, waiting, ticket.pid, _token_pid(ticket.holder_token))
-                if owner is None and self._orphaned(table, ticket.pid, _token_pid(ticket.holder_token)):
+                owner = self._waiter_of(table, kids, waiting, ticket.pid, _token_pid(ticket.registration))
+                if owner is None and self._orphaned(table, ticket.pid, _token_pid(ticket.registration)):
                     # e.g. the gcl acquire of a shell we killed: it still waits (the library cannot know its
                     # script is gone, and a lease it gets for a dead shell is freed at once)
                     self.orphan_tickets.add(ticket.ticket)
@@ -1745,11 +1745,11 @@ class Driver:
             seen_lonely.add(ticket.ticket)
             first = self.lonely_ticket_since.setdefault(ticket.ticket, now)
             if now - first > grace:
-                kind = self._owner_kind(table, ticket.pid, _token_pid(ticket.holder_token))
+                kind = self._owner_kind(table, ticket.pid, _token_pid(ticket.registration))
                 self.fail_once(
                     f"lonely:{ticket.ticket}", "ticket-without-waiter",
                     f"TICKET WITHOUT WAITER: ticket {ticket.ticket} on {list(ticket.names)} of live pid "
-                    f"{ticket.pid} ({ticket.label}, {kind}, token {ticket.holder_token}) kept {now - first:.1f} s "
+                    f"{ticket.pid} ({ticket.label}, {kind}, token {ticket.registration}) kept {now - first:.1f} s "
                     "while nobody of it waits",
                     kind,
                 )  # fmt: skip
@@ -1798,11 +1798,11 @@ class Driver:
                 for lease in rtx.leases_on(name):
                     lines.append(
                         f"    {name}: lease {lease.token}-{lease.secret} pid {lease.pid} slots {lease.slots} "
-                        f"token {lease.holder_token}"
+                        f"token {lease.registration}"
                     )
                 for t in rtx.waiting_on(name):
                     lines.append(
-                        f"    {name}: ticket {t.ticket} pid {t.pid} slots {t.slots} token {t.holder_token} "
+                        f"    {name}: ticket {t.ticket} pid {t.pid} slots {t.slots} token {t.registration} "
                         f"channel {t.channel}"
                     )
         with contextlib.suppress(OSError):

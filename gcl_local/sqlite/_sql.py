@@ -327,8 +327,8 @@ class SqliteTx:
         )
         return [_lease(r) for r in _fetch(self.conn, sql, (name,))]
 
-    def leases_of_holder(self, holder_token: str) -> list[LeaseRow]:
-        rows = _fetch(self.conn, f"SELECT {_LEASE_COLUMNS} FROM leases WHERE holder_token = ?", (holder_token,))
+    def leases_of_holder(self, registration: str) -> list[LeaseRow]:
+        rows = _fetch(self.conn, f"SELECT {_LEASE_COLUMNS} FROM leases WHERE holder_token = ?", (registration,))
         return [_lease(r) for r in rows]
 
     def pop_lease(self, token: int, secret: str) -> LeaseRow | None:
@@ -467,8 +467,8 @@ class SqliteTx:
         sql = f"SELECT 1 FROM ticket_names WHERE name IN ({_marks(len(names))}) LIMIT 1"
         return bool(_fetch(self.conn, sql, tuple(names)))
 
-    def tickets_of_holder(self, holder_token: str) -> list[TicketRow]:
-        rows = _fetch(self.conn, f"SELECT {_TICKET_COLUMNS} FROM tickets WHERE holder_token = ?", (holder_token,))
+    def tickets_of_holder(self, registration: str) -> list[TicketRow]:
+        rows = _fetch(self.conn, f"SELECT {_TICKET_COLUMNS} FROM tickets WHERE holder_token = ?", (registration,))
         return [_ticket(r) for r in rows]
 
     def waiting_on(self, name: str) -> list[TicketRow]:
