@@ -236,6 +236,11 @@ class Registration(Protocol):
     def inheritable(self) -> int:
         """A descriptor that keeps the registration alive in a child process that inherits it."""
 
+    @property
+    def held(self) -> bool:
+        """False while the registration may have been lost (its session ended: a server restart, a cut
+        link); the holder's leases must then prove themselves at once (see ``_renewal``)."""
+
 
 class Channel(Protocol):
     """Where one waiter hears its wake-ups."""
@@ -262,6 +267,11 @@ class Backend(Protocol):
 
     max_message: int
     """The longest wake-up message :meth:`wake` carries whole."""
+
+    heartbeat_seconds: float | None
+    """How often a holder proves that its registration is still held (None: while the process lives, it
+    is: one host's kernel says so). A server frees a lost holder's slots after a detection time that is
+    longer than this plus the client's own timeout, so a holder learns of the loss first."""
 
     def write(self, work: Callable[[Tx], T], *, durable: bool = False, blocking: bool = True) -> T:
         """Run ``work(tx)`` in one short write transaction and commit it.

@@ -58,6 +58,14 @@ class Renewal:
         self.failed = False
         self.failures = 0
         self.due = 0.0
+        self.generation = 0
+        """Bumped when the renewal is rescheduled out of turn: older entries of it in the heap are stale."""
+        self.heartbeat = store.heartbeat_seconds
+        self.registration = store.register()[0] if self.heartbeat is not None else None
+
+    def doubted(self) -> bool:
+        """Whether the registration that keeps this lease may have been lost: prove the lease now."""
+        return self.registration is not None and not self.registration.held and not self.failures
 
     def cancel(self) -> None:
         self.cancelled = True
@@ -96,7 +104,9 @@ class Renewal:
 
 
 TICK_SECONDS = 5.0
-"""The renewal thread looks at its schedule at least this often; a lease is at least 60 s long."""
+"""The renewal thread looks at its schedule at least this often; a lease is at least 60 s long. Leases on
+a backend with a heartbeat (a server) are looked at every heartbeat: a lost registration must be
+noticed before the server gives the slots away."""
 
 
 class Renewer:
@@ -110,13 +120,18 @@ class Renewer:
     def __init__(self) -> None:
         self.pid = os.getpid()
         self._new: list[Renewal] = []
-        self._heap: list[tuple[float, int, Renewal]] = []
+        self._heap: list[tuple[float, int, int, Renewal]] = []
         self._order = itertools.count()
         self._started = False
         self._start_lock = threading.Lock()
+        self._tick = TICK_SECONDS
+        self._watched: list[Renewal] = []
+        """Renewals whose registration can be lost while the process lives (on a server)."""
 
     def add(self, renewal: Renewal) -> None:
         renewal.due = time.monotonic() + RENEWAL_FRACTION * renewal.duration
+        if renewal.heartbeat is not None:
+            self._tick = min(self._tick, renewal.heartbeat)
         self._new.append(renewal)  # atomic under the GIL
         if not self._started:
             with self._start_lock:
@@ -133,20 +148,31 @@ class Renewer:
             while self._new:
                 renewal = self._new.pop()
                 if not renewal.cancelled:
-                    heapq.heappush(self._heap, (renewal.due, next(self._order), renewal))
-            while self._heap and (self._heap[0][2].cancelled or self._heap[0][0] <= now):
-                _, _, renewal = heapq.heappop(self._heap)
-                if renewal.cancelled:
+                    self._push(renewal)
+                    if renewal.heartbeat is not None:
+                        self._watched.append(renewal)
+            self._watched = [r for r in self._watched if not r.cancelled]
+            for renewal in self._watched:
+                if renewal.doubted() and renewal.due > now:
+                    renewal.due = now  # its session was lost: renew now, and fail if it cannot
+                    renewal.generation += 1
+                    self._push(renewal)
+            while self._heap and (self._heap[0][3].cancelled or self._heap[0][0] <= now):
+                _, _, generation, renewal = heapq.heappop(self._heap)
+                if renewal.cancelled or generation != renewal.generation:
                     continue
                 delay = renewal.renew_once()
                 if delay is not None:
                     renewal.due = time.monotonic() + delay
-                    heapq.heappush(self._heap, (renewal.due, next(self._order), renewal))
+                    self._push(renewal)
             if len(self._heap) > 64:  # forget released leases that are not due yet
-                self._heap = [entry for entry in self._heap if not entry[2].cancelled]
+                self._heap = [e for e in self._heap if not e[3].cancelled and e[2] == e[3].generation]
                 heapq.heapify(self._heap)
-            next_due = self._heap[0][0] - time.monotonic() if self._heap else TICK_SECONDS
-            time.sleep(min(TICK_SECONDS, max(0.0, next_due)))
+            next_due = self._heap[0][0] - time.monotonic() if self._heap else self._tick
+            time.sleep(min(self._tick, max(0.0, next_due)))
+
+    def _push(self, renewal: Renewal) -> None:
+        heapq.heappush(self._heap, (renewal.due, next(self._order), renewal.generation, renewal))
 
 
 _renewer: Renewer | None = None

@@ -57,6 +57,9 @@ class ProcessToken:
         """The flock-ed descriptor: a child that inherits it keeps this token alive."""
         return self.fd
 
+    held = True
+    """A flock is held until the process (and every child it was handed to) ends."""
+
     def new_pipe_name(self) -> str:
         with self._lock:
             self._pipes += 1

@@ -521,6 +521,7 @@ class Store:
     # -- wake-ups: a named pipe per waiter -----------------------------------------------------------
 
     max_message = _wakeups.MAX_MESSAGE
+    heartbeat_seconds: float | None = None  # the kernel keeps a live process's flock: nothing to prove
 
     def kept_channel(self) -> _wakeups.Pipe:
         """The calling thread's own pipe, made once and kept for every wait of that thread."""
