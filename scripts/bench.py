@@ -32,6 +32,7 @@ import collections
 import contextlib
 import dataclasses
 import fcntl
+import hashlib
 import itertools
 import math
 import multiprocessing as mp
@@ -133,7 +134,22 @@ class SlotFlock:
 
 
 def db_path(directory: str) -> str:
-    return os.path.join(directory, "gcl.db")
+    """Where gcl_local keeps its state for a scenario: a file in *directory*, or with ``--gcl-on-db`` a
+    PostgreSQL schema of the scenario's own on the ``--db`` server (named after *directory*)."""
+    server = os.environ.get("GCL_BENCH_PG")
+    if not server:
+        return os.path.join(directory, "gcl.db")
+    schema = "gcl_bench_" + hashlib.sha1(directory.encode()).hexdigest()[:12]
+    return f"{server}{'&' if '?' in server else '?'}gcl_schema={schema}"
+
+
+def drop_bench_schemas(url: str) -> None:
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        rows = conn.execute("SELECT nspname FROM pg_namespace WHERE nspname LIKE 'gcl\\_bench\\_%'").fetchall()
+        for (schema,) in rows:
+            conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
 
 
 def make_lock(kind: str, directory: str, name: str, limit: int = 1, occupy: int = 1):
@@ -1285,6 +1301,11 @@ def main() -> int:
     )
     parser.add_argument("--waiters", default="", help="process counts of scenarios 11-13, e.g. 4,400")
     parser.add_argument(
+        "--gcl-on-db",
+        action="store_true",
+        help="run gcl_local's side of the scenarios on the --db server (a schema each) instead of a SQLite file",
+    )
+    parser.add_argument(
         "--db",
         default="",
         metavar="URL",
@@ -1306,6 +1327,10 @@ def main() -> int:
         parser.error("--only takes scenario numbers, e.g. 1,3,9, or pg")
     if unknown := [n for n in chosen if n not in SCENARIOS]:
         parser.error(f"no scenario {unknown[0]} (there are 1 to {len(SCENARIOS)})")
+    if args.gcl_on_db:
+        if not args.db:
+            parser.error("--gcl-on-db needs --db URL")
+        os.environ["GCL_BENCH_PG"] = args.db  # the workers inherit it
     began, load = time.monotonic(), os.getloadavg()
     rows, failed = [], False
     pyc = tempfile.TemporaryDirectory(prefix="gcl-bench-pyc-", dir="/tmp")
@@ -1345,6 +1370,9 @@ def main() -> int:
     if pg_rows:
         print("\n".join(pg_table(pg_rows)))
         print()
+    if args.gcl_on_db:
+        drop_bench_schemas(libpq_url(args.db))
+        print("gcl_local's column: on PostgreSQL (--gcl-on-db); its floors are in the table of PostgreSQL floors.")
     print(f"Run took {time.monotonic() - began:.0f} s ({'--quick' if args.quick else 'full run'}).")
     pyc.cleanup()
     return 1 if failed else 0
