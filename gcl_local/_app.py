@@ -58,30 +58,30 @@ def _text(output: _Format | None) -> str | None:
     return None if output is None else output.value
 
 
-Output = Annotated[Optional[_Format], _option(opt.OUTPUT)]  # noqa: UP045
-Db = Annotated[Optional[str], _option(opt.DB)]  # noqa: UP045
-Name = Annotated[str, typer.Argument(metavar="NAME", help="The limit.")]
-Lease = Annotated[str, typer.Argument(metavar="LEASE", help="The lease id.")]
-Names = Annotated[
+_Output = Annotated[Optional[_Format], _option(opt.OUTPUT)]  # noqa: UP045
+_Db = Annotated[Optional[str], _option(opt.DB)]  # noqa: UP045
+_Name = Annotated[str, typer.Argument(metavar="NAME", help="The limit.")]
+_Lease = Annotated[str, typer.Argument(metavar="LEASE", help="The lease id.")]
+_Names = Annotated[
     list[str], typer.Argument(metavar="NAME...", help="Limit names; slots are taken on all of them or none.")
 ]
-NamesAndCommand = Annotated[
+_NamesAndCommand = Annotated[
     list[str], typer.Argument(metavar="NAME... [-- COMMAND...]", help="Limit names, then the command after --.")
 ]
-Occupy = Annotated[int, _option(opt.OCCUPY)]
-Timeout = Annotated[Optional[float], _option(opt.TIMEOUT)]  # noqa: UP045
-NonBlock = Annotated[bool, _option(opt.NONBLOCK)]
-LeaseDuration = Annotated[float, _option(opt.LEASE_DURATION)]
-Strict = Annotated[bool, _option(opt.STRICT)]
-Verbose = Annotated[bool, _option(opt.VERBOSE)]
-BusyCode = Annotated[int, _option(opt.BUSY_EXIT_CODE)]
-HolderPid = Annotated[Optional[int], _option(opt.HOLDER_PID)]  # noqa: UP045
-Rate = Annotated[
+_Occupy = Annotated[int, _option(opt.OCCUPY)]
+_Timeout = Annotated[Optional[float], _option(opt.TIMEOUT)]  # noqa: UP045
+_NonBlock = Annotated[bool, _option(opt.NONBLOCK)]
+_LeaseDuration = Annotated[float, _option(opt.LEASE_DURATION)]
+_Strict = Annotated[bool, _option(opt.STRICT)]
+_Verbose = Annotated[bool, _option(opt.VERBOSE)]
+_BusyCode = Annotated[int, _option(opt.BUSY_EXIT_CODE)]
+_HolderPid = Annotated[Optional[int], _option(opt.HOLDER_PID)]  # noqa: UP045
+_Rate = Annotated[
     Optional[str],  # noqa: UP045
     typer.Option("--rate", metavar="N/UNIT", help="A rate limit in words: at most N calls in any window of one "
                  "UNIT (s, min, h, day). Sets the limit and the decay."),
 ]  # fmt: skip
-Burst = Annotated[
+_Burst = Annotated[
     Optional[int],  # noqa: UP045
     typer.Option("--burst", metavar="B", help="With --rate: at most B of the N calls at once (default 1)."),
 ]
@@ -152,18 +152,18 @@ def _global(
 # -- the commands of the table: run, rate-limit, acquire, renew, release, ls, inspect, metrics ----------
 
 
-@app.command(cls=_KeepsRawArgs)
-def run(
+@app.command("run", cls=_KeepsRawArgs)
+def _run(
     ctx: typer.Context,
-    names_and_command: NamesAndCommand,
-    occupy: Occupy = opt.DEFAULT_OCCUPY,
-    timeout: Timeout = None,
-    nonblock: NonBlock = False,
-    lease_duration: LeaseDuration = DEFAULT_LEASE_SECONDS,
-    strict: Strict = False,
-    verbose: Verbose = False,
-    busy_exit_code: BusyCode = EX_TEMPFAIL,
-    db: Db = None,
+    names_and_command: _NamesAndCommand,
+    occupy: _Occupy = opt.DEFAULT_OCCUPY,
+    timeout: _Timeout = None,
+    nonblock: _NonBlock = False,
+    lease_duration: _LeaseDuration = DEFAULT_LEASE_SECONDS,
+    strict: _Strict = False,
+    verbose: _Verbose = False,
+    busy_exit_code: _BusyCode = EX_TEMPFAIL,
+    db: _Db = None,
 ) -> None:
     """Hold slots while COMMAND runs; exit with its status (75 if the slots were not had).
 
@@ -177,16 +177,16 @@ def run(
 
 
 @app.command("rate-limit", cls=_KeepsRawArgs)
-def rate_limit(
+def _rate_limit(
     ctx: typer.Context,
-    names_and_command: NamesAndCommand,
-    occupy: Occupy = opt.DEFAULT_OCCUPY,
-    timeout: Timeout = None,
-    nonblock: NonBlock = False,
-    strict: Strict = False,
-    verbose: Verbose = False,
-    busy_exit_code: BusyCode = EX_TEMPFAIL,
-    db: Db = None,
+    names_and_command: _NamesAndCommand,
+    occupy: _Occupy = opt.DEFAULT_OCCUPY,
+    timeout: _Timeout = None,
+    nonblock: _NonBlock = False,
+    strict: _Strict = False,
+    verbose: _Verbose = False,
+    busy_exit_code: _BusyCode = EX_TEMPFAIL,
+    db: _Db = None,
 ) -> None:
     """Take rate-limit slots (waiting in line), then run COMMAND if one is given.
 
@@ -199,19 +199,19 @@ def rate_limit(
     ))  # fmt: skip
 
 
-@app.command(cls=_Command)
-def acquire(
-    names: Names,
-    occupy: Occupy = opt.DEFAULT_OCCUPY,
-    timeout: Timeout = None,
-    nonblock: NonBlock = False,
-    lease_duration: LeaseDuration = DEFAULT_LEASE_SECONDS,
-    holder_pid: HolderPid = None,
-    strict: Strict = False,
-    output: Output = None,
-    verbose: Verbose = False,
-    busy_exit_code: BusyCode = EX_TEMPFAIL,
-    db: Db = None,
+@app.command("acquire", cls=_Command)
+def _acquire(
+    names: _Names,
+    occupy: _Occupy = opt.DEFAULT_OCCUPY,
+    timeout: _Timeout = None,
+    nonblock: _NonBlock = False,
+    lease_duration: _LeaseDuration = DEFAULT_LEASE_SECONDS,
+    holder_pid: _HolderPid = None,
+    strict: _Strict = False,
+    output: _Output = None,
+    verbose: _Verbose = False,
+    busy_exit_code: _BusyCode = EX_TEMPFAIL,
+    db: _Db = None,
 ) -> None:
     """Take slots for a script and print the lease id; they are freed when the holder process exits,
     by `gcl release`, or when the lease ends unless renewed with `gcl renew`.
@@ -225,12 +225,12 @@ def acquire(
     ))  # fmt: skip
 
 
-@app.command(cls=_Command)
-def renew(
-    lease: Lease,
-    lease_duration: LeaseDuration = DEFAULT_LEASE_SECONDS,
-    output: Output = None,
-    db: Db = None,
+@app.command("renew", cls=_Command)
+def _renew(
+    lease: _Lease,
+    lease_duration: _LeaseDuration = DEFAULT_LEASE_SECONDS,
+    output: _Output = None,
+    db: _Db = None,
 ) -> None:
     """Extend a lease to LEASE_DURATION seconds from now.
 
@@ -239,11 +239,11 @@ def renew(
     _exit(_commands.cmd_renew(lease_id=lease, lease_duration=lease_duration, output=_text(output), db=_db(db)))
 
 
-@app.command(cls=_Command)
-def release(
-    lease: Lease,
+@app.command("release", cls=_Command)
+def _release(
+    lease: _Lease,
     verbose: Annotated[bool, _option(opt.RELEASE_VERBOSE)] = False,
-    db: Db = None,
+    db: _Db = None,
 ) -> None:
     """Give a lease's slots back (idempotent; also an admin's force-release).
 
@@ -253,7 +253,7 @@ def release(
 
 
 @app.command("ls", cls=_Command)
-def ls(output: Output = None, db: Db = None) -> None:
+def _ls(output: _Output = None, db: _Db = None) -> None:
     """List every limit: slots used of the limit, rate, holders and waiters.
 
     Example: gcl ls -o json
@@ -261,12 +261,12 @@ def ls(output: Output = None, db: Db = None) -> None:
     _exit(_commands.cmd_ls(output=_text(output), db=_db(db)))
 
 
-@app.command(cls=_Command)
-def inspect(
-    name: Name,
-    output: Output = None,
+@app.command("inspect", cls=_Command)
+def _inspect(
+    name: _Name,
+    output: _Output = None,
     file: Annotated[Optional[str], _option(opt.FILE)] = None,  # noqa: UP045
-    db: Db = None,
+    db: _Db = None,
 ) -> None:
     """Show one limit with who holds its slots and who waits.
 
@@ -275,10 +275,10 @@ def inspect(
     _exit(_commands.cmd_inspect(name=name, output=_text(output), file=file, db=_db(db)))
 
 
-@app.command(cls=_Command)
-def metrics(
+@app.command("metrics", cls=_Command)
+def _metrics(
     textfile: Annotated[Optional[str], _option(opt.TEXTFILE)] = None,  # noqa: UP045
-    db: Db = None,
+    db: _Db = None,
 ) -> None:
     """Print every limit's metrics in Prometheus text format (read-only).
 
@@ -290,8 +290,8 @@ def metrics(
 # -- the admin commands and the viewers: only here -------------------------------------------------------
 
 
-@app.command(cls=_Command)
-def create(
+@app.command("create", cls=_Command)
+def _create(
     name: Annotated[str, typer.Argument(metavar="NAME", help="Name of the new limit.")],
     limit: Annotated[
         Optional[int],  # noqa: UP045
@@ -301,12 +301,12 @@ def create(
         Optional[float],  # noqa: UP045
         typer.Option("--slot-decay-per-second", metavar="RATE", help="Slots freed per second (a rate limit)."),
     ] = None,
-    rate: Rate = None,
-    burst: Burst = None,
+    rate: _Rate = None,
+    burst: _Burst = None,
     disable: Annotated[bool, typer.Option("--disable/--no-disable", help="Create it inactive.")] = False,
     active_slots: Annotated[int, typer.Option("--active-slots", metavar="N", help="Initial level of the bucket.")] = 0,
-    output: Output = None,
-    db: Db = None,
+    output: _Output = None,
+    db: _Db = None,
 ) -> None:
     """Create a limit: N slots at once, or a rate in words.
 
@@ -318,9 +318,9 @@ def create(
     ))  # fmt: skip
 
 
-@app.command(cls=_Command)
-def update(
-    name: Name,
+@app.command("update", cls=_Command)
+def _update(
+    name: _Name,
     limit: Annotated[
         Optional[int],  # noqa: UP045
         typer.Option("--limit", "-l", metavar="N", help="New number of slots."),
@@ -329,8 +329,8 @@ def update(
         Optional[float],  # noqa: UP045
         typer.Option("--slot-decay-per-second", metavar="RATE", help="New decay rate."),
     ] = None,
-    rate: Rate = None,
-    burst: Burst = None,
+    rate: _Rate = None,
+    burst: _Burst = None,
     enable: Annotated[bool, typer.Option("--enable/--no-enable", help="Make it active.")] = False,
     disable: Annotated[bool, typer.Option("--disable/--no-disable", help="Make it inactive (no limiting).")] = False,
     active_slots: Annotated[
@@ -340,8 +340,8 @@ def update(
     reset_stats: Annotated[
         bool, typer.Option("--reset-stats", help="Zero its history: counters and wait-time histogram.")
     ] = False,
-    output: Output = None,
-    db: Db = None,
+    output: _Output = None,
+    db: _Db = None,
 ) -> None:
     """Change a limit; waiters that now fit are served at once.
 
@@ -353,8 +353,8 @@ def update(
     ))  # fmt: skip
 
 
-@app.command(cls=_Command)
-def enable(name: Name, db: Db = None) -> None:
+@app.command("enable", cls=_Command)
+def _enable(name: _Name, db: _Db = None) -> None:
     """Make a limit active again.
 
     Example: gcl enable gpu
@@ -362,8 +362,8 @@ def enable(name: Name, db: Db = None) -> None:
     _exit(_commands.cmd_toggle(name=name, active=True, db=_db(db)))
 
 
-@app.command(cls=_Command)
-def disable(name: Name, db: Db = None) -> None:
+@app.command("disable", cls=_Command)
+def _disable(name: _Name, db: _Db = None) -> None:
     """Make a limit inactive: nothing waits on it and no slots are taken.
 
     Example: gcl disable gpu
@@ -375,11 +375,11 @@ def _confirm(question: str) -> bool:
     return bool(typer.confirm(question, default=False))
 
 
-@app.command(cls=_Command)
-def delete(
-    name: Name,
+@app.command("delete", cls=_Command)
+def _delete(
+    name: _Name,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask.")] = False,
-    db: Db = None,
+    db: _Db = None,
 ) -> None:
     """Delete a limit (asks first when run from a terminal).
 
@@ -389,7 +389,7 @@ def delete(
 
 
 @app.command("apply", cls=_Command)
-def apply_(
+def _apply(
     file: Annotated[str, typer.Argument(metavar="FILE", help="The TOML file of limits; - reads stdin.")],
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan, change nothing.")] = False,
     check: Annotated[
@@ -399,8 +399,8 @@ def apply_(
         bool, typer.Option("--prune", help="Delete limits absent from FILE (only those an earlier apply created).")
     ] = False,
     force: Annotated[bool, typer.Option("--force", help="With --prune: delete limits that are held, too.")] = False,
-    output: Output = None,
-    db: Db = None,
+    output: _Output = None,
+    db: _Db = None,
 ) -> None:
     """Make the store match a file of limits, all or nothing; print the plan.
 
@@ -411,8 +411,8 @@ def apply_(
     ))  # fmt: skip
 
 
-@app.command(cls=_Command)
-def export(db: Db = None) -> None:
+@app.command("export", cls=_Command)
+def _export(db: _Db = None) -> None:
     """Print every limit as a file for gcl apply.
 
     Example: gcl export > limits.toml; gcl export | gcl apply --check -
@@ -420,8 +420,8 @@ def export(db: Db = None) -> None:
     _exit(_commands.cmd_export(db=_db(db)))
 
 
-@app.command(cls=_Command)
-def top(
+@app.command("top", cls=_Command)
+def _top(
     once: Annotated[
         bool, typer.Option("--once", help="Print one frame and exit (also when not on a terminal).")
     ] = False,
@@ -429,7 +429,7 @@ def top(
         float,
         typer.Option("--interval", metavar="SECONDS", help=f"Seconds between refreshes (default {TOP_INTERVAL:g})."),
     ] = TOP_INTERVAL,
-    db: Db = None,
+    db: _Db = None,
 ) -> None:
     """A live view of every limit, its holders and waiters (read-only); j/k or arrows select, q quits.
 
@@ -438,8 +438,8 @@ def top(
     _exit(_commands.cmd_top(once=once, interval=interval, db=_db(db)))
 
 
-@app.command(cls=_Command)
-def serve(
+@app.command("serve", cls=_Command)
+def _serve(
     host: Annotated[
         Optional[str],  # noqa: UP045
         typer.Option("--host", metavar="HOST", help="Address to listen on (default 127.0.0.1)."),
@@ -456,7 +456,7 @@ def serve(
     no_token: Annotated[
         bool, typer.Option("--no-token", help="Serve without a token: anyone who reaches the port can read it.")
     ] = False,
-    db: Db = None,
+    db: _Db = None,
 ) -> None:
     """Serve a read-only web page of every limit, its holders and waiters (also /api/limits and /metrics).
 

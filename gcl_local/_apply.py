@@ -364,4 +364,5 @@ __all__ = [
     "plan",
     "plan_text",
     "read_file",
+    "describe",
 ]

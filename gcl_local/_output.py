@@ -228,6 +228,7 @@ def holders_table(holders: Sequence[Lease], now: datetime, *, dead: bool = False
 
 
 __all__ = [
+    "WIDTH",
     "count",
     "duration",
     "header",

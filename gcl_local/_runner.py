@@ -130,4 +130,10 @@ def _forward(child: int, signum: int) -> None:
         os.kill(child, signum)
 
 
-__all__ = ["command_environment", "exit_status", "program_label", "run_command"]
+__all__ = [
+    "FORWARDED",
+    "command_environment",
+    "exit_status",
+    "program_label",
+    "run_command",
+]

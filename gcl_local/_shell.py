@@ -497,7 +497,12 @@ def to_the_end(work: Callable[[], T]) -> T:
 
 __all__ = [
     "Acquisition",
+    "LetThrough",
+    "MAX_LABEL",
     "MissingLimitWarning",
+    "SWEEP_ABOVE",
+    "SWEEP_EVERY_SECONDS",
+    "SWEPT",
     "SignalsHeldBack",
     "check_wait_args",
     "kept_pipe",

@@ -681,4 +681,19 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_after_fork)
 
 
-__all__ = ["MOUNTINFO", "Store", "Tx", "WouldBlock", "default_path", "file_mode", "get_store"]
+__all__ = [
+    "BUSY_GIVE_UP_SECONDS",
+    "FRONT_POLL_SECONDS",
+    "MOUNTINFO",
+    "NETWORK_FILESYSTEMS",
+    "Store",
+    "TURNSTILE",
+    "TURNSTILE_POLLS",
+    "Tx",
+    "WouldBlock",
+    "default_path",
+    "file_mode",
+    "filesystem_type",
+    "get_store",
+    "resolve_path",
+]

@@ -363,9 +363,13 @@ def user_name() -> str:
 
 
 __all__ = [
+    "PIPE_SUFFIX",
     "Pipe",
     "ProcessToken",
+    "STALE_TEMPORARY_SECONDS",
+    "TOKEN_SUFFIX",
     "host_name",
+    "new_pipe",
     "orphan_pipes",
     "pid_alive",
     "process_start_time",
