@@ -1,13 +1,14 @@
 #!/usr/bin/env python3
 """Cold start of the ``gcl`` command against ``python -c pass``, in one run; where the time goes.
 
-Usage: .venv/bin/python scripts/coldstart [--runs 10] [--top 12]
+Usage: .venv/bin/python scripts/coldstart.py [--runs 10] [--top 12]
 
-Times, interleaved round by round on a fresh state file with a limit ``job`` (from the bytecode that
-``pip install`` wrote, as an installed ``gcl`` runs): ``python -c pass``, ``gcl run job -- true``, ``gcl ls``, ``gcl ls -o json``,
-``gcl inspect job -o json``, ``gcl --version``; prints best and median of each and their ratio to
-``python -c pass``. Then the biggest cumulative imports (``python -X importtime``) of ``gcl run`` and
-``gcl ls``. Goals (issue 11): ``gcl run`` <= 3 x ``python -c pass``; ``gcl ls`` <= 150 ms.
+Times, interleaved round by round on a fresh state file with a limit ``job`` (from the bytecode
+that ``pip install`` wrote, as an installed ``gcl`` runs): ``python -c pass``, ``gcl run job -- true``,
+``gcl ls``, ``gcl ls -o json``, ``gcl inspect job -o json``, ``gcl --version``; prints best and median
+of each and their ratio to ``python -c pass``. Then the biggest cumulative imports (``python -X
+importtime``) of ``gcl run`` and ``gcl ls``. Goals (issue 11): ``gcl run`` <= 3 x ``python -c pass``;
+``gcl ls`` <= 150 ms.
 """
 
 from __future__ import annotations
