@@ -44,7 +44,13 @@ app = typer.Typer(
 def _option(option: opt.Option, **extra: Any) -> Any:
     """The ``typer.Option`` of an option of the table: the same flags, metavar, help and range."""
     return typer.Option(
-        *option.flags, metavar=option.metavar, help=option.help, min=option.minimum, max=option.maximum, **extra
+        *option.flags,
+        metavar=option.metavar,
+        help=option.help,
+        min=option.minimum,
+        max=option.maximum,
+        envvar=option.envvar,
+        **extra,
     )
 
 
@@ -92,7 +98,7 @@ class _State:
 
 
 def _db(local: str | None) -> str | None:
-    """``--db`` given after the command wins over the one before it (the store reads $GCL_DB itself)."""
+    """``--db`` given after the command wins over the one before it (and over $GCL_DB)."""
     return local if local is not None else _State.db
 
 
@@ -149,147 +155,6 @@ def _global(
     _State.db = db
 
 
-# -- the commands of the table: run, rate-limit, acquire, renew, release, ls, inspect, metrics ----------
-
-
-@app.command("run", cls=_KeepsRawArgs)
-def _run(
-    ctx: typer.Context,
-    names_and_command: _NamesAndCommand,
-    occupy: _Occupy = opt.DEFAULT_OCCUPY,
-    timeout: _Timeout = None,
-    nonblock: _NonBlock = False,
-    lease_duration: _LeaseDuration = DEFAULT_LEASE_SECONDS,
-    strict: _Strict = False,
-    verbose: _Verbose = False,
-    busy_exit_code: _BusyCode = EX_TEMPFAIL,
-    db: _Db = None,
-) -> None:
-    """Hold slots while COMMAND runs; exit with its status (75 if the slots were not had).
-
-    Example: gcl run nightly-db --timeout 600 -- ./backup.sh
-    """
-    names, command = _split(ctx, names_and_command)
-    _exit(_commands.cmd_run(
-        names=names, command=command, occupy=occupy, timeout=timeout, nonblock=nonblock, lease_duration=lease_duration,
-        strict=strict, verbose=verbose, busy_exit_code=busy_exit_code, db=_db(db),
-    ))  # fmt: skip
-
-
-@app.command("rate-limit", cls=_KeepsRawArgs)
-def _rate_limit(
-    ctx: typer.Context,
-    names_and_command: _NamesAndCommand,
-    occupy: _Occupy = opt.DEFAULT_OCCUPY,
-    timeout: _Timeout = None,
-    nonblock: _NonBlock = False,
-    strict: _Strict = False,
-    verbose: _Verbose = False,
-    busy_exit_code: _BusyCode = EX_TEMPFAIL,
-    db: _Db = None,
-) -> None:
-    """Take rate-limit slots (waiting in line), then run COMMAND if one is given.
-
-    Example: gcl rate-limit vendor-api -- curl -s https://api.example.com/
-    """
-    names, command = _split(ctx, names_and_command)
-    _exit(_commands.cmd_rate_limit(
-        names=names, command=command, occupy=occupy, timeout=timeout, nonblock=nonblock, strict=strict,
-        verbose=verbose, busy_exit_code=busy_exit_code, db=_db(db),
-    ))  # fmt: skip
-
-
-@app.command("acquire", cls=_Command)
-def _acquire(
-    names: _Names,
-    occupy: _Occupy = opt.DEFAULT_OCCUPY,
-    timeout: _Timeout = None,
-    nonblock: _NonBlock = False,
-    lease_duration: _LeaseDuration = DEFAULT_LEASE_SECONDS,
-    holder_pid: _HolderPid = None,
-    strict: _Strict = False,
-    output: _Output = None,
-    verbose: _Verbose = False,
-    busy_exit_code: _BusyCode = EX_TEMPFAIL,
-    db: _Db = None,
-) -> None:
-    """Take slots for a script and print the lease id; they are freed when the holder process exits,
-    by `gcl release`, or when the lease ends unless renewed with `gcl renew`.
-
-    Example: lease=$(gcl acquire db --timeout 60) && trap 'gcl release "$lease"' EXIT
-    """
-    _exit(_commands.cmd_acquire(
-        names=names, occupy=occupy, timeout=timeout, nonblock=nonblock, lease_duration=lease_duration,
-        holder_pid=holder_pid, strict=strict, output=_text(output), verbose=verbose, busy_exit_code=busy_exit_code,
-        db=_db(db),
-    ))  # fmt: skip
-
-
-@app.command("renew", cls=_Command)
-def _renew(
-    lease: _Lease,
-    lease_duration: _LeaseDuration = DEFAULT_LEASE_SECONDS,
-    output: _Output = None,
-    db: _Db = None,
-) -> None:
-    """Extend a lease to LEASE_DURATION seconds from now.
-
-    Example: gcl renew "$lease" --lease-duration 600
-    """
-    _exit(_commands.cmd_renew(lease_id=lease, lease_duration=lease_duration, output=_text(output), db=_db(db)))
-
-
-@app.command("release", cls=_Command)
-def _release(
-    lease: _Lease,
-    verbose: Annotated[bool, _option(opt.RELEASE_VERBOSE)] = False,
-    db: _Db = None,
-) -> None:
-    """Give a lease's slots back (idempotent; also an admin's force-release).
-
-    Example: gcl release 17-9f2c4e1a
-    """
-    _exit(_commands.cmd_release(lease_id=lease, verbose=verbose, db=_db(db)))
-
-
-@app.command("ls", cls=_Command)
-def _ls(output: _Output = None, db: _Db = None) -> None:
-    """List every limit: slots used of the limit, rate, holders and waiters.
-
-    Example: gcl ls -o json
-    """
-    _exit(_commands.cmd_ls(output=_text(output), db=_db(db)))
-
-
-@app.command("inspect", cls=_Command)
-def _inspect(
-    name: _Name,
-    output: _Output = None,
-    file: Annotated[Optional[str], _option(opt.FILE)] = None,  # noqa: UP045
-    db: _Db = None,
-) -> None:
-    """Show one limit with who holds its slots and who waits.
-
-    Example: gcl inspect gpu; gcl inspect gpu -o json --file gpu.json
-    """
-    _exit(_commands.cmd_inspect(name=name, output=_text(output), file=file, db=_db(db)))
-
-
-@app.command("metrics", cls=_Command)
-def _metrics(
-    textfile: Annotated[Optional[str], _option(opt.TEXTFILE)] = None,  # noqa: UP045
-    db: _Db = None,
-) -> None:
-    """Print every limit's metrics in Prometheus text format (read-only).
-
-    Example: gcl metrics; gcl metrics --textfile /var/lib/node_exporter/textfile_collector
-    """
-    _exit(_commands.cmd_metrics(textfile=textfile, db=_db(db)))
-
-
-# -- the admin commands and the viewers: only here -------------------------------------------------------
-
-
 @app.command("create", cls=_Command)
 def _create(
     name: Annotated[str, typer.Argument(metavar="NAME", help="Name of the new limit.")],
@@ -316,6 +181,29 @@ def _create(
         name=name, limit=limit, slot_decay_per_second=slot_decay_per_second, rate=rate, burst=burst, disable=disable,
         active_slots=active_slots, output=_text(output), db=_db(db),
     ))  # fmt: skip
+
+
+@app.command("ls", cls=_Command)
+def _ls(output: _Output = None, db: _Db = None) -> None:
+    """List every limit: slots used of the limit, rate, holders and waiters.
+
+    Example: gcl ls -o json
+    """
+    _exit(_commands.cmd_ls(output=_text(output), db=_db(db)))
+
+
+@app.command("inspect", cls=_Command)
+def _inspect(
+    name: _Name,
+    output: _Output = None,
+    file: Annotated[Optional[str], _option(opt.FILE)] = None,  # noqa: UP045
+    db: _Db = None,
+) -> None:
+    """Show one limit with who holds its slots and who waits.
+
+    Example: gcl inspect gpu; gcl inspect gpu -o json --file gpu.json
+    """
+    _exit(_commands.cmd_inspect(name=name, output=_text(output), file=file, db=_db(db)))
 
 
 @app.command("update", cls=_Command)
@@ -420,6 +308,18 @@ def _export(db: _Db = None) -> None:
     _exit(_commands.cmd_export(db=_db(db)))
 
 
+@app.command("metrics", cls=_Command)
+def _metrics(
+    textfile: Annotated[Optional[str], _option(opt.TEXTFILE)] = None,  # noqa: UP045
+    db: _Db = None,
+) -> None:
+    """Print every limit's metrics in Prometheus text format (read-only).
+
+    Example: gcl metrics; gcl metrics --textfile /var/lib/node_exporter/textfile_collector
+    """
+    _exit(_commands.cmd_metrics(textfile=textfile, db=_db(db)))
+
+
 @app.command("top", cls=_Command)
 def _top(
     once: Annotated[
@@ -467,6 +367,110 @@ def _serve(
     _exit(_commands.cmd_serve(
         host=host, port=port, open_browser=open_browser, uds=uds, no_token=no_token, db=_db(db)
     ))  # fmt: skip
+
+
+# The commands of the table (_options.COMMANDS), which the small parser of _cli reads too, are ls,
+# inspect and metrics above, and these.
+
+
+@app.command("run", cls=_KeepsRawArgs)
+def _run(
+    ctx: typer.Context,
+    names_and_command: _NamesAndCommand,
+    occupy: _Occupy = opt.DEFAULT_OCCUPY,
+    timeout: _Timeout = None,
+    nonblock: _NonBlock = False,
+    lease_duration: _LeaseDuration = DEFAULT_LEASE_SECONDS,
+    strict: _Strict = False,
+    verbose: _Verbose = False,
+    busy_exit_code: _BusyCode = EX_TEMPFAIL,
+    db: _Db = None,
+) -> None:
+    """Hold slots while COMMAND runs; exit with its status (75 if the slots were not had).
+
+    Example: gcl run nightly-db --timeout 600 -- ./backup.sh
+    """
+    names, command = _split(ctx, names_and_command)
+    _exit(_commands.cmd_run(
+        names=names, command=command, occupy=occupy, timeout=timeout, nonblock=nonblock, lease_duration=lease_duration,
+        strict=strict, verbose=verbose, busy_exit_code=busy_exit_code, db=_db(db),
+    ))  # fmt: skip
+
+
+@app.command("rate-limit", cls=_KeepsRawArgs)
+def _rate_limit(
+    ctx: typer.Context,
+    names_and_command: _NamesAndCommand,
+    occupy: _Occupy = opt.DEFAULT_OCCUPY,
+    timeout: _Timeout = None,
+    nonblock: _NonBlock = False,
+    strict: _Strict = False,
+    verbose: _Verbose = False,
+    busy_exit_code: _BusyCode = EX_TEMPFAIL,
+    db: _Db = None,
+) -> None:
+    """Take rate-limit slots (waiting in line), then run COMMAND if one is given.
+
+    Example: gcl rate-limit vendor-api -- curl -s https://api.example.com/
+    """
+    names, command = _split(ctx, names_and_command)
+    _exit(_commands.cmd_rate_limit(
+        names=names, command=command, occupy=occupy, timeout=timeout, nonblock=nonblock, strict=strict,
+        verbose=verbose, busy_exit_code=busy_exit_code, db=_db(db),
+    ))  # fmt: skip
+
+
+@app.command("acquire", cls=_Command)
+def _acquire(
+    names: _Names,
+    occupy: _Occupy = opt.DEFAULT_OCCUPY,
+    timeout: _Timeout = None,
+    nonblock: _NonBlock = False,
+    lease_duration: _LeaseDuration = DEFAULT_LEASE_SECONDS,
+    holder_pid: _HolderPid = None,
+    strict: _Strict = False,
+    output: _Output = None,
+    verbose: _Verbose = False,
+    busy_exit_code: _BusyCode = EX_TEMPFAIL,
+    db: _Db = None,
+) -> None:
+    """Take slots for a script and print the lease id; they are freed when the holder process exits,
+    by `gcl release`, or when the lease ends unless renewed with `gcl renew`.
+
+    Example: lease=$(gcl acquire db --timeout 60) && trap 'gcl release "$lease"' EXIT
+    """
+    _exit(_commands.cmd_acquire(
+        names=names, occupy=occupy, timeout=timeout, nonblock=nonblock, lease_duration=lease_duration,
+        holder_pid=holder_pid, strict=strict, output=_text(output), verbose=verbose, busy_exit_code=busy_exit_code,
+        db=_db(db),
+    ))  # fmt: skip
+
+
+@app.command("renew", cls=_Command)
+def _renew(
+    lease: _Lease,
+    lease_duration: _LeaseDuration = DEFAULT_LEASE_SECONDS,
+    output: _Output = None,
+    db: _Db = None,
+) -> None:
+    """Extend a lease to LEASE_DURATION seconds from now.
+
+    Example: gcl renew "$lease" --lease-duration 600
+    """
+    _exit(_commands.cmd_renew(lease_id=lease, lease_duration=lease_duration, output=_text(output), db=_db(db)))
+
+
+@app.command("release", cls=_Command)
+def _release(
+    lease: _Lease,
+    verbose: Annotated[bool, _option(opt.RELEASE_VERBOSE)] = False,
+    db: _Db = None,
+) -> None:
+    """Give a lease's slots back (idempotent; also an admin's force-release).
+
+    Example: gcl release 17-9f2c4e1a
+    """
+    _exit(_commands.cmd_release(lease_id=lease, verbose=verbose, db=_db(db)))
 
 
 def run_app(args: list[str]) -> NoReturn:

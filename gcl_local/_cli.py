@@ -12,6 +12,7 @@ so that a usage error reads the same whichever way it came.
 
 from __future__ import annotations
 
+import os
 import sys
 
 from ._options import COMMANDS, GLOBAL_OPTIONS, NAMES, NAMES_AND_COMMAND, NOTHING, ONE, Option
@@ -102,6 +103,13 @@ def parse(argv: Sequence[str]) -> Call | None:
         i = after
     if given.pop("version", False):  # eager, as typer's: whatever follows
         return "cmd_version", {}
+    for option in GLOBAL_OPTIONS:
+        from_environment = os.environ.get(option.envvar) if option.envvar else None
+        if option.dest not in given and from_environment:  # as click: an empty one is not given
+            value = _value(option, from_environment)
+            if value is _REFUSED:
+                return None
+            given[option.dest] = value
     if i >= len(args) or args[i] not in COMMANDS:
         return None
     command = COMMANDS[args[i]]

@@ -29,10 +29,11 @@ class Option:
     """One option: the keyword of the command function it fills, its flags and how its value is read.
 
     ``kind`` is ``bool`` for a flag (present: True), else the type its value is converted to:
-    ``int``, ``float`` or ``str``. ``choices`` and ``minimum``/``maximum`` restrict the value.
+    ``int``, ``float`` or ``str``. ``choices`` and ``minimum``/``maximum`` restrict the value;
+    ``envvar`` names an environment variable read when the option is not given (when not empty).
     """
 
-    __slots__ = ("choices", "default", "dest", "flags", "help", "kind", "maximum", "metavar", "minimum")
+    __slots__ = ("choices", "default", "dest", "envvar", "flags", "help", "kind", "maximum", "metavar", "minimum")
 
     def __init__(
         self,
@@ -46,6 +47,7 @@ class Option:
         choices: tuple[str, ...] | None = None,
         minimum: int | None = None,
         maximum: int | None = None,
+        envvar: str | None = None,
     ) -> None:
         self.dest = dest
         self.flags = flags
@@ -56,6 +58,7 @@ class Option:
         self.choices = choices
         self.minimum = minimum
         self.maximum = maximum
+        self.envvar = envvar
 
     def __repr__(self) -> str:
         return f"Option({'/'.join(self.flags)})"
@@ -111,7 +114,13 @@ TEXTFILE = Option(
 )
 
 GLOBAL_DB = Option(
-    "db", ("--db",), str, None, "State file (default: $GCL_DB, else $XDG_STATE_HOME/gcl_local/gcl.db).", metavar="PATH"
+    "db",
+    ("--db",),
+    str,
+    None,
+    "State file (default: $GCL_DB, else $XDG_STATE_HOME/gcl_local/gcl.db).",
+    metavar="PATH",
+    envvar="GCL_DB",
 )
 VERSION = Option("version", ("--version",), bool, False, "Print the version and exit.")
 GLOBAL_OPTIONS = (GLOBAL_DB, VERSION)

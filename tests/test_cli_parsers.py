@@ -159,21 +159,43 @@ def test_the_matrix_is_big_and_both_ways_are_exercised() -> None:
     assert 250 < taken < len(CASES) - 150
 
 
-def test_the_small_parser_and_typer_make_the_same_call(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    mismatches = []
-    for argv, must in CASES:
+def mismatches(
+    cases: list[tuple[list[str], bool]], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> list[tuple[Any, ...]]:
+    found = []
+    for argv, must in cases:
         small = _cli.parse(argv)
         if small is None:
             if must:
-                mismatches.append((argv, "the small parser left it to typer", typer_outcome(argv, monkeypatch, capsys)))
+                found.append((argv, "the small parser left it to typer", typer_outcome(argv, monkeypatch, capsys)))
             continue
         expected = typed(small)
         got = typed(typer_outcome(argv, monkeypatch, capsys))
         if got != expected:
-            mismatches.append((argv, expected, got))
-    assert mismatches == [], "\n".join(map(repr, mismatches[:20]))
+            found.append((argv, expected, got))
+    return found
+
+
+def test_the_small_parser_and_typer_make_the_same_call(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    found = mismatches(CASES, monkeypatch, capsys)
+    assert found == [], "\n".join(map(repr, found[:20]))
+
+
+@pytest.mark.parametrize("environment", ["env.db", ""])
+def test_gcl_db_from_the_environment_reads_the_same(
+    environment: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """$GCL_DB stands for gcl's own --db (an empty one for none); a --db given wins."""
+    monkeypatch.setenv("GCL_DB", environment)
+    cases = [(argv, must) for argv, must in CASES if "--db" in " ".join(argv) or len(argv) <= 2]
+    assert len(cases) > 50
+    found = mismatches(cases, monkeypatch, capsys)
+    assert found == [], "\n".join(map(repr, found[:20]))
+    call = _cli.parse(["ls"])
+    assert call is not None
+    assert call[1]["db"] == (environment or None)
 
 
 def test_the_tables_flags_defaults_and_help_are_typers() -> None:
@@ -193,6 +215,7 @@ def test_the_tables_flags_defaults_and_help_are_typers() -> None:
                 assert param.metavar == option.metavar, (word, option)
     (db, version) = sorted((p for p in group.params if p.name in ("db", "version")), key=lambda p: p.name)
     assert sorted(db.opts) == list(_options.GLOBAL_DB.flags)
+    assert db.envvar == _options.GLOBAL_DB.envvar == "GCL_DB"
     assert sorted(version.opts) == list(_options.VERSION.flags)
     assert list(_options.OUTPUT_FORMATS) == [f.value for f in _app._Format]
     assert _options.OCCUPY.default == 1
