@@ -51,11 +51,11 @@ def import_profile(cmd: list[str], env: dict[str, str], top: int) -> list[tuple[
     for line in done.stderr.splitlines():
         if not line.startswith("import time:") or "cumulative" in line:
             continue
-        self_us, cumulative, module = (part.strip() for part in line.removeprefix("import time:").split("|"))
-        rows.append((int(cumulative), int(self_us), module))
+        self_us, cumulative, module = line.removeprefix("import time:").split("|")
+        rows.append((int(cumulative), int(self_us), module[1:].rstrip()))  # nested ones stay indented
     total = sum(c for c, _, m in rows if not m.startswith(" "))
     rows.sort(reverse=True)
-    return [(total, 0, "(all top-level imports)"), *rows[:top]]
+    return [(total, 0, "(all imports)"), *((c, s, m.strip()) for c, s, m in rows[:top])]
 
 
 def main() -> int:

@@ -12,6 +12,7 @@ value gets the same error either way.
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -276,3 +277,24 @@ def test_the_small_parsers_commands_import_no_typer_click_or_pydantic(tmp_path: 
         [sys.executable, "-c", code, "--db", db, *argv], capture_output=True, text=True, check=True, timeout=60
     )
     assert result.stdout.strip().splitlines()[-1] == "[]", result.stdout
+
+
+def _imported_modules(module: Any) -> set[str]:
+    """The gcl_local modules a module imports, at its top or inside its functions."""
+    tree = ast.parse(Path(module.__file__ or "").read_text(encoding="utf-8"))
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.level == 1:
+            if node.module:
+                found.add(node.module)
+            else:
+                found.update(alias.name for alias in node.names)
+    return found
+
+
+def test_no_import_cycle_between_the_parsers_and_the_commands() -> None:
+    """_cli (the small parser) may load _app (typer) for what it does not take; nothing loads _cli
+    but the entry points, and the command functions load neither parser."""
+    assert "_cli" not in _imported_modules(_app)
+    assert not {"_cli", "_app"} & _imported_modules(_commands)
+    assert not {"_cli", "_app", "_commands"} & _imported_modules(_options)
