@@ -17,7 +17,7 @@ import sys
 
 from ._options import COMMANDS, GLOBAL_OPTIONS, NAMES, NAMES_AND_COMMAND, NOTHING, ONE, Option
 
-TYPE_CHECKING = False
+TYPE_CHECKING = False  # not typing's: this module must not cost the import of typing
 if TYPE_CHECKING:
     from collections.abc import Sequence
     from typing import Any
@@ -158,8 +158,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if call is None:
         from ._app import run_app
 
-        run_app(args)
-        return
+        run_app(args)  # it exits, as the command functions' codes do
     from . import _commands
 
     function, kwargs = call

@@ -14,12 +14,13 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from typing import TYPE_CHECKING, NoReturn
 
 from ._errors import EX_TEMPFAIL, EX_USAGE, AcquireConcurrencySlotTimeoutError, GclError, NoStateFileError
 
+TYPE_CHECKING = False  # not typing's: this module must not cost the import of typing
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Sequence
+    from typing import NoReturn
 
     from ._model import Lease, Limit
     from ._shell import Acquisition
