@@ -6,10 +6,10 @@ Coordinated through one SQLite file, with no daemon. The API mirrors Prefect's
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
+TYPE_CHECKING = False  # not typing's: `import gcl_local` must not cost the import of typing
 if TYPE_CHECKING:
-    from ._clock import FakeClock
+    from typing import Any
+
     from ._errors import (
         AcquireConcurrencySlotTimeoutError,
         ConcurrencySlotAcquisitionError,
@@ -23,15 +23,13 @@ if TYPE_CHECKING:
         StoreError,
     )
     from ._limits import create_limit, delete_limit, list_limits, read_limit, update_limit
-    from ._model import Lease, Limit, Waiter
+    from ._model import Lease, Limit, Stats, Waiter
     from ._shell import MissingLimitWarning
-    from .sqlite import Store
     from .sync import acquire_lease, concurrency, rate_limit, release_lease, renew_lease
 
 # Names are loaded on first use (PEP 562): `gcl run`, started by cron every minute, imports only
 # what it needs, while `from gcl_local import concurrency` works as usual.
 _HOMES = {
-    "FakeClock": "_clock",
     "AcquireConcurrencySlotTimeoutError": "_errors",
     "ConcurrencySlotAcquisitionError": "_errors",
     "GclError": "_errors",
@@ -49,9 +47,9 @@ _HOMES = {
     "update_limit": "_limits",
     "Lease": "_model",
     "Limit": "_model",
+    "Stats": "_model",
     "Waiter": "_model",
     "MissingLimitWarning": "_shell",
-    "Store": "sqlite",
     "acquire_lease": "sync",
     "concurrency": "sync",
     "rate_limit": "sync",
@@ -76,11 +74,11 @@ def __dir__() -> list[str]:
 
 
 __version__ = "0.1.0"
+"""The version of gcl_local: written here only (pyproject.toml reads it; ``gcl --version`` prints it)."""
 
 __all__ = [
     "AcquireConcurrencySlotTimeoutError",
     "ConcurrencySlotAcquisitionError",
-    "FakeClock",
     "GclError",
     "InvalidArgumentError",
     "InvalidLimitError",
@@ -91,7 +89,7 @@ __all__ = [
     "LimitExistsError",
     "LimitNotFoundError",
     "MissingLimitWarning",
-    "Store",
+    "Stats",
     "StoreError",
     "Waiter",
     "__version__",

@@ -365,4 +365,5 @@ __all__ = [
     "plan",
     "plan_text",
     "read_file",
+    "describe",
 ]

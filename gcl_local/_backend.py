@@ -389,4 +389,5 @@ __all__ = [
     "WouldBlock",
     "is_postgres",
     "open_backend",
+    "POSTGRES_SCHEMES",
 ]

@@ -108,4 +108,11 @@ def script_pid() -> tuple[int | None, str]:
     return None, f"more than {MAX_DEPTH} wrappers and subshells above gcl"
 
 
-__all__ = ["PROC", "WRAPPERS", "script_pid"]
+__all__ = [
+    "MAX_DEPTH",
+    "MULTI_CALL",
+    "PROC",
+    "REAPERS",
+    "WRAPPERS",
+    "script_pid",
+]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Sequence
 from datetime import datetime, timezone
@@ -99,6 +98,8 @@ def header(path: str) -> str:
 
 
 def print_json(value: Any) -> None:
+    import json  # only for -o json: `gcl ls` prints a table without it
+
     json.dump(value, sys.stdout, indent=2, ensure_ascii=False)
     sys.stdout.write("\n")
 
@@ -228,6 +229,7 @@ def holders_table(holders: Sequence[Lease], now: datetime, *, dead: bool = False
 
 
 __all__ = [
+    "WIDTH",
     "count",
     "duration",
     "header",

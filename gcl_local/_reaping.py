@@ -162,6 +162,7 @@ def forget_registration(tx: Tx, effects: Effects, registration: str) -> None:
 
 __all__ = [
     "Liveness",
+    "MIN_OCCUPANCY_SAMPLE",
     "Snapshot",
     "drop_holder",
     "drop_lease",

@@ -187,4 +187,12 @@ def renewer() -> Renewer:
         return _renewer
 
 
-__all__ = ["RENEWAL_FRACTION", "Renewal", "Renewer", "renewal_failed_message", "renewer"]
+__all__ = [
+    "RENEWAL_FRACTION",
+    "RETRY_DELAYS",
+    "Renewal",
+    "Renewer",
+    "TICK_SECONDS",
+    "renewal_failed_message",
+    "renewer",
+]

@@ -168,4 +168,11 @@ def _forward(child: int, signum: int) -> None:
         os.kill(child, signum)
 
 
-__all__ = ["command_environment", "exit_status", "program_label", "run_command"]
+__all__ = [
+    "FORWARDED",
+    "LOST_LEASE_GRACE_SECONDS",
+    "command_environment",
+    "exit_status",
+    "program_label",
+    "run_command",
+]

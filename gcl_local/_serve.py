@@ -28,7 +28,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from . import _cli, _metrics, _serve_page
+from . import _commands, _metrics, _serve_page
 from ._backend import Backend
 from ._errors import GclError, InvalidLimitError, LimitNotFoundError, NoStateFileError
 from ._limits import snapshot
@@ -341,7 +341,7 @@ def serve(
     server.store = store
     server.token = secrets.token_urlsafe(32) if token and uds is None else None
     try:
-        with _cli._unwinding_signals():  # SIGTERM, SIGHUP: exit 128+N (Ctrl-C: 0, see serve())
+        with _commands.unwinding_signals():  # SIGTERM, SIGHUP: exit 128+N (Ctrl-C: 0, see serve())
             if uds is not None:
                 url = "http://localhost/"
                 sys.stdout.write(f"http+unix://{uds.replace('/', '%2F')}/\n")

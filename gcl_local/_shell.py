@@ -475,6 +475,8 @@ def to_the_end(work: Callable[[], T]) -> T:
 
 __all__ = [
     "Acquisition",
+    "LetThrough",
+    "MAX_LABEL",
     "MissingLimitWarning",
     "SignalsHeldBack",
     "check_wait_args",

@@ -185,4 +185,12 @@ def run(path: str, read: Callable[[], list[Limit]], interval: float, once: bool)
         termios.tcsetattr(fd, termios.TCSADRAIN, saved)
 
 
-__all__ = ["Rates", "details", "frame", "limits_table", "run"]
+__all__ = [
+    "BAR_WIDTH",
+    "RATE_WINDOW_SECONDS",
+    "Rates",
+    "details",
+    "frame",
+    "limits_table",
+    "run",
+]

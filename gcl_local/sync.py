@@ -240,6 +240,7 @@ def renew_lease(lease_id: str, lease_duration: float = DEFAULT_LEASE_SECONDS, *,
 __all__ = [
     "AcquireConcurrencySlotTimeoutError",
     "ConcurrencySlotAcquisitionError",
+    "DbArg",
     "acquire_lease",
     "acquire_slots",
     "concurrency",

@@ -39,6 +39,7 @@ from gcl_local import (
     MissingLimitWarning,
     StoreError,
     _cli,
+    _commands,
     _shell,
     concurrency,
     create_limit,
@@ -751,7 +752,7 @@ def test_cli_run_nonblocking_with_any_arguments(db: str, run_names: list[str], o
     with concurrency("busy", db=db) as held:
         before = snapshot(db)
         command = ["sh", "-c", f"exit {CHILD_CODE}"]
-        with mock.patch.object(_cli, "_exec", fake_exec):
+        with mock.patch.object(_commands, "_exec", fake_exec):
             code, out, err = run_cli(["--db", db, "run", "-n", *option_list(options), *run_names, "--", *command])
         note(f"exit {code}")
         assert code in {1, 2, 75, CHILD_CODE}, (code, out, err)
@@ -777,7 +778,7 @@ def test_cli_run_through_the_typer_app_itself(db: str) -> None:
     from gcl_local._app import app
 
     create_limit("free", 1, db=db)
-    with mock.patch.object(_cli, "_exec", fake_exec):
+    with mock.patch.object(_commands, "_exec", fake_exec):
         code, _, err = run_cli(["--db", db, "run", "--occupy", "x", "free", "--", "sh", "-c", "exit 3"])
     assert code == 2, err  # a usage error, answered by the typer app (which keeps these arguments)
     result = CliRunner().invoke(app, ["--db", db, "run", "-n", "free", "--", "sh", "-c", f"exit {CHILD_CODE}"])

@@ -28,8 +28,6 @@ from hypothesis.stateful import (
 from gcl_local import (
     AcquireConcurrencySlotTimeoutError,
     ConcurrencySlotAcquisitionError,
-    FakeClock,
-    Store,
     acquire_lease,
     create_limit,
     rate_limit,
@@ -38,6 +36,8 @@ from gcl_local import (
     renew_lease,
     update_limit,
 )
+from gcl_local._clock import FakeClock
+from gcl_local.sqlite import Store
 
 EPSILON = 1e-9
 NAMES = ("a", "b")

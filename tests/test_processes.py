@@ -25,14 +25,13 @@ import pytest
 import gcl_local
 from gcl_local import (
     AcquireConcurrencySlotTimeoutError,
-    Store,
     concurrency,
     create_limit,
     list_limits,
     read_limit,
     update_limit,
 )
-from gcl_local.sqlite import get_store
+from gcl_local.sqlite import Store, get_store
 
 # -- helpers -----------------------------------------------------------------------------------------
 

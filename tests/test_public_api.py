@@ -1,11 +1,21 @@
 from __future__ import annotations
 
+import ast
+import importlib
+import pkgutil
+import re
 import subprocess
 import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
 
 import gcl_local
 import gcl_local.asyncio
 import gcl_local.sync
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def test_every_public_name_resolves() -> None:
@@ -46,3 +56,83 @@ def test_the_hot_cli_path_imports_neither_typer_nor_tabulate(tmp_path) -> None:
         [sys.executable, "-c", code, str(tmp_path / "gcl.db")], capture_output=True, text=True, check=True
     )
     assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+def _modules() -> list[str]:
+    """Every module of the package (subpackages too), but ``__main__``, which runs gcl when imported."""
+    found = pkgutil.walk_packages(gcl_local.__path__, "gcl_local.")
+    return sorted(["gcl_local", *(m.name for m in found if not m.name.endswith(".__main__"))])
+
+
+def _defined_names(module: ModuleType) -> set[str]:
+    """Public names a module's own top-level code binds (not imports): functions, classes, constants.
+
+    ``TYPE_CHECKING = False`` (a cheap stand-in for typing's) and type variables are no exports.
+    """
+    tree = ast.parse(Path(module.__file__ or "").read_text(encoding="utf-8"))
+    names: set[str] = set()
+
+    def visit(body: list[ast.stmt]) -> None:
+        for node in body:
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                names.add(node.name)
+            elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+                value = node.value
+                if isinstance(value, ast.Call) and getattr(value.func, "id", "") in ("TypeVar", "ParamSpec"):
+                    continue
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                names.update(t.id for t in targets if isinstance(t, ast.Name))
+            elif isinstance(node, (ast.If, ast.Try)):
+                visit(node.body)
+                visit(node.orelse)
+                for handler in getattr(node, "handlers", []):
+                    visit(handler.body)
+
+    visit(tree.body)
+    return {n for n in names if not n.startswith("_") and n != "TYPE_CHECKING"}
+
+
+@pytest.mark.parametrize("name", _modules())
+def test_all_of_every_module_is_what_it_exports(name: str) -> None:
+    module = importlib.import_module(name)
+    exported = module.__all__
+    assert len(set(exported)) == len(exported), "listed twice"
+    missing = [n for n in exported if not hasattr(module, n)]
+    assert missing == [], f"{name}.__all__ lists names it does not have"
+    unlisted = sorted(_defined_names(module) - set(exported))
+    assert unlisted == [], f"{name} defines public names missing from its __all__"
+
+
+def test_the_top_level_exports_the_api_and_its_records_only() -> None:
+    """The API and the records it returns (a Limit carries Leases, Waiters and its Stats); not the
+    test clock or the store, which live in their own modules."""
+    for name in ("FakeClock", "Store"):
+        assert name not in gcl_local.__all__
+        with pytest.raises(AttributeError):
+            getattr(gcl_local, name)
+    assert {"Lease", "Limit", "Stats", "Waiter"} <= set(gcl_local.__all__)
+    assert gcl_local.__all__ == sorted(gcl_local.__all__)
+
+
+def test_the_version_is_written_once(tmp_path: Path) -> None:
+    """pyproject.toml reads it from gcl_local.__version__; the installed metadata and gcl --version agree."""
+    import importlib.metadata
+
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:
+        import tomli as tomllib
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
+    assert "version" not in pyproject["project"]
+    assert "version" in pyproject["project"]["dynamic"]
+    assert pyproject["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "gcl_local.__version__"}
+    assert re.fullmatch(r"\d+\.\d+\.\d+(\S*)", gcl_local.__version__)
+    assert importlib.metadata.version("gcl_local") == gcl_local.__version__
+    done = subprocess.run(
+        [sys.executable, "-m", "gcl_local", "--db", str(tmp_path / "x.db"), "--version"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    assert done.stdout == f"gcl {gcl_local.__version__}\n"

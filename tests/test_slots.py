@@ -21,11 +21,9 @@ import pytest
 from gcl_local import (
     AcquireConcurrencySlotTimeoutError,
     ConcurrencySlotAcquisitionError,
-    FakeClock,
     InvalidLimitError,
     LeaseNotFoundError,
     MissingLimitWarning,
-    Store,
     acquire_lease,
     concurrency,
     create_limit,
@@ -36,6 +34,8 @@ from gcl_local import (
     renew_lease,
     update_limit,
 )
+from gcl_local._clock import FakeClock
+from gcl_local.sqlite import Store
 
 # -- child programs ----------------------------------------------------------------------------------
 
@@ -63,7 +63,9 @@ with concurrency(name, occupy=int(sys.argv[3]), holder=sys.argv[4], db=db) as le
 
 HOLD_FAKE_CLOCK = """
 import sys, time
-from gcl_local import FakeClock, Store, concurrency
+from gcl_local import concurrency
+from gcl_local._clock import FakeClock
+from gcl_local.sqlite import Store
 with concurrency("one", lease_duration=60, db=Store(sys.argv[1], clock=FakeClock())):
     print("held", flush=True)
     time.sleep(60)

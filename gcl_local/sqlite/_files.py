@@ -198,6 +198,7 @@ __all__ = [
     "BUSY_GIVE_UP_SECONDS",
     "MOUNTINFO",
     "NETWORK_FILESYSTEMS",
+    "check_local",
     "corrupt",
     "default_path",
     "explain_open_error",

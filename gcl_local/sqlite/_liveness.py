@@ -225,6 +225,8 @@ def stale_temporaries(run_dir: str) -> list[str]:
 __all__ = [
     "PIPE_SUFFIX",
     "ProcessToken",
+    "STALE_TEMPORARY_SECONDS",
+    "TOKEN_SUFFIX",
     "orphan_pipes",
     "process_token",
     "remove_token_files",

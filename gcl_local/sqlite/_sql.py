@@ -501,4 +501,16 @@ class SqliteTx:
         self.conn.execute("DELETE FROM meta WHERE key = ?", (_APPLIED + name,))
 
 
-__all__ = ["APPLICATION_ID", "MIGRATIONS", "SCHEMA_VERSION", "SqliteTx", "integrity_check", "migrate", "read_header"]
+__all__ = [
+    "APPLICATION_ID",
+    "MIGRATIONS",
+    "NAME_SEP",
+    "SCHEMA_VERSION",
+    "SqliteTx",
+    "WAIT_COLUMNS",
+    "integrity_check",
+    "migrate",
+    "read_header",
+    "rebase_after_reboot",
+    "stored_boot_id",
+]

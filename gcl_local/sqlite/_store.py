@@ -595,4 +595,13 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_after_fork)
 
 
-__all__ = ["Store", "get_store"]
+__all__ = [
+    "FRONT_POLL_SECONDS",
+    "SWEEP_ABOVE",
+    "SWEEP_EVERY_SECONDS",
+    "SWEPT",
+    "Store",
+    "TURNSTILE",
+    "TURNSTILE_POLLS",
+    "get_store",
+]
