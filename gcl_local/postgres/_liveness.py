@@ -222,7 +222,7 @@ class TokenSession:
                     channels = list(self._channels.values())
                 for channel in channels:
                     channel.poke()  # wake-ups may have been missed meanwhile: look again
-                _log.warning("gcl_local: the session to %s was lost and is made again", self._description)
+                _log.info("gcl_local: the session to %s was lost and is made again", self._description)
                 return
             except Exception as exc:
                 _log.debug("gcl_local: cannot make the session to %s again yet: %s", self._description, exc)

@@ -174,6 +174,11 @@ class Statements:
         self.create_schema = f"CREATE SCHEMA {s}"
         self.create_lock = f"SELECT pg_advisory_xact_lock({int(create_key)})"
         self.meta_header = f"SELECT key, value FROM {s}.meta WHERE key IN ('marker', 'version')"
+        # The header and the tables at once: a process's first look costs one round trip.
+        self.header_and_tables = (
+            f"{self.meta_header} UNION ALL SELECT 'tables', string_agg(relname, ',') FROM pg_class "
+            f"WHERE relnamespace = '{s}'::regnamespace AND relkind IN ('r', 'p', 'v', 'm', 'f')"
+        )
         self.set_header = (
             f"INSERT INTO {s}.meta(key, value) VALUES ('marker', %s), ('version', %s) "
             "ON CONFLICT (key) DO UPDATE SET value = excluded.value"

@@ -217,14 +217,15 @@ class PostgresBackend:
     def _header(self, work: _Work) -> str:
         """``ok`` (ours, current), ``missing``, ``older`` or ``other`` (to be looked at under the lock)."""
         try:
-            header = dict(work.cur.execute(self._sql.meta_header).fetchall())
+            header = dict(work.cur.execute(self._sql.header_and_tables).fetchall())
         except (pgerrors.UndefinedTable, pgerrors.InvalidSchemaName):
             return "missing"
         except psycopg.DatabaseError:
             return "other"
         if header.get("marker") != _sql.MARKER:
             return "other"
-        if header.get("version") == str(_sql.SCHEMA_VERSION):
+        tables = set(str(header.get("tables") or "").split(","))
+        if header.get("version") == str(_sql.SCHEMA_VERSION) and tables >= _sql.tables_of(_sql.SCHEMA_VERSION):
             return "ok"
         version = header.get("version", "")
         return "older" if version.isdigit() and int(version) < _sql.SCHEMA_VERSION else "other"
@@ -299,13 +300,13 @@ class PostgresBackend:
     def _check_schema_for_read(self, work: _Work) -> None:
         """Readers never create or migrate: they say there is nothing yet, or refuse what is not ours."""
         state = self._header(work)
-        if state == "other":  # look closer, still without writing (each statement on its own)
+        if state != "ok":  # look closer, still without writing (each statement on its own)
             found = work.cur.execute(_sql.SCHEMA_OID, (self.settings.schema,)).fetchone()
             tables = {r[0] for r in work.cur.execute(_sql.RELATIONS_IN, (found[0],)).fetchall()} if found else set()
             if not tables:
                 state = "missing"
-            elif self._check_ours(work, tables) < _sql.SCHEMA_VERSION:  # (it raises for a schema not ours)
-                state = "older"
+            else:  # (it raises for a schema not ours, newer or damaged)
+                state = "older" if self._check_ours(work, tables) < _sql.SCHEMA_VERSION else "ok"
         if state == "missing":
             raise NoSchemaError(self.description, self.settings.schema)
         if state == "older":
