@@ -193,20 +193,25 @@ class Statements:
             "FROM (SELECT date_part('epoch', clock_timestamp()) AS w, "
             "date_part('epoch', pg_postmaster_start_time()) AS e) n WHERE id = 1"
         )
-        self.begin_write = (
-            f"BEGIN ISOLATION LEVEL READ COMMITTED READ WRITE; SELECT pg_advisory_xact_lock({int(write_key)}); "
-            f"{tick} RETURNING boot, wall"
-        )
-        # Non-blocking: the row comes back only if the lock was free (the clock is read after it).
-        self.begin_write_try = (
-            f"BEGIN ISOLATION LEVEL READ COMMITTED READ WRITE; "
-            f"{tick} AND pg_try_advisory_xact_lock({int(write_key)}) RETURNING boot, wall"
-        )
-        self.begin_read = (
-            f"BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; "
+        now = (
             f"SELECT boot + greatest(0, n.w - wall), n.w FROM {s}.clock, "
             "(SELECT date_part('epoch', clock_timestamp()) AS w) n WHERE id = 1"
         )
+        # Prepared once per connection (SQL-level PREPARE, so that BEGIN, the lock and the clock still go
+        # in one simple-protocol round trip), planned once rather than at every transaction.
+        self.prepare = (
+            f"PREPARE gcl_tick AS {tick} RETURNING boot, wall; "
+            f"PREPARE gcl_tick_try AS {tick} AND pg_try_advisory_xact_lock({int(write_key)}) RETURNING boot, wall; "
+            f"PREPARE gcl_now AS {now}"
+        )
+        self.begin_write = (
+            "BEGIN ISOLATION LEVEL READ COMMITTED READ WRITE; "
+            f"SELECT pg_advisory_xact_lock({int(write_key)}); EXECUTE gcl_tick"
+        )
+        # Non-blocking: the row comes back only if the lock was free. (The clock is read in the same
+        # statement as the lock is tried, microseconds apart; the store's time line never runs back.)
+        self.begin_write_try = "BEGIN ISOLATION LEVEL READ COMMITTED READ WRITE; EXECUTE gcl_tick_try"
+        self.begin_read = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; EXECUTE gcl_now"
         self.commit = "COMMIT"
         self.rollback = "ROLLBACK"
 

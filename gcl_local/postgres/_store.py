@@ -69,13 +69,15 @@ class _Work:
     """One thread's work connection: autocommit, with our own BEGIN and COMMIT (so that BEGIN, the
     lock and the clock go to the server in one round trip)."""
 
-    __slots__ = ("backend_pid", "conn", "cur", "pid")
+    __slots__ = ("backend_pid", "conn", "cur", "pid", "prepared")
 
     def __init__(self, conn: psycopg.Connection[Any], backend_pid: int) -> None:
         self.conn = conn
         self.cur = conn.cursor()
         self.pid = os.getpid()
         self.backend_pid = backend_pid
+        self.prepared = False
+        """Whether the BEGIN statements' own are prepared on this connection (once the schema exists)."""
 
     def close(self) -> None:
         if self.pid == os.getpid():
@@ -334,6 +336,9 @@ class PostgresBackend:
         for attempt in (0, 1):
             try:
                 cur = work.cur
+                if not work.prepared:
+                    cur.execute(self._sql.prepare)
+                    work.prepared = True
                 cur.execute(statement)
                 while cur.nextset():
                     pass
