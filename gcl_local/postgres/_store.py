@@ -208,6 +208,23 @@ class PostgresBackend:
         self._local.work = work
         return work
 
+    def _statement(self, sql: str, params: tuple[Any, ...]) -> list[Any]:
+        """Run one statement on this thread's work connection, in the transaction it is in if any; on
+        its own, a lost connection is made again and the statement run once more (nothing was done)."""
+        work = self._work()
+        idle = work.conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+        for attempt in (0, 1):
+            try:
+                cur = work.cur
+                cur.execute(sql, params)
+                return cur.fetchall() if cur.description is not None else []
+            except psycopg.Error as exc:
+                if attempt == 0 and idle and work.conn.closed:
+                    work = self._new_work(work)
+                    continue
+                raise self._error(exc) from None
+        raise AssertionError("unreachable")
+
     def close(self) -> None:
         work: _Work | None = getattr(self._local, "work", None)
         self._local.work = None
@@ -458,14 +475,10 @@ class PostgresBackend:
         key = _liveness.token_key(token)
         if key is None:
             return None
-        work = self._work()
-        try:
-            row = work.cur.execute(self._sql.probe, (key,)).fetchone()
-        except psycopg.Error as exc:
-            raise self._error(exc) from None
-        if row is None or not row[0]:
+        got, in_grace = self._statement(self._sql.probe, (key,))[0]
+        if not got:
             return True  # someone holds the lock
-        return None if row[1] else False  # free: dead, unless the server has just (re)started
+        return None if in_grace else False  # free: dead, unless the server has just (re)started
 
     def pid_alive(self, pid: int, pid_start: int | None, host: str) -> bool | None:
         return _liveness.pid_alive(pid, pid_start, host)
@@ -473,18 +486,12 @@ class PostgresBackend:
     def sweep_due(self) -> bool:
         if not self._schema_ready:
             self._prepare_schema()
-        try:
-            return bool(self._work().cur.execute(self._sql.claim_sweep, (SWEEP_EVERY_SECONDS,)).fetchall())
-        except psycopg.Error as exc:
-            raise self._error(exc) from None
+        return bool(self._statement(self._sql.claim_sweep, (SWEEP_EVERY_SECONDS,)))
 
     def census(self) -> list[str]:
         session = self._session
         own = session.name if session is not None else ""
-        try:
-            return [r[0] for r in self._work().cur.execute(self._sql.census, (own,)).fetchall()]
-        except psycopg.Error as exc:
-            raise self._error(exc) from None
+        return [r[0] for r in self._statement(self._sql.census, (own,))]
 
     def tidy(self) -> None:
         """Nothing is left behind by a dead registration but the rows that name it."""
