@@ -475,6 +475,12 @@ def test_a_lost_work_connection_is_made_again(backend: PostgresBackend) -> None:
     with _admin() as conn:
         conn.execute("SELECT pg_terminate_backend(%s)", (old,))
     time.sleep(0.1)
+    assert backend.alive("pg-1") in (False, None)  # a statement on its own: made again too
+    assert backend._work().backend_pid != old
+    old = backend._work().backend_pid
+    with _admin() as conn:
+        conn.execute("SELECT pg_terminate_backend(%s)", (old,))
+    time.sleep(0.1)
     assert backend.write(lambda tx: [r.name for r in tx.select_all_limits()]) == ["a"]
     assert backend._work().backend_pid != old
 
@@ -835,3 +841,32 @@ def test_channels(backend: PostgresBackend) -> None:
         assert time.monotonic() < deadline
         time.sleep(0.01)
     assert backend.kept_channel().name in seen
+
+
+def test_waiters_of_one_process_each_get_their_own(backend: PostgresBackend) -> None:
+    """Waiters of one process share the token session: whoever reads it hands the others theirs."""
+    backend.write(lambda tx: None)
+    got: dict[str, bytes] = {}
+    names: list[str] = []
+    ready = threading.Barrier(4)
+
+    def wait() -> None:
+        channel = backend.kept_channel()
+        names.append(channel.name)
+        ready.wait(10)
+        received = b""
+        deadline = time.monotonic() + 10
+        while received.count(b"\n") < 2 and time.monotonic() < deadline:
+            select.select([channel], [], [], 1)
+            received += channel.drain()
+        got[channel.name] = received
+
+    threads = [threading.Thread(target=wait) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    ready.wait(10)
+    for round_ in (1, 2):
+        backend.wake([(name, f"{name} {round_}\n".encode()) for name in names])
+    for thread in threads:
+        thread.join(15)
+    assert got == {name: f"{name} 1\n{name} 2\n".encode() for name in names}

@@ -31,14 +31,13 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+import psycopg
 
 from .._errors import StoreError
-from . import _sql
+from . import _sql, _wakeups
 from ._wakeups import PgChannel
-
-if TYPE_CHECKING:
-    import psycopg
 
 _TOKEN = re.compile(r"pg-([1-9][0-9]{0,18})")
 _log = logging.getLogger("gcl_local")
@@ -156,52 +155,69 @@ class TokenSession:
         if target is not None:
             target.deliver(payload)
 
-    def _lost(self) -> None:
-        """The session failed (seen by any thread): the watcher makes it again."""
-        with self._lock:
-            self.held = False
+    def _lost_locked(self) -> None:
+        """The session failed (seen by any thread, holding the lock): the watcher makes it again; until
+        then no waiter polls its socket."""
+        self.held = False
+        for channel in list(self._channels.values()):
+            channel.unbind()
         self._nudge()
 
     def _nudge(self) -> None:
         with contextlib.suppress(OSError):
             os.write(self._wake_w, b"!")
 
+    def pump(self) -> None:
+        """Read what the session has: hand each notification to its channel; notice a lost session."""
+        with self._lock:
+            conn = self.conn
+            if conn is None or not self.held or self.closed:
+                return
+            try:
+                pgconn = conn.pgconn
+                pgconn.consume_input()
+                while (n := pgconn.notifies()) is not None:
+                    self._dispatch(n.relname.decode("utf-8", "replace"), n.extra.decode("utf-8", "replace"))
+                if pgconn.status != psycopg.pq.ConnStatus.OK:
+                    raise ConnectionError
+            except Exception:
+                self._lost_locked()
+
     def poll_once(self, timeout: float | None) -> None:
-        """The watcher's step: sleep until the session has something (or a nudge), then handle it."""
+        """The watcher's step: sleep until the session has something (or a nudge), then handle it.
+
+        Where waiters read the session themselves, the watcher wakes only for its end (the server
+        closed it, or the keepalives gave up), unless no channel is open."""
         if not self.held or self.conn is None:
             self._remake()
             return
         poller = select.poll()
         poller.register(self._wake_r, select.POLLIN)
-        poller.register(self.fd, select.POLLIN)
+        mask = select.POLLIN
+        if _wakeups.DIRECT and self._channels:
+            mask = select.POLLRDHUP  # (and POLLERR, POLLHUP, which poll always reports)
+        poller.register(self.fd, mask)
         events = dict(poller.poll(None if timeout is None else timeout * 1000))
         if self._wake_r in events:
             with contextlib.suppress(OSError):
                 while os.read(self._wake_r, 4096):
                     pass
+        if self.fd in events or not events:
+            self.pump()  # (also now and then: notifications for a channel whose waiter is busy elsewhere)
         with self._lock:
-            if self.closed or self.conn is None:
-                return
             try:
-                if self.fd in events:
-                    pgconn = self.conn.pgconn
-                    pgconn.consume_input()
-                    while (n := pgconn.notifies()) is not None:
-                        self._dispatch(n.relname.decode("utf-8", "replace"), n.extra.decode("utf-8", "replace"))
-                    if self.conn.broken or pgconn.status != 0:  # CONNECTION_OK
-                        raise ConnectionError
-                while self._unlisten:
+                while self.conn is not None and self.held and self._unlisten:
                     name = self._unlisten.popleft()
                     if name not in self._channels:
                         self.conn.execute(_sql.unlisten(name))
             except Exception:
-                self.held = False
+                self._lost_locked()
 
     def _remake(self) -> None:
         """Reconnect, take our key again, LISTEN again; retry until it works or the session is closed."""
         with self._lock:
             old, self.conn = self.conn, None
-            self.held = False
+            self._lost_locked()  # (no channel polls the old socket: its number may be reused)
         if old is not None:
             with contextlib.suppress(Exception):
                 old.close()
@@ -220,6 +236,8 @@ class TokenSession:
                     self.held = True
                     self.generation += 1
                     channels = list(self._channels.values())
+                    for channel in channels:
+                        channel.bind(self.fd)
                 for channel in channels:
                     channel.poke()  # wake-ups may have been missed meanwhile: look again
                 _log.info("gcl_local: the session to %s was lost and is made again", self._description)
@@ -242,8 +260,8 @@ class TokenSession:
         return f"gcl_{self.key:x}_{next(self._numbers)}"
 
     def open_channel(self, name: str) -> PgChannel:
-        channel = PgChannel(self, name)
         with self._lock:
+            channel = PgChannel(self, name, self.fd if self.conn is not None and self.held else -1)
             self._channels[name] = channel  # before LISTEN: a notification may come with its reply
             if self.conn is not None and self.held:
                 try:
@@ -251,8 +269,8 @@ class TokenSession:
                 except Exception as exc:
                     if not _is_driver_error(exc):
                         raise
-                    self.held = False  # the watcher LISTENs again once the session is back
-                    self._nudge()
+                    self._lost_locked()  # the watcher LISTENs again once the session is back
+        self._nudge()  # the watcher now waits for the session's end only
         return channel
 
     def kept_channel(self) -> PgChannel:
