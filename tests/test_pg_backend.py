@@ -870,3 +870,45 @@ def test_waiters_of_one_process_each_get_their_own(backend: PostgresBackend) -> 
     for thread in threads:
         thread.join(15)
     assert got == {name: f"{name} 1\n{name} 2\n".encode() for name in names}
+
+
+def test_libpq_environment_and_service_files(
+    schema: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, backends: Callable[[str], PostgresBackend]
+) -> None:
+    params = psycopg.conninfo.conninfo_to_dict(PG)
+    env = {"host": "PGHOST", "port": "PGPORT", "user": "PGUSER", "dbname": "PGDATABASE"}
+    for key, var in env.items():
+        if key in params:
+            monkeypatch.setenv(var, str(params[key]))
+    backends(f"postgresql://?gcl_schema={schema}").write(lambda tx: tx.insert_limit(_limit("from-env", tx)))
+    for var in env.values():
+        monkeypatch.delenv(var, raising=False)
+    service = tmp_path / "pg_service.conf"
+    service.write_text("[gcltest]\n" + "".join(f"{k}={params[k]}\n" for k in env if k in params))
+    monkeypatch.setenv("PGSERVICEFILE", str(service))
+    with backends(f"postgres:///?service=gcltest&gcl_schema={schema}").read() as tx:
+        assert [r.name for r in tx.select_all_limits()] == ["from-env"]
+
+
+def test_a_role_without_privileges(schema: str, backends: Callable[[str], PostgresBackend]) -> None:
+    """A role that may not create schemas is told so; in a schema an admin made for it, it works."""
+    role = f"gcl_role_{os.urandom(3).hex()}"
+    url = _with(PG, user=role, gcl_schema=schema, gcl_detect_seconds=DETECT)  # (the query wins over user@)
+    with _admin() as conn:
+        conn.execute(f"CREATE ROLE {role} LOGIN")
+    try:
+        with pytest.raises(StoreError, match="permission denied") as caught:
+            backends(url).write(lambda tx: None)
+        assert "\n" not in str(caught.value)
+        with _admin() as conn:
+            conn.execute(f"CREATE SCHEMA {schema} AUTHORIZATION {role}")
+        backend = backends(url)
+        backend.write(lambda tx: tx.insert_limit(_limit("a", tx)))
+        own, _ = backend.register()
+        assert backend.alive(own.name) is True
+        assert backend.census() == []
+        assert backend.alive("pg-99") in (False, None)
+    finally:
+        with _admin() as conn:
+            conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+            conn.execute(f"DROP ROLE IF EXISTS {role}")

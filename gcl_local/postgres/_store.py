@@ -89,8 +89,15 @@ class _Work:
 
 
 def _one_line(exc: BaseException) -> str:
-    text = " ".join(line.strip() for line in str(exc).strip().splitlines() if line.strip())
-    return text.rstrip(".") or type(exc).__name__
+    """A driver's message on one line, without the words that say nothing ("connection failed: ...")."""
+    text = " ".join(str(exc).split())
+    for noise in ("connection is bad: ", "connection failed: ", "consuming input failed: "):
+        text = text.removeprefix(noise)
+    return text.replace("FATAL: ", "").rstrip(".") or type(exc).__name__
+
+
+def _sentence(text: str) -> str:
+    return text if text.endswith(("?", "!", ".")) else text + "."
 
 
 class PostgresBackend:
@@ -147,10 +154,12 @@ class PostgresBackend:
 
     # -- errors ------------------------------------------------------------------------------------
 
-    def _error(self, exc: BaseException) -> StoreError:
+    def _error(self, exc: BaseException, *, connecting: bool = False) -> StoreError:
         """One line for a driver's error, with no password in it."""
         desc = self.description
         text = self.settings.scrub(_one_line(exc))
+        if connecting and "unsupported startup parameter" not in text:
+            return StoreError(_sentence(f"Cannot connect to the PostgreSQL store {desc}: {text}"))
         if isinstance(exc, pgerrors.LockNotAvailable):
             return StoreError(
                 f"Timed out after {LOCK_WAIT_SECONDS}s waiting for the write lock of {desc}; another client "
@@ -159,8 +168,8 @@ class PostgresBackend:
         if "unsupported startup parameter" in text:
             return StoreError(_liveness.POOLER.format(desc=desc))
         if isinstance(exc, pgerrors.InsufficientPrivilege):
-            return StoreError(f"Cannot use {desc} (schema {self.settings.schema!r}): {text}.")
-        return StoreError(f"PostgreSQL store {desc}: {text}.")
+            return StoreError(_sentence(f"Cannot use {desc} (schema {self.settings.schema!r}): {text}"))
+        return StoreError(_sentence(f"PostgreSQL store {desc}: {text}"))
 
     def _corrupt(self) -> StoreError:
         return StoreError(
@@ -176,7 +185,7 @@ class PostgresBackend:
             conninfo = make_conninfo("", **self.settings.connect_params(role))
             conn = psycopg.connect(conninfo, autocommit=True)
         except psycopg.Error as exc:
-            raise self._error(exc) from None
+            raise self._error(exc, connecting=True) from None
         self._conns.add(conn)
         return conn
 
@@ -271,7 +280,13 @@ class PostgresBackend:
             found = cur.execute(_sql.SCHEMA_OID, (schema,)).fetchone()
             version = 0
             if found is None:
-                cur.execute(sql.create_schema)
+                try:
+                    cur.execute(sql.create_schema)
+                except pgerrors.InsufficientPrivilege:
+                    raise StoreError(
+                        f"Cannot create the schema {schema!r} in {self.description}: permission denied. An "
+                        f"administrator can make it for you: CREATE SCHEMA {schema} AUTHORIZATION <your role>."
+                    ) from None
             else:
                 tables = {r[0] for r in cur.execute(_sql.RELATIONS_IN, (found[0],)).fetchall()}
                 if tables:
