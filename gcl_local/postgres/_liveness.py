@@ -316,14 +316,12 @@ class TokenSession:
                     os.close(fd)
 
     def abandon(self) -> list[object]:
-        """In a forked child: close our copies of the socket and pipes, so that the parent's lock does
-        not outlive the parent in us, without a word to the server (the session is the parent's).
-        Returns what must never be finalised in the child."""
+        """In a forked child: close our copies of the channels' descriptors and of our pipes, without a
+        word to the server (the session is the parent's; the backend closes our copy of its socket, as
+        of every connection, so that the parent's lock does not outlive the parent in us). Returns what
+        must never be finalised in the child."""
         self.closed = True
         self.held = False
-        if self.fd >= 0:
-            with contextlib.suppress(OSError):
-                os.close(self.fd)
         for channel in list(self._channels.values()):
             channel.abandon()
         self._close_pipes()
