@@ -912,3 +912,11 @@ def test_a_role_without_privileges(schema: str, backends: Callable[[str], Postgr
         with _admin() as conn:
             conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
             conn.execute(f"DROP ROLE IF EXISTS {role}")
+
+
+def test_no_descriptor_of_ours_reaches_a_command_unasked(backend: PostgresBackend) -> None:
+    backend.write(lambda tx: None)
+    registration, _ = backend.register()
+    channel = backend.kept_channel()
+    for fd in (backend._work().conn.pgconn.socket, registration.inheritable(), channel.fileno()):
+        assert not os.get_inheritable(fd)  # the token session's only when gcl run hands it on

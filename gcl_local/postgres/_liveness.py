@@ -10,11 +10,13 @@ Others test a registration with ``pg_try_advisory_xact_lock(key)`` on their own 
 ``gcl run``'s command inherits the session's socket: the session, and so the lock, lasts while either
 process holds the socket, as a kernel-released flock does on one host.
 
-The same session carries every LISTEN of the process (``_wakeups``). A watcher thread, asleep in
-``poll`` on its socket, hands notifications to their channels and notices a lost session (a server
-restart, a cut link): it reconnects, takes the same key again (waiting, if the server still holds the
-old session, until the server lets it go: the lock passes straight to us, so nobody sees it free in
-between) and LISTENs again. Meanwhile :attr:`TokenSession.held` is False.
+The same session carries every LISTEN of the process (``_wakeups``: waiters read it themselves). A
+watcher thread, asleep in ``poll`` on its socket, notices a lost session (a server restart; a cut link,
+through the client's keepalives at S/2): it reconnects, takes the same key again (waiting, if the server
+still holds the old session, until the server lets it go: the lock passes straight to the waiting
+request, so nobody sees it free in between) and LISTENs again. Meanwhile :attr:`TokenSession.held` is
+False, and ``alive()`` of this registration answers None in this process: a holder whose heartbeat
+finds it so must count its lease as lost (others may have reaped it once the server let it go).
 """
 
 from __future__ import annotations
