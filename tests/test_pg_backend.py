@@ -920,3 +920,20 @@ def test_no_descriptor_of_ours_reaches_a_command_unasked(backend: PostgresBacken
     channel = backend.kept_channel()
     for fd in (backend._work().conn.pgconn.socket, registration.inheritable(), channel.fileno()):
         assert not os.get_inheritable(fd)  # the token session's only when gcl run hands it on
+
+
+def test_nobody_is_judged_dead_just_after_the_server_changed(backend: PostgresBackend, schema: str) -> None:
+    """After a restart or a failover (another pg_postmaster_start_time() than the last write saw), the
+    living are reconnecting: for the grace period, a free lock means "cannot tell", not "dead"."""
+    _past_grace()
+    backend.write(lambda tx: tx.insert_lease(_lease(tx, ("x",), holder="pg-1")))
+    assert backend.alive("pg-1") is False
+    assert backend.census() == ["pg-1"]
+    with _admin() as conn:
+        conn.execute(f"UPDATE {schema}.clock SET epoch = 0")  # as if the last write was on another server
+    backend.write(lambda tx: None)  # the first write on "this" server starts the grace period
+    assert backend.alive("pg-1") is None
+    assert backend.census() == []
+    with _admin() as conn:
+        conn.execute(f"UPDATE {schema}.clock SET epoch_since = epoch_since - {DETECT}")
+    assert backend.alive("pg-1") is False
