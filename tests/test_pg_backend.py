@@ -843,8 +843,15 @@ def test_channels(backend: PostgresBackend) -> None:
     assert backend.kept_channel().name in seen
 
 
-def test_waiters_of_one_process_each_get_their_own(backend: PostgresBackend) -> None:
-    """Waiters of one process share the token session: whoever reads it hands the others theirs."""
+@pytest.mark.parametrize("direct", [True, False], ids=["waiters-read", "watcher-reads"])
+def test_waiters_of_one_process_each_get_their_own(
+    direct: bool, backend: PostgresBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Waiters of one process share the token session: whoever reads it hands the others theirs (on
+    Linux the waiters read it; elsewhere the watcher thread does)."""
+    from gcl_local.postgres import _wakeups
+
+    monkeypatch.setattr(_wakeups, "DIRECT", direct and _wakeups.DIRECT)
     backend.write(lambda tx: None)
     got: dict[str, bytes] = {}
     names: list[str] = []
