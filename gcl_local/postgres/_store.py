@@ -385,6 +385,9 @@ class PostgresBackend:
                     work = self._new_work(work)
                     continue
                 self._abort(work)
+                if not work.prepared:  # a PREPARE may have been done: the next try starts afresh
+                    work.close()
+                    self._local.work = None
                 if isinstance(exc, (pgerrors.UndefinedTable, pgerrors.InvalidSchemaName)):
                     self._schema_ready = False
                     raise NoSchemaError(self.description, self.settings.schema) from None
