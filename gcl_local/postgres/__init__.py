@@ -1,0 +1,44 @@
+"""The PostgreSQL store: gcl_local for processes on many hosts (``db="postgresql://..."``).
+
+Needs the ``postgres`` extra (psycopg 3), imported only when such a URL is used, and PostgreSQL 12
+or newer (``tcp_user_timeout``).
+
+**Selecting it.** ``postgresql://`` and ``postgres://`` URLs; libpq's environment variables, service
+files and ``~/.pgpass`` work as for ``psql``. Our own settings are ``gcl_*`` query parameters, taken
+out of the URL before libpq sees it:
+
+- ``gcl_schema=NAME`` (else ``$GCL_PG_SCHEMA``, else ``gcl``): the schema that holds every table. It is
+  created on first write (under an advisory lock of its own, so many processes may start at once),
+  versioned in its ``meta`` table with a marker, and refused, untouched, when it is newer than this
+  gcl_local or holds tables that are not ours. Nothing outside it is written.
+- ``gcl_detect_seconds=S`` (else ``$GCL_PG_DETECT_SECONDS``, else 20; 5 to 3600): the detection time.
+
+Messages name the store by the URL without its password (:attr:`PostgresBackend.description`).
+
+**Liveness** (``_liveness``): a process is alive while its token session holds a session advisory lock
+on its own random key. A process that dies frees it at once (its socket closes); a host that dies or
+is cut off, within S: the server drops an idle session after S (keepalives S/2 idle, 5 probes S/10
+apart; ``tcp_user_timeout`` S), while the client gives up on its side at S/2 (keepalives S/4 idle,
+5 probes S/20 apart; ``tcp_user_timeout`` S/2), so a cut-off holder learns first. With S = 20: the
+client at 10 s, the server at 20 s. A holder's heartbeat every S/4 (``heartbeat_seconds``) plus the
+client's S/2 stays below S. After the server restarts or fails over, nobody is judged dead for a grace
+period of S (``pg_postmaster_start_time()``, or the moment a write first saw a new server), while the
+living reconnect and take their locks again.
+
+**Connections** per process: one work connection per thread that runs transactions, and one token
+session per process that holds or waits (it also carries the LISTENs of its wake-ups). So 2 for a
+holder or a waiter (``gcl run`` included), 1 for a reader, 1 more per extra thread: a server's
+``max_connections`` (default 100, of which 3 are reserved) must cover 2 x the holders and waiters
+at any moment. A transaction-mode pooler (PgBouncer ``pool_mode=transaction``) breaks session locks
+and LISTEN: it is detected and refused.
+
+**Durability.** Every write commits with ``synchronous_commit`` on (or whatever stronger level the
+server asks): a grant reported to a caller survives a server crash. With asynchronous replication, a
+failover may lose the last commits (grants, and fencing tokens that are then given again).
+"""
+
+from __future__ import annotations
+
+from ._store import NoSchemaError, PostgresBackend
+
+__all__ = ["NoSchemaError", "PostgresBackend"]
