@@ -265,13 +265,15 @@ class Backend(Protocol):
     def description(self) -> str:
         """What messages call the store (a path, or a URL without its password)."""
 
-    max_message: int
-    """The longest wake-up message :meth:`wake` carries whole."""
+    @property
+    def max_message(self) -> int:
+        """The longest wake-up message :meth:`wake` carries whole."""
 
-    heartbeat_seconds: float | None
-    """How often a holder proves that its registration is still held (None: while the process lives, it
-    is: one host's kernel says so). A server frees a lost holder's slots after a detection time that is
-    longer than this plus the client's own timeout, so a holder learns of the loss first."""
+    @property
+    def heartbeat_seconds(self) -> float | None:
+        """How often a holder proves that its registration is still held (None: while the process lives,
+        it is: one host's kernel says so). A server frees a lost holder's slots after a detection time
+        that is longer than this plus the client's own timeout, so a holder learns of the loss first."""
 
     def write(self, work: Callable[[Tx], T], *, durable: bool = False, blocking: bool = True) -> T:
         """Run ``work(tx)`` in one short write transaction and commit it.
@@ -353,7 +355,7 @@ def open_backend(db: DbArg) -> Backend:
         key: tuple[object, ...] = ("postgres", chosen, os.getpid())
         backend = _backends.get(key)
         if backend is None:
-            from .postgres import PostgresBackend  # type: ignore[import-not-found,unused-ignore]
+            from .postgres import PostgresBackend
 
             with _backends_lock:
                 backend = _backends.get(key) or PostgresBackend(str(chosen))

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import os
 import signal
 import subprocess
@@ -79,19 +78,11 @@ def db(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return str(tmp_path / "gcl.db")
 
 
-def _skip_without_pg_backend() -> None:
-    # Until gcl_local.postgres lands, the contract's postgres cases skip instead of failing on the
-    # import (remove this then).
-    if importlib.util.find_spec("gcl_local.postgres") is None:
-        pytest.skip("the PostgreSQL backend (gcl_local.postgres) is not there yet")
-
-
 @pytest.fixture(params=["sqlite", "postgres"])
 def store_db(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """A fresh store on each backend: a SQLite file, or a PostgreSQL schema of its own (pg_url)."""
     if request.param == "sqlite":
         return str(tmp_path / "gcl.db")
-    _skip_without_pg_backend()
     return str(request.getfixturevalue("pg_url"))
 
 

@@ -213,7 +213,7 @@ def test_leases(backend: PostgresBackend) -> None:
         by_ticket = tx.select_lease_by_ticket(77)
         assert by_ticket is not None
         assert by_ticket.token == t2
-        assert by_ticket.holder_token is None
+        assert by_ticket.registration is None
         assert tx.select_lease_by_ticket(78) is None
         assert [r.token for r in tx.leases_on("x")] == [t1, t3]
         assert [r.token for r in tx.leases_on("y")] == [t1, t2]

@@ -122,8 +122,8 @@ class PgTx:
     def leases_on(self, name: str) -> list[LeaseRow]:
         return [_lease(r) for r in self._rows(self._sql.leases_on, (name,))]
 
-    def leases_of_holder(self, holder_token: str) -> list[LeaseRow]:
-        return [_lease(r) for r in self._rows(self._sql.leases_of_holder, (holder_token,))]
+    def leases_of_holder(self, registration: str) -> list[LeaseRow]:
+        return [_lease(r) for r in self._rows(self._sql.leases_of_holder, (registration,))]
 
     def pop_lease(self, token: int, secret: str) -> LeaseRow | None:
         rows = self._rows(self._sql.pop_lease, (token, secret))
@@ -198,8 +198,8 @@ class PgTx:
     def any_ticket_on(self, names: Sequence[str]) -> bool:
         return bool(self._rows(self._sql.any_ticket_on, (list(names),))[0][0])
 
-    def tickets_of_holder(self, holder_token: str) -> list[TicketRow]:
-        return [_ticket(r) for r in self._rows(self._sql.tickets_of_holder, (holder_token,))]
+    def tickets_of_holder(self, registration: str) -> list[TicketRow]:
+        return [_ticket(r) for r in self._rows(self._sql.tickets_of_holder, (registration,))]
 
     def waiting_on(self, name: str) -> list[TicketRow]:
         return [_ticket(r) for r in self._rows(self._sql.waiting_on, (name,))]
