@@ -283,6 +283,7 @@ child = os.posix_spawnp("sleep", ["sleep", "3"], dict(os.environ))
 print(token.name, child, flush=True)
 os.kill(os.getpid(), 9)
 """
+    open_backend(store_db).write(lambda tx: _limit(tx, "a"))  # the store exists
     parent = procs.python(code, store_db)
     assert parent.stdout is not None
     name, child = parent.stdout.readline().split()

@@ -32,7 +32,8 @@ _SCHEMA_V1 = (
     # One row. boot: the store's monotonic time, advanced by the server clock's forward steps only;
     # wall: the server clock at the last write; epoch: pg_postmaster_start_time() of the server that
     # served the last write, and epoch_since: when a write first saw it (a restart or a failover
-    # changes it, and starts the grace period in which nobody is judged dead). Updated by every
+    # changes it, and starts the grace period in which nobody is judged dead; 0 until the schema
+    # lives through a restart). Until a write has seen a new server, the grace lasts. Updated by every
     # write: room for HOT updates.
     """CREATE TABLE {s}.clock(
         id integer PRIMARY KEY CHECK (id = 1),
@@ -105,7 +106,7 @@ _SCHEMA_V1 = (
     # Limits that `gcl apply` created (so that --prune deletes only those), with their creation time.
     "CREATE TABLE {s}.applied(name text PRIMARY KEY, created double precision NOT NULL)",
     """INSERT INTO {s}.clock(id, boot, wall, epoch, epoch_since)
-        SELECT 1, n.w, n.w, n.e, n.e
+        SELECT 1, n.w, n.w, n.e, 0
         FROM (SELECT date_part('epoch', clock_timestamp()) AS w,
               date_part('epoch', pg_postmaster_start_time()) AS e) n""",
     "INSERT INTO {s}.meta(key, value) VALUES ('created', date_part('epoch', clock_timestamp())::text), ('swept', '0')",
@@ -218,9 +219,12 @@ class Statements:
         # -- liveness: a registration is alive while some session holds its advisory lock ----------
         # For a while after the server (re)started or failed over, nobody is judged dead: the living
         # are still reconnecting and taking their locks again.
+        # Only a restart that this schema lived through counts: a schema made on a server that had just
+        # started had nobody to wait for (epoch_since starts at 0).
         grace = (
-            "date_part('epoch', clock_timestamp()) < greatest(date_part('epoch', pg_postmaster_start_time()), "
-            f"(SELECT epoch_since FROM {s}.clock WHERE id = 1)) + {float(grace_seconds)!r}"
+            f"(SELECT epoch <> date_part('epoch', pg_postmaster_start_time()) "
+            f"OR date_part('epoch', clock_timestamp()) < epoch_since + {float(grace_seconds)!r} "
+            f"FROM {s}.clock WHERE id = 1)"
         )
         self.probe = f"SELECT pg_try_advisory_xact_lock(%s), {grace}"
         # Registrations that rows name and whose lock no session holds (the key is split as pg_locks shows
