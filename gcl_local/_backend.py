@@ -211,6 +211,10 @@ class Tx(Protocol):
 
     def delete_ticket(self, ticket: TicketRow) -> None: ...
 
+    # audits (tests, the soak): every row, dead or alive
+    def count_leases(self) -> int: ...
+    def count_tickets(self) -> int: ...
+
     # limits as code
     def applied_limits(self) -> dict[str, float]:
         """Name -> creation time of each limit that ``gcl apply`` created."""
@@ -352,10 +356,14 @@ def open_backend(db: DbArg) -> Backend:
         return db
     chosen = os.environ.get("GCL_DB") or None if db is None else db
     if is_postgres(chosen):
-        key: tuple[object, ...] = ("postgres", chosen, os.getpid())
+        env = os.environ  # what the URL leaves out comes from there: key on it too
+        key: tuple[object, ...] = (chosen, env.get("GCL_PG_SCHEMA"), env.get("GCL_PG_DETECT_SECONDS"), os.getpid())
         backend = _backends.get(key)
         if backend is None:
-            from .postgres import PostgresBackend
+            from ._shell import SignalsHeldBack
+
+            with SignalsHeldBack():  # an interrupt halfway through importing the driver breaks it for good
+                from .postgres import PostgresBackend
 
             with _backends_lock:
                 backend = _backends.get(key) or PostgresBackend(str(chosen))

@@ -92,9 +92,11 @@ def _table(rows: Sequence[Sequence[str]], headers: Sequence[str], flexible: Sequ
     return "\n".join([line(headers), "  ".join("-" * w for w in widths), *(line(r) for r in rows)])
 
 
-def header(path: str) -> str:
-    """The first line of ``ls`` and ``inspect``: which file they read (two jobs may look at different ones)."""
-    return f"State file: {path}"
+def header(store: str) -> str:
+    """The first line of ``ls`` and ``inspect``: which store they read (two jobs may look at different ones)."""
+    if store.startswith(("postgresql://", "postgres://")):
+        return f"Store: {store}"
+    return f"State file: {store}"
 
 
 def print_json(value: Any) -> None:

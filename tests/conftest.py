@@ -13,7 +13,7 @@ import pytest
 from helpers import Spawned, drop_schema, pg_server_url, pg_unavailable, with_schema
 from hosts import Hosts
 
-from gcl_local import _shell
+from gcl_local import _backend, _shell
 from gcl_local.sqlite import _liveness, _store
 
 REPO = Path(__file__).resolve().parent.parent
@@ -41,13 +41,21 @@ def _fresh_process_state() -> Iterator[None]:
             store.close()
     _store._stores.clear()
     _store._stores_by_arg.clear()
+    for backend in list(_backend._backends.values()):  # PostgreSQL: the connections of this thread
+        with contextlib.suppress(Exception):
+            backend.close()
+        session = getattr(backend, "_session", None)
+        if session is not None:
+            with contextlib.suppress(Exception):
+                session.close()
+    _backend._backends.clear()
 
 
 # Backends. `db` is a fresh SQLite state file by default. A test marked `both_backends` (a module:
 # `pytestmark = pytest.mark.both_backends`) runs twice, ids `sqlite` and `postgres`, the latter with
 # `db` a PostgreSQL URL of its own schema (see pg_url); `sqlite_only("reason")` then skips the
 # postgres case with that reason. ALL_TESTS_ON_BOTH_BACKENDS = True does so for every test using `db`.
-ALL_TESTS_ON_BOTH_BACKENDS = False
+ALL_TESTS_ON_BOTH_BACKENDS = True
 BACKENDS = ("sqlite", "postgres")
 
 

@@ -197,6 +197,15 @@ def split_schema(url: str) -> tuple[str, str | None]:
     return urlunsplit(parts._replace(query=urlencode(rest, safe="/"))), schema
 
 
+def store_exists(db: str) -> bool:
+    """Whether the store of *db* has been made: the state file, or the PostgreSQL schema."""
+    if not is_postgres(db):
+        return os.path.exists(db)
+    schema = split_schema(db)[1] or "gcl"
+    with pg_connect(db) as conn:
+        return bool(conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema,)).fetchall())
+
+
 def pg_connect(url: str, **kwargs: Any) -> Any:
     """A psycopg connection (autocommit) to the server of *url*, a `gcl_schema` parameter ignored."""
     import psycopg

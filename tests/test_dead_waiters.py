@@ -17,12 +17,12 @@ import pytest
 from helpers import GCL, Spawned, env, gcl, holding, ok, one_line_error, wait_for
 
 from gcl_local import _admission, create_limit, read_limit
-from gcl_local.sqlite import get_store
+from gcl_local._backend import open_backend
 
 
 def left_in_file(db: str) -> tuple[int, int]:
     """(leases, tickets) in the file, read without reaping anything."""
-    with get_store(db).read() as tx:
+    with open_backend(db).read() as tx:
         return tx.count_leases(), tx.count_tickets()
 
 
@@ -135,7 +135,7 @@ def test_a_waiter_far_back_says_so_and_each_watches_the_one_just_ahead(db: str, 
     tickets = [w.ticket for w in sorted(read_limit("c", db=db).waiters, key=lambda w: w.ticket)]
 
     def probe(ticket: int) -> object:
-        with get_store(db).read() as tx:
+        with open_backend(db).read() as tx:
             return _admission.probe(tx, ticket, "concurrency")
 
     assert [probe(t) for t in tickets] == [False, False, None]

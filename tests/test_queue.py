@@ -251,8 +251,8 @@ def test_a_big_request_is_not_starved_by_small_ones(db, procs, tmp_path):
     smalls = [procs.python(SMALL_LOOP, db, str(stop)) for _ in range(4)]
     for child in smalls:
         assert child.stdout.readline().strip() == "looping"
+    wait_for(lambda: read_limit("pool", db=db).active_slots > 0, "the small ones to churn", smalls)
     time.sleep(0.3)  # let them churn
-    assert read_limit("pool", db=db).active_slots > 0
     start = time.monotonic()
     with concurrency("pool", occupy=4, timeout_seconds=15, db=db) as lease:
         waited = time.monotonic() - start

@@ -13,18 +13,18 @@ from pathlib import Path
 
 import pytest
 from conftest import Procs
-from helpers import Spawned, gcl, ok, one_line_error, wait_for
+from helpers import Spawned, gcl, is_postgres, ok, one_line_error, pg_connect, split_schema, wait_for
 
 from gcl_local import LimitNotFoundError, _admission, _effects, create_limit, list_limits, read_limit
 from gcl_local.sqlite import get_store
 
 HOLD_WRITE_LOCK = """
-import sys, time, apsw
-conn = apsw.Connection(sys.argv[1])
-conn.execute("BEGIN IMMEDIATE")
-conn.execute("UPDATE limits SET updated = updated")
-print("locked", flush=True)
-time.sleep(60)
+import sys, time
+from gcl_local._backend import open_backend
+def hold(tx):
+    print("locked", flush=True)
+    time.sleep(60)
+open_backend(sys.argv[1]).write(hold)
 """
 
 
@@ -48,14 +48,22 @@ def test_ls_and_inspect_answer_while_another_process_holds_the_write_lock(db: st
 def test_a_read_writes_nothing(db: str) -> None:
     create_limit("a", 1, db=db)
     ok(gcl(db, "acquire", "a", "--holder-pid", str(os.getpid())))
-    files = [db, f"{db}-wal"]
-    before = [(os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in files]
+    before = _written(db)
     time.sleep(0.05)
     for args in (["ls"], ["ls", "-o", "json"], ["inspect", "a"]):
         ok(gcl(db, *args))
     list_limits(db=db)
     read_limit("a", db=db)
-    assert [(os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in files] == before
+    assert _written(db) == before
+
+
+def _written(db: str) -> object:
+    """What a write would change: the file and its WAL; on PostgreSQL the clock row every write moves."""
+    if not is_postgres(db):
+        return [(os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in (db, f"{db}-wal")]
+    schema = split_schema(db)[1]
+    with pg_connect(db) as conn:
+        return conn.execute(f"SELECT * FROM {schema}.clock").fetchall()
 
 
 def test_a_read_of_a_missing_file_creates_nothing_and_says_so(tmp_path: Path) -> None:

@@ -260,11 +260,11 @@ def test_the_probe_sees_a_head_request_that_fits_by_decay(db: str) -> None:
     import time
 
     from gcl_local import _admission, _effects, _shell, create_limit, rate_limit
-    from gcl_local.sqlite import get_store
+    from gcl_local._backend import open_backend
 
     create_limit("d", 1, slot_decay_per_second=10.0, db=db)
     rate_limit("d", db=db)  # full for 0.1 s
-    store = get_store(db)
+    store = open_backend(db)
     request = _shell.make_request(store, "d", 1, "rate")
     denied = _effects.transact(store, _admission.attempt, request, "never-made.fifo")  # nobody can wake it
     assert isinstance(denied, Denied)

@@ -353,6 +353,8 @@ class Statements:
             f"(SELECT n.ticket FROM {s}.ticket_names n WHERE n.name = q.name ORDER BY n.ticket LIMIT 1) p)"
         )
         self.any_ticket_on = f"SELECT EXISTS(SELECT 1 FROM {s}.ticket_names WHERE name = ANY(%s::text[]))"
+        self.count_leases = f"SELECT count(*) FROM {s}.leases"
+        self.count_tickets = f"SELECT count(*) FROM {s}.tickets"
         self.tickets_of_holder = f"SELECT {_TICKET_COLUMNS} FROM {s}.tickets WHERE holder_token = %s ORDER BY ticket"
         self.waiting_on = (
             f"SELECT {_prefixed(_TICKET_COLUMNS, 't')} FROM {s}.ticket_names n "

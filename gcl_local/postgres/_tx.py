@@ -201,6 +201,12 @@ class PgTx:
     def tickets_of_holder(self, registration: str) -> list[TicketRow]:
         return [_ticket(r) for r in self._rows(self._sql.tickets_of_holder, (registration,))]
 
+    def count_leases(self) -> int:
+        return int(self._rows(self._sql.count_leases)[0][0])
+
+    def count_tickets(self) -> int:
+        return int(self._rows(self._sql.count_tickets)[0][0])
+
     def waiting_on(self, name: str) -> list[TicketRow]:
         return [_ticket(r) for r in self._rows(self._sql.waiting_on, (name,))]
 
