@@ -197,6 +197,11 @@ def split_schema(url: str) -> tuple[str, str | None]:
     return urlunsplit(parts._replace(query=urlencode(rest, safe="/"))), schema
 
 
+def header(db: str) -> str:
+    """The first line of ``ls`` and ``inspect`` for the store *db*."""
+    return f"Store: {db}" if is_postgres(db) else f"State file: {db}"
+
+
 def store_exists(db: str) -> bool:
     """Whether the store of *db* has been made: the state file, or the PostgreSQL schema."""
     if not is_postgres(db):

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import shlex
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from helpers import Spawned, env, gcl, holding, ok, one_line_error
+from helpers import Spawned, env, gcl, holding, is_postgres, ok, one_line_error
 
 from gcl_local import create_limit, delete_limit, list_limits, read_limit, update_limit
 
@@ -99,12 +100,12 @@ def test_export_round_trips_through_apply_in_a_pipeline(db: str, shell: str) -> 
     create_limit("odd decay", 3, slot_decay_per_second=0.1234567, active=False, db=db)
     create_limit("日本", 10**12, db=db)
     create_limit('quote"d', 0, db=db)
-    gcl_cmd = f"{sys.executable} -m gcl_local --db {db}"
-    fresh = db + ".fresh"
+    gcl_cmd = f"{sys.executable} -m gcl_local --db {shlex.quote(db)}"
+    fresh = db.replace("gcl_schema=", "gcl_schema=fresh_") if is_postgres(db) else db + ".fresh"
     script = (
         f"{gcl_cmd} export | {gcl_cmd} apply --check - && "
-        f"{gcl_cmd} export | {sys.executable} -m gcl_local --db {fresh} apply - >/dev/null && "
-        f"{sys.executable} -m gcl_local --db {fresh} export | {gcl_cmd} apply --check - >/dev/null"
+        f"{gcl_cmd} export | {sys.executable} -m gcl_local --db {shlex.quote(fresh)} apply - >/dev/null && "
+        f"{sys.executable} -m gcl_local --db {shlex.quote(fresh)} export | {gcl_cmd} apply --check - >/dev/null"
     )
     result = subprocess.run([shell, "-c", script], capture_output=True, text=True, env=env(), check=False)
     assert result.returncode == 0, result.stderr

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from helpers import GCL, Result, Spawned, env, gcl, gcl_all, holding, ok, one_line_error, wait_for
+from helpers import GCL, Result, Spawned, env, gcl, gcl_all, header, holding, ok, one_line_error, wait_for
 from typer.testing import CliRunner
 
 from gcl_local import Limit, LimitNotFoundError, list_limits, read_limit
@@ -149,12 +149,12 @@ def test_create_usage_error_as_a_process(db: str) -> None:
 
 def test_ls_when_empty(db: str) -> None:
     text, as_json_text = gcl_all(db, [["ls"], ["ls", "-o", "json"]])
-    assert ok(text) == f"State file: {db}\nNo state file yet: gcl create NAME --limit N makes it.\n"
+    assert ok(text) == f"{header(db)}\nNo state file yet: gcl create NAME --limit N makes it.\n"
     assert json.loads(ok(as_json_text)) == []
     ok(gcl(db, "create", "a", "-l", "1"))
     ok(gcl(db, "delete", "a"))
     text, as_json_text = gcl_all(db, [["ls"], ["ls", "-o", "json"]])
-    assert ok(text) == f"State file: {db}\nNo limits yet: gcl create NAME --limit N\n"
+    assert ok(text) == f"{header(db)}\nNo limits yet: gcl create NAME --limit N\n"
     assert json.loads(ok(as_json_text)) == []
 
 
@@ -163,7 +163,7 @@ def test_ls_table_and_json(db: str) -> None:
     ok(gcl(db, "create", "beta", "-l", "7", "--slot-decay-per-second", "1.5", "--disable"))
     text, as_json_text = gcl_all(db, [["ls"], ["ls", "-o", "json"]])
     lines = ok(text).splitlines()
-    assert lines[0] == f"State file: {db}"
+    assert lines[0] == header(db)
     assert lines[1].split() == ["NAME", "ACTIVE", "USED", "RATE", "HOLDERS", "WAITING"]
     assert set(lines[2]) <= {"-", " "}
     assert lines[3:] == [
@@ -192,7 +192,7 @@ def test_inspect_details_without_holders(db: str) -> None:
     assert re.search(r"^used:\s+0 of 4 slots$", out, re.M)
     assert re.search(r"^rate:\s+18/min, burst 4 \(decay 0.25 slots/s\)$", out, re.M)
     assert re.search(r"^avg occupancy:\s+-$", out, re.M)  # nobody used it yet: no invented average
-    assert out.startswith(f"State file: {db}\n")
+    assert out.startswith(f"{header(db)}\n")
     assert "No holders." in out
     limit = json.loads(ok(as_json_text))
     assert (limit["name"], limit["limit"], limit["holders"], limit["waiters"]) == ("gpu", 4, [], [])

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import subprocess
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from helpers import GCL, Spawned, env, gcl, gcl_all, holding, ok, one_line_error
+from helpers import GCL, Spawned, env, gcl, gcl_all, header, holding, ok, one_line_error
 
 from gcl_local import Lease, __version__, list_limits, read_limit
 from gcl_local._output import holders_table, width
@@ -130,7 +131,7 @@ def test_db_works_after_every_command_and_wins_over_the_environment(db: str, tmp
         gcl(None, "inspect", "a", "-o", "json", "--db", db, GCL_DB=other),
     )
     assert ok(after) == ok(before) == ok(by_env)
-    assert ok(after).startswith(f"State file: {db}\n")
+    assert ok(after).startswith(f"{header(db)}\n")
     assert json.loads(ok(env_and_flag))["name"] == "a"
     for command in (["update", "a", "-l", "4"], ["disable", "a"], ["enable", "a"], ["export"]):
         ok(gcl(None, *command, "--db", db))
@@ -171,7 +172,7 @@ def test_ls_fits_80_columns_with_huge_numbers_and_wide_names(db: str) -> None:
     ):
         ok(gcl(db, *args))
     out = ok(gcl(db, "ls"))
-    assert out.startswith(f"State file: {db}\n")  # the path is never cut: it is what the user looks for
+    assert out.startswith(f"{header(db)}\n")  # the path is never cut: it is what the user looks for
     for line in out.splitlines()[1:]:
         assert width(line) <= 80, (width(line), line)
     assert "1T/1T" in out
@@ -212,7 +213,7 @@ def test_messages_quote_names_for_the_shell_and_fit_80_columns(db: str) -> None:
     assert ok(quote) == """Created limit "it's": see it with gcl inspect 'it'"'"'s'\n"""
     # the suggested command works as printed
     out = subprocess.run(
-        ["sh", "-c", ok(spaced).split("with ", 1)[1].replace("gcl ", " ".join(GCL) + " --db " + db + " ", 1)],
+        ["sh", "-c", ok(spaced).split("with ", 1)[1].replace("gcl ", f"{' '.join(GCL)} --db {shlex.quote(db)} ", 1)],
         capture_output=True, text=True, env=env(), check=False,
     )  # fmt: skip
     assert "name:          a b" in ok(out)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shlex
 import shutil
 import subprocess
 import sys
@@ -168,7 +169,7 @@ def test_gcl_run_tells_its_command_the_lease_the_token_and_the_limits(db: str, s
 @pytest.mark.parametrize("shell", SHELLS)
 def test_the_command_can_release_its_own_lease_early(db: str, shell: str, spawned: Spawned, tmp_path: Path) -> None:
     create_limit("a", 1, db=db)
-    gcl_cmd = f"{sys.executable} -m gcl_local --db {db}"
+    gcl_cmd = f"{sys.executable} -m gcl_local --db {shlex.quote(db)}"
     marker = tmp_path / "released"
     runner = spawned.gcl(db, "run", "a", "--", shell, "-c",
                          f'{gcl_cmd} release "$GCL_LEASE_ID" && touch {marker}; sleep 30')  # fmt: skip

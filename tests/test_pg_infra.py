@@ -37,6 +37,7 @@ def test_sqlite_only_skips_the_postgres_case(db: str) -> None:
     assert not is_postgres(db)
 
 
+@pytest.mark.sqlite_only("it checks the default case")
 def test_db_is_sqlite_unless_asked(db: str) -> None:
     assert not is_postgres(db)
 

@@ -149,6 +149,7 @@ def test_forked_child_uses_the_library_on_its_own_connection(db: str, as_store: 
     assert integrity(db) == "ok"
 
 
+@pytest.mark.sqlite_only("it checks the SQLite file with PRAGMA integrity_check")
 def test_many_forked_children_and_the_parent_share_a_limit(db: str, tmp_path: Path) -> None:
     """Eight forked children and the parent (which holds a connection and a renewing lease throughout)."""
     create_limit("pool", 2, db=db)
@@ -207,6 +208,7 @@ def _worker_started(ready_dir: str) -> None:
 
 
 @pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
+@pytest.mark.sqlite_only("it checks the SQLite file with PRAGMA integrity_check")
 def test_multiprocessing_pool_never_exceeds_the_limit(db: str, method: str, tmp_path: Path) -> None:
     if method not in multiprocessing.get_all_start_methods():
         pytest.skip(f"no {method} start method here")
@@ -240,6 +242,7 @@ def test_multiprocessing_pool_never_exceeds_the_limit(db: str, method: str, tmp_
 # -- threads --------------------------------------------------------------------------------------------
 
 
+@pytest.mark.sqlite_only("it counts the token files of the run directory")
 def test_threads_hammering_one_limit(db: str) -> None:
     create_limit("pool", 3, db=db)
     spans: list[tuple[float, float]] = []
@@ -375,6 +378,7 @@ def open_files(pid: int) -> list[str]:
     return targets
 
 
+@pytest.mark.sqlite_only("it looks for the token file among open descriptors")
 def test_subprocess_children_do_not_inherit_the_token(db: str) -> None:
     """A program started with every descriptor kept (close_fds=False) still must not hold our token."""
     create_limit("one", 1, db=db)

@@ -71,6 +71,7 @@ def test_a_threads_kept_pipe_ignores_wake_ups_meant_for_its_earlier_wait(db: str
     assert not read_limit("a", db=db).waiters
 
 
+@pytest.mark.sqlite_only("it reads the SQLite file directly")
 def test_a_waiter_reaps_a_dead_waiter_ahead_of_it_while_the_slot_stays_held(db: str, procs) -> None:
     """Found by the soak run: a dead head of the queue was kept while its limit stayed full."""
     import signal

@@ -79,6 +79,7 @@ def _crowd(db: str, tmp_path: Path, n: int) -> tuple[float, float]:
 
 
 @pytest.mark.slow
+@pytest.mark.sqlite_only("300 processes need 600 connections (the test server allows 300), and each imports the driver")
 def test_hundreds_of_waiters_are_served_in_order_at_a_linear_cost(db: str, tmp_path: Path) -> None:
     create_limit("one", 1, db=db)
     few = _crowd(db, tmp_path, 30)

@@ -41,6 +41,8 @@ IS_ROOT = os.geteuid() == 0
 
 # -- helpers -----------------------------------------------------------------------------------------
 
+pytestmark = pytest.mark.sqlite_only("file-system security of the state file and its run directory")
+
 
 def mode(path: str | Path) -> int:
     """Permission bits (with setuid/setgid/sticky) of *path* itself, not of what a symlink points to."""

@@ -246,6 +246,7 @@ def test_waiter_pipe_is_group_writable_in_setgid_directory(tmp_path: Path, procs
     assert child.returncode == 0
 
 
+@pytest.mark.sqlite_only("file modes of the state file")
 def test_first_file_in_a_fresh_directory_is_0600(db: str) -> None:
     create_limit("a", 1, db=db)
     assert mode(db) == 0o600

@@ -13,6 +13,8 @@ from helpers import Spawned, gcl, ok, wait_for
 from gcl_local import _admission, _effects, create_limit, read_limit
 from gcl_local.sqlite import _liveness, get_store
 
+pytestmark = pytest.mark.sqlite_only("the run directory of the SQLite store")
+
 
 def sweep(db: str) -> None:
     """What processes run now and then as they start (readers such as ``gcl ls`` never write)."""

@@ -209,4 +209,14 @@ def _scrub(text: str, secrets: tuple[str, ...]) -> str:
     return text
 
 
-__all__ = ["DEFAULT_DETECT_SECONDS", "DEFAULT_SCHEMA", "Settings", "derived_key", "parse", "redact"]
+__all__ = [
+    "DEFAULT_DETECT_SECONDS",
+    "DEFAULT_SCHEMA",
+    "LOCK_WAIT_SECONDS",
+    "MAX_DETECT_SECONDS",
+    "MIN_DETECT_SECONDS",
+    "Settings",
+    "derived_key",
+    "parse",
+    "redact",
+]

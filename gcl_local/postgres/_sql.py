@@ -389,4 +389,24 @@ class Statements:
         return sql
 
 
-__all__ = ["MARKER", "MIGRATIONS", "OCCUPANCY_SPAN", "SCHEMA_VERSION", "Statements", "quote_ident", "tables_of"]
+__all__ = [
+    "MARKER",
+    "MIGRATIONS",
+    "OCCUPANCY_SPAN",
+    "RELATIONS_IN",
+    "SCHEMA_OID",
+    "SCHEMA_VERSION",
+    "SESSION_SETUP",
+    "SYNC_COMMIT_ON",
+    "Statements",
+    "TOKEN_LOCK",
+    "TOKEN_UNLOCK",
+    "TOKEN_VISIBLE",
+    "TRY_TOKEN_LOCK",
+    "WAIT_COLUMNS",
+    "WAKE",
+    "listen",
+    "quote_ident",
+    "tables_of",
+    "unlisten",
+]

@@ -85,7 +85,8 @@ class _Work:
                 self.conn.close()
 
     def __del__(self) -> None:
-        self.close()  # a thread's connection goes when the thread does
+        with contextlib.suppress(Exception):  # (at interpreter exit, os may be gone already)
+            self.close()  # a thread's connection goes when the thread does
 
 
 def _one_line(exc: BaseException) -> str:
@@ -384,6 +385,14 @@ class PostgresBackend:
                     _log.debug("gcl_local: reconnecting to %s: %s", self.description, self.settings.scrub(str(exc)))
                     work = self._new_work(work)
                     continue
+                if attempt == 0 and isinstance(exc, pgerrors.InvalidSqlStatementName):
+                    # Our statements were deallocated (psycopg's own cache sends DEALLOCATE ALL when it
+                    # finds its plans stale): prepare them again; nothing of the transaction has run.
+                    self._abort(work)
+                    work.prepared = False
+                    if self._local.work is None:
+                        work = self._new_work(work)
+                    continue
                 self._abort(work)
                 if not work.prepared:  # a PREPARE may have been done: the next try starts afresh
                     work.close()
@@ -565,7 +574,12 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-__all__ = ["BOOT_ID", "NoSchemaError", "PostgresBackend"]
+__all__ = [
+    "BOOT_ID",
+    "NoSchemaError",
+    "PostgresBackend",
+    "SWEEP_EVERY_SECONDS",
+]
 
 
 if TYPE_CHECKING:  # mypy checks that each class implements its Protocol of the seam

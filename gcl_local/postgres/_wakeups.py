@@ -139,4 +139,9 @@ def payloads(wakes: list[tuple[str, bytes]]) -> tuple[list[str], list[str]]:
     return channels, texts
 
 
-__all__ = ["MAX_MESSAGE", "PgChannel", "payloads"]
+__all__ = [
+    "DIRECT",
+    "MAX_MESSAGE",
+    "PgChannel",
+    "payloads",
+]
