@@ -85,8 +85,10 @@ class _Work:
                 self.conn.close()
 
     def __del__(self) -> None:
-        with contextlib.suppress(Exception):  # (at interpreter exit, os may be gone already)
-            self.close()  # a thread's connection goes when the thread does
+        try:  # a thread's connection goes when the thread does
+            self.close()
+        except Exception:  # at interpreter exit, modules (os, contextlib) may be gone already
+            pass
 
 
 def _one_line(exc: BaseException) -> str:
