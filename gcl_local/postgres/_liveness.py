@@ -12,7 +12,7 @@ process holds the socket, as a kernel-released flock does on one host.
 
 The same session carries every LISTEN of the process (``_wakeups``: waiters read it themselves). A
 watcher thread, asleep in ``poll`` on its socket, notices a lost session (a server restart; a cut link,
-through the client's keepalives at S/2): it reconnects, takes the same key again (waiting, if the server
+through the client's keepalives within S/4): it reconnects, takes the same key again (waiting, if the server
 still holds the old session, until the server lets it go: the lock passes straight to the waiting
 request, so nobody sees it free in between) and LISTENs again. Meanwhile :attr:`TokenSession.held` is
 False, and ``alive()`` of this registration answers None in this process: a holder whose heartbeat
