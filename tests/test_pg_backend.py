@@ -389,6 +389,24 @@ def test_a_driver_error_in_work_is_a_store_error_and_rolls_back(backend: Postgre
         assert [r.name for r in tx.select_all_limits()] == ["a"]
 
 
+def test_a_rollback_after_psycopgs_own_prepared_statements_keeps_ours(backend: PostgresBackend) -> None:
+    """psycopg prepares a statement run 5 times, and on a ROLLBACK it deallocates every prepared statement
+    of the connection, ours (the BEGIN statements) too: the next transaction must still work (found by
+    scripts/stress.py on PostgreSQL: an async worker's non-blocking writes roll back when the lock is taken)."""
+    backend.write(lambda tx: tx.insert_limit(_limit("a", tx)))
+    for _ in range(6):  # psycopg prepares it
+        backend.alive("pg-12345")
+
+    def fails(tx: Tx) -> None:
+        raise KeyError("no")
+
+    with pytest.raises(KeyError):
+        backend.write(fails)  # ROLLBACK
+    assert [r.name for r in backend.write(lambda tx: tx.select_all_limits())] == ["a"]
+    with backend.read() as tx:
+        assert [r.name for r in tx.select_all_limits()] == ["a"]
+
+
 # -- time and transactions ----------------------------------------------------------------------------
 
 

@@ -384,6 +384,14 @@ class PostgresBackend:
                     _log.debug("gcl_local: reconnecting to %s: %s", self.description, self.settings.scrub(str(exc)))
                     work = self._new_work(work)
                     continue
+                if attempt == 0 and isinstance(exc, pgerrors.InvalidSqlStatementName):
+                    # Our statements are gone: psycopg prepares a statement run 5 times, and after a ROLLBACK
+                    # it sends DEALLOCATE ALL, which takes ours too (scripts/stress.py on PostgreSQL: an async
+                    # worker's non-blocking writes roll back when the lock is taken). Prepare them again.
+                    self._abort(work)
+                    work = self._new_work(work) if work.conn.closed else work
+                    work.prepared = False
+                    continue
                 self._abort(work)
                 if not work.prepared:  # a PREPARE may have been done: the next try starts afresh
                     work.close()
