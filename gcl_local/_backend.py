@@ -282,7 +282,9 @@ class Backend(Protocol):
         so a holder learns of the loss first."""
 
     def write(self, work: Callable[[Tx], T], *, durable: bool = False, blocking: bool = True) -> T:
-        """Run ``work(tx)`` in one short write transaction and commit it.
+        """Run ``work(tx)`` in one short write transaction and commit it. *work* may run more than once
+        (a server that restarts rolls a transaction back, and the backend runs it again): only its last
+        run, the one committed, counts.
 
         *durable*: the commit survives a crash of the machine (admin writes; on a server, every
         grant). :raises WouldBlock: if not *blocking* and another writer holds the lock.

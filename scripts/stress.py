@@ -167,6 +167,17 @@ VIOLATIONS = {
 }
 
 
+def tolerated(args: Any) -> tuple[type[BaseException], ...]:
+    """What a worker counts rather than dies of: with server restarts, a StoreError (a process that connects
+    for the first time while the server is down is told so at once; a COMMIT under way when the server went down
+    may or may not have been committed). What it may leave behind, the audits still see."""
+    if not getattr(args, "restart_every", 0):
+        return ()
+    from gcl_local import StoreError
+
+    return (StoreError,)
+
+
 def is_pg(db: object) -> bool:
     """Whether *db* names a PostgreSQL store (else a SQLite state file)."""
     return str(db).startswith(("postgresql://", "postgres://"))
@@ -837,6 +848,7 @@ def run_sync_worker(args: Any) -> int:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # blocked since the driver started us
     ledger = Ledger(args.work, args.db)
     me = os.getpid()
+    restart_errors = tolerated(args)
     while not _stop[0]:
         p = plan(rng, args)
         waiting = p.timeout != 0  # a try-once never takes a ticket
@@ -863,6 +875,9 @@ def run_sync_worker(args: Any) -> int:
         except AcquireConcurrencySlotTimeoutError:
             _gate[0] = False
             PENDING[f"timeouts:{kind}"] += 1
+        except restart_errors:
+            _gate[0] = False
+            PENDING[f"store-errors:{kind}"] += 1
         except KeyboardInterrupt:
             _gate[0] = False
             PENDING["sigint:caught"] += 1
@@ -930,6 +945,8 @@ def _mp_child(args: Any, acquire: bool) -> None:
                     ledger.leave(1, lease.token)
         except AcquireConcurrencySlotTimeoutError:
             PENDING["mpfork:child-busy"] += 1
+        except tolerated(args):
+            PENDING["store-errors:mpchild"] += 1
         ledger.flush()
     sys.exit(0)
 
@@ -1005,6 +1022,8 @@ async def _async_main(args: Any) -> int:
                 PENDING[f"timeouts:{kind}"] += 1
                 if state["cancelled"]:
                     ledger.violation("lost_cancels", f"{kind} task cancelled ({p.cancel}) raised a timeout instead")
+            except tolerated(args):
+                PENDING[f"store-errors:{kind}"] += 1
             else:
                 if state["cancelled"]:
                     ledger.violation("lost_cancels", f"{kind} task cancelled ({p.cancel}) went on to the end")
@@ -1046,9 +1065,14 @@ async def _async_main(args: Any) -> int:
     # A task cancelled while a worker thread of its acquisition was still in a transaction has ended, but the
     # thread gives back what it got once it is done (on PostgreSQL that takes longer): wait for that too.
     deadline = time.monotonic() + 5.0
-    while (kept := [h for h in read_limit(args.name, db=args.db).holders if h.pid == os.getpid()]) and (
-        time.monotonic() < deadline
-    ):
+    while True:
+        try:
+            kept = [h for h in read_limit(args.name, db=args.db).holders if h.pid == os.getpid()]
+        except tolerated(args):
+            kept = []  # (the server restarts: this process's sessions, and so its leases, are known by the audits)
+            break
+        if not kept or time.monotonic() >= deadline:
+            break
         await asyncio.sleep(0.05)
     if kept:
         print(f"leases kept after every task ended: {[h.id for h in kept]}", file=sys.stderr)
@@ -1125,7 +1149,7 @@ def run_nonblock_worker(args: Any) -> int:
                 os.write(fd, f"{began:.6f} {ended:.6f}\n".encode())
             finally:
                 os.close(fd)
-        if code not in (0, EX_TEMPFAIL, -9, -15, 128 + 15):
+        if code not in (0, EX_TEMPFAIL, -9, -15, 128 + 15) and not (code == 1 and args.restart_every):
             ledger.violation("nonblock", f"{' '.join(argv)} (pid {pid}) exited with {code}")
         ledger.maybe_flush()
         time.sleep(rng.uniform(0, 0.01))
@@ -1263,6 +1287,7 @@ class Driver:
         self.stopping = False
         self.spawn_count = 0
         self.servers: set[int] = set()
+        self.last_restart = 0.0
         """Servers that restart_server made our children (we are a subreaper): never a worker of ours."""
         self.env = dict(os.environ)
         self.env["PYTHONPATH"] = str(REPO) + os.pathsep + self.env.get("PYTHONPATH", "")
@@ -1323,6 +1348,8 @@ class Driver:
         self.spawn_count += 1
         seed = self.args.seed * 1_000_003 + self.spawn_count
         common = ["--work", str(self.work), "--limit", str(self.args.limit), "--seed", str(seed), "--db", str(self.db)]
+        if self.args.restart_every:
+            common += ["--restart-every", str(self.args.restart_every)]  # (workers then count StoreErrors)
         env = self.env
         if kind in PY_KINDS or kind in ("nonblock", "leaker"):
             argv = [sys.executable, str(SCRIPT), "--role", kind, "--name", self.args.name, *common]
@@ -1408,6 +1435,8 @@ class Driver:
             expected |= {0, EX_TEMPFAIL}
             if pid in self.killed_child_parents:
                 expected.add(128 + 9)
+        if self.args.restart_every and (proc.kind == "cli" or proc.kind in SHELL_KINDS):
+            expected |= {1, 3}  # a gcl that connected while the server was down (see tolerated())
         if proc.kind in SHELL_KINDS and (pid in self.disturbed or termed):
             # set -e: the script ends with the status of its gcl acquire (or 3: it printed no lease)
             expected |= {0, 1, 3, EX_TEMPFAIL, 124, 128 + 9, 128 + 15}
@@ -1770,7 +1799,11 @@ class Driver:
                     self.reported.add(f"starved:{ticket.ticket}")
                     starved.append(f"{ticket.ticket} (pid {ticket.pid}, {wall - ticket.since_wall:.1f} s)")
                 owner = self._waiter_of(table, kids, waiting, ticket.pid, _token_pid(ticket.registration))
-                if owner is None and self._orphaned(table, ticket.pid, _token_pid(ticket.registration)):
+                if owner is None and (
+                    self._orphaned(table, ticket.pid, _token_pid(ticket.registration))
+                    # PostgreSQL: a registration names no pid; a gcl acquire (a ticket by pid) whose script is dead
+                    or (self.pg and ticket.by_pid and not alive(ticket.pid or 0, ticket.pid_start))
+                ):
                     # e.g. the gcl acquire of a shell we killed: it still waits (the library cannot know its
                     # script is gone, and a lease it gets for a dead shell is freed at once)
                     self.orphan_tickets.add(ticket.ticket)
@@ -1934,6 +1967,7 @@ class Driver:
             self.fail("driver", f"the server did not restart: {result.stderr.strip()}")
             return
         self.stats.restarts.append(time.monotonic() - began)
+        self.last_restart = time.monotonic()
         with contextlib.suppress(OSError, ValueError):  # its postmaster is ours now, if pg_ctl left it
             self.servers.add(int((Path(self.args.pg_dir) / "data" / "postmaster.pid").read_text().split()[0]))
         self.say(f"server restarted in {self.stats.restarts[-1]:.2f} s")
@@ -2134,6 +2168,12 @@ def final_checks(driver: Driver) -> dict[str, Any]:
 
     store = open_backend(str(db))
     run_dir = None if driver.pg else Path(store.run_dir)  # type: ignore[attr-defined]
+    detect = getattr(store, "detect_seconds", 0.0)
+    if driver.last_restart and time.monotonic() - driver.last_restart < detect + 5.0:
+        # For S after the first write on a restarted server nobody is judged dead (the living take their locks
+        # again): what the killed held is reclaimed only after that.
+        _effects.transact(store, _admission.sweep)
+        time.sleep(detect + 0.5)
     with store.read() as rtx:
         files = sorted(os.listdir(run_dir)) if run_dir is not None and run_dir.is_dir() else []
         checks["before_sweep"] = {
@@ -2262,6 +2302,7 @@ def summarize(driver: Driver, checks: dict[str, Any], seconds: float, elapsed: f
         "faults": faults,
         "kills": sum(stats.kills.values()),
         "server_restarts": len(stats.restarts),
+        "store_errors": nest(counters, "store-errors"),
         "longest_restart": round(max(stats.restarts, default=0.0), 2),
         "kills_by": dict(sorted(stats.kills.items())),
         "kills_by_victim": dict(by_what),
@@ -2300,7 +2341,10 @@ def print_summary(s: dict[str, Any]) -> None:
     print(f"  timeouts: {s['timeouts_by_kind']}, async cancelled from outside: {s['async_cancelled']}")
     print(f"  kills: {s['kills']} {s['kills_by_victim']} (by category {s['kills_by']}; {s['kill_misses']} missed)")
     if s["server_restarts"]:
-        print(f"  server restarts: {s['server_restarts']} (the longest took {s['longest_restart']} s)")
+        print(
+            f"  server restarts: {s['server_restarts']} (the longest took {s['longest_restart']} s); "
+            f"store errors in workers: {s['store_errors']}"
+        )
     print(f"  processes spawned: {s['spawned']}, orphans reaped: {s['orphans_reaped']}, tickets of orphans "
           f"(the gcl acquire of a killed script, still waiting): {s['orphan_tickets']}")  # fmt: skip
     for fault in s["faults_enabled"]:

@@ -51,6 +51,9 @@ from gcl_local import LeaseRenewalError, concurrency
 
 cfg = json.loads(sys.argv[1])
 url, name, mode = cfg["url"], cfg["name"], cfg["mode"]
+if os.environ.get("GCL_TEST_DEBUG"):  # gcl_local's debug log on stderr, with wall-clock times
+    import logging
+    logging.basicConfig(level=logging.DEBUG, format="%(created).3f %(threadName)s %(message)s")
 
 
 def say(event, **fields):

@@ -223,8 +223,9 @@ class TokenSession:
         if old is not None:
             with contextlib.suppress(Exception):
                 old.close()
-        delay = 0.05
+        delay, tries = 0.05, 0
         while not self.closed:
+            tries += 1
             try:
                 conn, _, backend_pid = self._open(self.key)
                 with self._lock:
@@ -247,7 +248,9 @@ class TokenSession:
             except Exception as exc:
                 _log.debug("gcl_local: cannot make the session to %s again yet: %s", self._description, exc)
             self._sleep(delay)
-            delay = min(1.0, delay * 2)
+            # Often at first: a holder waits only a heartbeat (S/5) for its session after a server restart
+            # before it counts its leases as lost (_renewal), and the server is back within a second.
+            delay = min(0.25 if tries < 20 else 1.0, delay * 2)
 
     def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(OSError):
