@@ -275,12 +275,16 @@ class Backend(Protocol):
 
     @property
     def heartbeat_seconds(self) -> float | None:
-        """How often a holder proves that its registration is still held (None: while the process lives,
-        it is: one host's kernel says so). A server frees a lost holder's slots after a detection time
-        that is longer than this plus the client's own timeout, so a holder learns of the loss first."""
+        """How long a holder whose registration was lost (:attr:`Registration.held` False) waits for it
+        to be made again before it counts its leases as lost; it looks at it every quarter of that
+        (None: while the process lives, it is held: one host's kernel says so). A server frees a lost
+        holder's slots after a detection time that is longer than this plus the client's own timeout,
+        so a holder learns of the loss first."""
 
     def write(self, work: Callable[[Tx], T], *, durable: bool = False, blocking: bool = True) -> T:
-        """Run ``work(tx)`` in one short write transaction and commit it.
+        """Run ``work(tx)`` in one short write transaction and commit it. *work* may run more than once
+        (a server that restarts rolls a transaction back, and the backend runs it again): only its last
+        run, the one committed, counts.
 
         *durable*: the commit survives a crash of the machine (admin writes; on a server, every
         grant). :raises WouldBlock: if not *blocking* and another writer holds the lock.

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from . import _wire
-from ._backend import Backend
+from ._backend import Backend, Tx
 from ._request import Granted
 
 T = TypeVar("T")
@@ -37,7 +37,15 @@ class Effects:
 def transact(backend: Backend, fn: Callable[..., T], *args: object, blocking: bool = True, durable: bool = False) -> T:
     """Run ``fn(tx, effects, *args)`` in one write transaction, then wake whom it served."""
     effects = Effects(backend.max_message)
-    result = backend.write(lambda tx: fn(tx, effects, *args), blocking=blocking, durable=durable)
+
+    def work(tx: Tx) -> T:
+        # A backend may run it again when its first run was rolled back (a server that restarted
+        # meanwhile): what that run left to do is void.
+        effects.wakes.clear()
+        effects.dead_registrations.clear()
+        return fn(tx, effects, *args)
+
+    result = backend.write(work, blocking=blocking, durable=durable)
     if effects.wakes:
         backend.wake(effects.wakes)
     if effects.dead_registrations:

@@ -167,6 +167,7 @@ async def concurrency(
     )  # fmt: skip
     raising = strict if raise_on_lease_renewal_failure is None else bool(raise_on_lease_renewal_failure)
     acquisition = Acquisition(backend, request)
+    renewal: Renewal | None = None
     try:  # from before the first transaction: a cancellation must not strand the slots in a live process
         granted = await acquire_slots(backend, request, timeout_seconds, max_retries, acquisition)
         lease = granted.lease
@@ -188,7 +189,8 @@ async def concurrency(
             renewal.cancel()
     finally:
         if acquisition.lease_id is not None:
-            await _off_the_loop(acquisition, acquisition.release)
+            lost = renewal is not None and renewal.failed  # (see Acquisition.release_lost)
+            await _off_the_loop(acquisition, acquisition.release_lost if lost else acquisition.release)
 
 
 def _canceller() -> Callable[[], None]:

@@ -142,6 +142,7 @@ def concurrency(
     )  # fmt: skip
     raise_on_failure = strict if raise_on_lease_renewal_failure is None else bool(raise_on_lease_renewal_failure)
     acquisition = Acquisition(backend, request)
+    renewal: Renewal | None = None
     try:  # from before the first transaction: an interrupt must not strand the slots in a live process
         granted = acquire_slots(backend, request, timeout_seconds, max_retries, acquisition=acquisition)
         lease = granted.lease
@@ -159,7 +160,10 @@ def concurrency(
             renewals.cancel(renewal)
     finally:
         with SignalsHeldBack():  # the first thing on the way out: a Ctrl-C now waits for the release
-            acquisition.release()
+            if renewal is not None and renewal.failed:
+                acquisition.release_lost()  # (its error must not replace the block's LeaseRenewalError)
+            else:
+                acquisition.release()
 
 
 def rate_limit(

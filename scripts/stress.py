@@ -167,6 +167,22 @@ VIOLATIONS = {
 }
 
 
+def tolerated(args: Any) -> tuple[type[BaseException], ...]:
+    """What a worker counts rather than dies of: with server restarts, a StoreError (a process that connects
+    for the first time while the server is down is told so at once; a COMMIT under way when the server went down
+    may or may not have been committed). What it may leave behind, the audits still see."""
+    if not getattr(args, "restart_every", 0):
+        return ()
+    from gcl_local import StoreError
+
+    return (StoreError,)
+
+
+def is_pg(db: object) -> bool:
+    """Whether *db* names a PostgreSQL store (else a SQLite state file)."""
+    return str(db).startswith(("postgresql://", "postgres://"))
+
+
 def rate_name(name: str) -> str:
     return f"{name}-rate"
 
@@ -201,7 +217,7 @@ class Ledger:
 
     def __init__(self, work: str | Path, db: str | None = None) -> None:
         work = Path(work)
-        self.run_dir = f"{Path(db).absolute()}-run" if db else None
+        self.run_dir = f"{Path(db).absolute()}-run" if db and not is_pg(db) else None  # (SQLite: token files)
         self._gcl_token: str | None = None
         self.lock_path = work / "ledger.lock"
         self.data_path = work / "ledger.json"
@@ -710,7 +726,7 @@ def _landing(frame: Any) -> str:
         if code.co_name == "_work_then_interrupt":
             return "before-commit"
         if "gcl_local" in code.co_filename:
-            if code.co_filename.endswith("_store.py") and code.co_name == "write":  # sqlite/_store.py
+            if code.co_filename.endswith("_store.py") and code.co_name == "write":  # sqlite/ or postgres/_store.py
                 return "in-transaction"
             where = "in-gcl_local"
         elif where == "in-hold" and code.co_filename.endswith("contextlib.py"):
@@ -732,14 +748,17 @@ def _on_signal(signum: int, frame: Any) -> None:
     PENDING["sigint:outside-gcl_local"] += 1  # dropped: the worker is busy with the ledger
 
 
-def _install_commit_interrupts(probability: float, rng: random.Random) -> None:
+def _install_commit_interrupts(probability: float, rng: random.Random, db: str) -> None:
     """Interrupt this process (SIGINT to itself) around some of its commits: just before (inside the
     transaction) or just after ``COMMIT`` (before gcl_local has looked at what it committed)."""
     import threading
 
-    from gcl_local.sqlite import _store
+    if is_pg(db):
+        from gcl_local.postgres._store import PostgresBackend as Store
+    else:
+        from gcl_local.sqlite._store import Store  # type: ignore[assignment]
 
-    original = _store.Store.write
+    original = Store.write
     main = threading.main_thread()
 
     def write(self: Any, work: Any, *args: Any, **kwargs: Any) -> Any:
@@ -756,7 +775,7 @@ def _install_commit_interrupts(probability: float, rng: random.Random) -> None:
             return original(self, _work_then_interrupt, *args, **kwargs)
         return _write_then_interrupt(original, self, work, args, kwargs)
 
-    _store.Store.write = write  # type: ignore[method-assign]
+    Store.write = write  # type: ignore[method-assign]
 
 
 def _write_then_interrupt(original: Any, store: Any, work: Any, args: Any, kwargs: Any) -> Any:
@@ -825,10 +844,11 @@ def run_sync_worker(args: Any) -> int:
     if kind == "sigint":
         signal.signal(signal.SIGINT, _on_signal)
         if args.sigint_after_commit > 0:
-            _install_commit_interrupts(args.sigint_after_commit, random.Random(args.seed + 1))
+            _install_commit_interrupts(args.sigint_after_commit, random.Random(args.seed + 1), args.db)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # blocked since the driver started us
     ledger = Ledger(args.work, args.db)
     me = os.getpid()
+    restart_errors = tolerated(args)
     while not _stop[0]:
         p = plan(rng, args)
         waiting = p.timeout != 0  # a try-once never takes a ticket
@@ -855,6 +875,9 @@ def run_sync_worker(args: Any) -> int:
         except AcquireConcurrencySlotTimeoutError:
             _gate[0] = False
             PENDING[f"timeouts:{kind}"] += 1
+        except restart_errors:
+            _gate[0] = False
+            PENDING[f"store-errors:{kind}"] += 1
         except KeyboardInterrupt:
             _gate[0] = False
             PENDING["sigint:caught"] += 1
@@ -922,6 +945,8 @@ def _mp_child(args: Any, acquire: bool) -> None:
                     ledger.leave(1, lease.token)
         except AcquireConcurrencySlotTimeoutError:
             PENDING["mpfork:child-busy"] += 1
+        except tolerated(args):
+            PENDING["store-errors:mpchild"] += 1
         ledger.flush()
     sys.exit(0)
 
@@ -997,6 +1022,8 @@ async def _async_main(args: Any) -> int:
                 PENDING[f"timeouts:{kind}"] += 1
                 if state["cancelled"]:
                     ledger.violation("lost_cancels", f"{kind} task cancelled ({p.cancel}) raised a timeout instead")
+            except tolerated(args):
+                PENDING[f"store-errors:{kind}"] += 1
             else:
                 if state["cancelled"]:
                     ledger.violation("lost_cancels", f"{kind} task cancelled ({p.cancel}) went on to the end")
@@ -1035,7 +1062,18 @@ async def _async_main(args: Any) -> int:
         await asyncio.sleep(0.01)
     from gcl_local import read_limit
 
-    kept = [h for h in read_limit(args.name, db=args.db).holders if h.pid == os.getpid()]
+    # A task cancelled while a worker thread of its acquisition was still in a transaction has ended, but the
+    # thread gives back what it got once it is done (on PostgreSQL that takes longer): wait for that too.
+    deadline = time.monotonic() + 5.0
+    while True:
+        try:
+            kept = [h for h in read_limit(args.name, db=args.db).holders if h.pid == os.getpid()]
+        except tolerated(args):
+            kept = []  # (the server restarts: this process's sessions, and so its leases, are known by the audits)
+            break
+        if not kept or time.monotonic() >= deadline:
+            break
+        await asyncio.sleep(0.05)
     if kept:
         print(f"leases kept after every task ended: {[h.id for h in kept]}", file=sys.stderr)
         ledger.violation("leaked", f"{kind} worker {os.getpid()} kept {[h.id for h in kept]} after all its tasks ended")
@@ -1065,11 +1103,14 @@ def run_child(args: Any) -> int:
     the hold is short and ends by itself."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     ledger = Ledger(args.work, args.db)
-    ledger.enter("cli", args.occupy, None, waited=False)
+    # On SQLite the ledger knows the lease by the liveness token the child inherited (its file); on PostgreSQL
+    # the inherited token is a socket, so by the fencing token that gcl run hands its command.
+    token = int(os.environ["GCL_FENCING_TOKEN"]) if is_pg(args.db) else None
+    ledger.enter("cli", args.occupy, token, waited=False)
     try:
         time.sleep(args.hold)
     finally:
-        ledger.leave(args.occupy, None)
+        ledger.leave(args.occupy, token)
     return 0
 
 
@@ -1108,7 +1149,7 @@ def run_nonblock_worker(args: Any) -> int:
                 os.write(fd, f"{began:.6f} {ended:.6f}\n".encode())
             finally:
                 os.close(fd)
-        if code not in (0, EX_TEMPFAIL, -9, -15, 128 + 15):
+        if code not in (0, EX_TEMPFAIL, -9, -15, 128 + 15) and not (code == 1 and args.restart_every):
             ledger.violation("nonblock", f"{' '.join(argv)} (pid {pid}) exited with {code}")
         ledger.maybe_flush()
         time.sleep(rng.uniform(0, 0.01))
@@ -1199,6 +1240,8 @@ class Stats:
         self.max_leases = 0
         self.max_tickets = 0
         self.forced_at_stop = 0
+        self.restarts: list[float] = []
+        """PostgreSQL: how long each server restart took."""
 
 
 class Victim:
@@ -1214,10 +1257,11 @@ class Victim:
 
 
 class Driver:
-    def __init__(self, args: Any, work: Path, db: Path) -> None:
+    def __init__(self, args: Any, work: Path, db: Path | str) -> None:
         self.args = args
         self.work = work
         self.db = db
+        self.pg = is_pg(db)
         self.me = os.getpid()
         self.ledger = Ledger(work)
         self.rng = random.Random(args.seed)
@@ -1242,6 +1286,9 @@ class Driver:
         """The sigint workers that get SIGINTs now."""
         self.stopping = False
         self.spawn_count = 0
+        self.servers: set[int] = set()
+        self.last_restart = 0.0
+        """Servers that restart_server made our children (we are a subreaper): never a worker of ours."""
         self.env = dict(os.environ)
         self.env["PYTHONPATH"] = str(REPO) + os.pathsep + self.env.get("PYTHONPATH", "")
         self.env.pop("GCL_DB", None)
@@ -1301,6 +1348,8 @@ class Driver:
         self.spawn_count += 1
         seed = self.args.seed * 1_000_003 + self.spawn_count
         common = ["--work", str(self.work), "--limit", str(self.args.limit), "--seed", str(seed), "--db", str(self.db)]
+        if self.args.restart_every:
+            common += ["--restart-every", str(self.args.restart_every)]  # (workers then count StoreErrors)
         env = self.env
         if kind in PY_KINDS or kind in ("nonblock", "leaker"):
             argv = [sys.executable, str(SCRIPT), "--role", kind, "--name", self.args.name, *common]
@@ -1358,8 +1407,15 @@ class Driver:
             except ChildProcessError:
                 return False
             if pid == 0:
-                return True
+                return not self.servers or bool(self.children())
+            if pid in self.servers:
+                self.servers.discard(pid)  # (an old server, after the next restart)
+                continue
             self.exited(pid, os.waitstatus_to_exitcode(status))
+
+    def children(self) -> list[int]:
+        """Our children (adopted orphans too), but no server that a restart left with us."""
+        return [pid for pid in children_of(self.me) if pid not in self.servers]
 
     def exited(self, pid: int, code: int) -> None:
         proc = self.procs.pop(pid, None)
@@ -1379,6 +1435,8 @@ class Driver:
             expected |= {0, EX_TEMPFAIL}
             if pid in self.killed_child_parents:
                 expected.add(128 + 9)
+        if self.args.restart_every and (proc.kind == "cli" or proc.kind in SHELL_KINDS):
+            expected |= {1, 3}  # a gcl that connected while the server was down (see tolerated())
         if proc.kind in SHELL_KINDS and (pid in self.disturbed or termed):
             # set -e: the script ends with the status of its gcl acquire (or 3: it printed no lease)
             expected |= {0, 1, 3, EX_TEMPFAIL, 124, 128 + 9, 128 + 15}
@@ -1525,10 +1583,10 @@ class Driver:
     # -- auditing ----------------------------------------------------------------------------------
 
     def audit(self) -> None:
-        from gcl_local.sqlite import get_store
+        from gcl_local._backend import open_backend
 
-        store = get_store(str(self.db))
-        run_dir = Path(store.run_dir)
+        store = open_backend(str(self.db))  # rows through the backend seam, on either backend
+        run_dir = None if self.pg else Path(store.run_dir)  # type: ignore[attr-defined]
         with self.ledger.locked(LEDGER_TIMEOUT) as tx:
             st = tx.state
             leases: dict[int, Any] = {}
@@ -1546,7 +1604,9 @@ class Driver:
             liveness: dict[str, bool | None] = {}
             for token in {x.registration for x in leases.values()} | {t.registration for t in tickets.values()}:
                 if token is not None:
-                    liveness[token] = token_alive(run_dir, token)
+                    # PostgreSQL: as gcl_local asks (None just after a server restart, while the living take
+                    # their locks again: unknown, and no check counts it as dead or alive).
+                    liveness[token] = store.alive(token) if run_dir is None else token_alive(run_dir, token)
             for pid, e in list(st["holders"].items()):  # entries of processes that are gone
                 info = lookup(table, int(pid))
                 if info is None or info[1] == "Z" or info[2] != e["start"]:
@@ -1586,10 +1646,11 @@ class Driver:
         self._audit_leases(leases, holders, table, alive_lease, now, wall, bool(tickets), starting)
         self._audit_tickets(queues, waiting, table, liveness, now, wall)
 
-    def _starting_children(self, table: Table, holders: dict[str, Any], run_dir: Path) -> dict[str, int]:
+    def _starting_children(self, table: Table, holders: dict[str, Any], run_dir: Path | None) -> dict[str, int]:
         """{liveness token: pid} of `gcl run` children that live but are not in the ledger: starting up (Python
         takes a while) or exiting after their block. Their wrapper's lease is not a leak (while the child has used
-        less than 2 s of CPU: its block lasts 50 ms at most)."""
+        less than 2 s of CPU: its block lasts 50 ms at most). On PostgreSQL (no *run_dir*), keyed by
+        ``fencing:<its lease's fencing token>`` instead (its inherited token is a socket)."""
         kids = children_map(table)
         found = {}
         parents = [pid for pid, p in self.procs.items() if p.kind == "cli"] + [self.me]
@@ -1599,6 +1660,11 @@ class Driver:
                     continue
                 cmd = cmdline(pid)
                 if cmd[2:4] != ["--role", "child"] or cpu_seconds(pid) >= 2.0:
+                    continue
+                if run_dir is None:
+                    fencing = environment_of(pid).get("GCL_FENCING_TOKEN")
+                    if fencing:
+                        found[f"fencing:{fencing}"] = pid
                     continue
                 with contextlib.suppress(OSError):
                     for fd in os.listdir(f"/proc/{pid}/fd"):
@@ -1625,14 +1691,14 @@ class Driver:
         by_fencing = {t: (pid, e) for pid, e in holders.items() for t in e["tokens"]}
         cli_slots: Counter[str] = Counter()  # `gcl run` children: slots by liveness token (no fencing token)
         for pid, e in holders.items():
-            if e["kind"] == "cli":
+            if e["kind"] == "cli" and not e["tokens"]:  # (on PostgreSQL a child knows its fencing token)
                 if e.get("gcl") is None:
                     self.fail_once(f"notoken:{pid}", "ledger", f"gcl run child {pid} holds no gcl_local token", "cli")
                 cli_slots[e.get("gcl") or f"pid:{pid}"] += e["n"]
         # A process in its block whose lease is gone or whose holder is dead: at once, no grace.
         for token, (pid, e) in by_fencing.items():
             lease = leases.get(token)
-            if lease is None or not alive_lease(lease):
+            if lease is None or alive_lease(lease) is False or (alive_lease(lease) is None and not self.pg):
                 kind = e["kind"] + (f":{e['form']}" if e.get("form") else "")
                 state = "gone" if lease is None else f"held by dead {lease.pid} ({lease.label})"
                 self.fail_once(
@@ -1662,8 +1728,10 @@ class Driver:
                 cli_slots[lease.registration] -= lease.slots
                 accounted.add(lease.token)
                 continue
-            if state and lease.registration in starting:
+            if state and (lease.registration in starting or f"fencing:{lease.token}" in starting):
                 continue  # its `gcl run` child starts up or exits: not a leak, and no window to learn from
+            if state is None and self.pg:
+                continue  # unknown (just after a server restart): neither a leak nor a dead holder's lease
             if state:
                 seen_unaccounted.add(lease.token)
                 first = self.unaccounted_since.setdefault(lease.token, now)
@@ -1708,6 +1776,9 @@ class Driver:
         for name, queue in queues.items():
             at_head = True  # dead tickets matter where they stand before every live one (the head of the queue)
             for ticket in queue:
+                if self.pg and liveness.get(ticket.registration) is None:
+                    at_head = False  # unknown (just after a server restart): neither dead nor lonely
+                    continue
                 if liveness.get(ticket.registration) is not True:
                     if at_head:
                         seen_dead.add(ticket.ticket)
@@ -1728,7 +1799,11 @@ class Driver:
                     self.reported.add(f"starved:{ticket.ticket}")
                     starved.append(f"{ticket.ticket} (pid {ticket.pid}, {wall - ticket.since_wall:.1f} s)")
                 owner = self._waiter_of(table, kids, waiting, ticket.pid, _token_pid(ticket.registration))
-                if owner is None and self._orphaned(table, ticket.pid, _token_pid(ticket.registration)):
+                if owner is None and (
+                    self._orphaned(table, ticket.pid, _token_pid(ticket.registration))
+                    # PostgreSQL: a registration names no pid; a gcl acquire (a ticket by pid) whose script is dead
+                    or (self.pg and ticket.by_pid and not alive(ticket.pid or 0, ticket.pid_start))
+                ):
                     # e.g. the gcl acquire of a shell we killed: it still waits (the library cannot know its
                     # script is gone, and a lease it gets for a dead shell is freed at once)
                     self.orphan_tickets.add(ticket.ticket)
@@ -1789,9 +1864,9 @@ class Driver:
 
     def dump(self) -> str:
         """What the state file and the run directory hold now (read-only)."""
-        from gcl_local.sqlite import get_store
+        from gcl_local._backend import open_backend
 
-        store = get_store(str(self.db))
+        store = open_backend(str(self.db))
         lines = []
         with store.read() as rtx:
             for name in self.names:
@@ -1805,8 +1880,9 @@ class Driver:
                         f"    {name}: ticket {t.ticket} pid {t.pid} slots {t.slots} token {t.registration} "
                         f"channel {t.channel}"
                     )
-        with contextlib.suppress(OSError):
-            lines.append(f"    run dir: {sorted(os.listdir(store.run_dir))}")
+        if not self.pg:
+            with contextlib.suppress(OSError):
+                lines.append(f"    run dir: {sorted(os.listdir(store.run_dir))}")  # type: ignore[attr-defined]
         st = self.ledger.read()
         lines.append(f"    ledger: holders {st['holders']}, waiting {self.ledger.waiting()}")
         return "\n".join(lines)
@@ -1837,6 +1913,7 @@ class Driver:
         next_storm = start
         next_audit = start + args.audit_interval
         next_report = start + 10.0
+        next_restart = start + args.restart_every if args.restart_every else float("inf")
         while (now := time.monotonic()) < end:
             self.reap()
             if now >= next_kill:
@@ -1861,6 +1938,9 @@ class Driver:
             if args.audit_interval > 0 and now >= next_audit:
                 self.audit()
                 next_audit = time.monotonic() + args.audit_interval
+            if now >= next_restart:
+                self.restart_server()
+                next_restart = time.monotonic() + args.restart_every * rng.uniform(0.5, 1.5)
             if now >= next_report:
                 st = self.ledger.read()
                 print(
@@ -1873,6 +1953,25 @@ class Driver:
                 next_report += 10.0
             time.sleep(0.002)
 
+    def restart_server(self) -> None:
+        """PostgreSQL: restart the server as a crash does (``pg_ctl restart -m immediate``): every session,
+        lock and LISTEN is gone, the rows stay. Workers that hold, wait or commit meanwhile must carry on."""
+        import subprocess
+
+        began = time.monotonic()
+        result = subprocess.run(
+            [str(REPO / "scripts" / "pg-server"), "restart", self.args.pg_dir, "immediate"],
+            capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        if result.returncode != 0:
+            self.fail("driver", f"the server did not restart: {result.stderr.strip()}")
+            return
+        self.stats.restarts.append(time.monotonic() - began)
+        self.last_restart = time.monotonic()
+        with contextlib.suppress(OSError, ValueError):  # its postmaster is ours now, if pg_ctl left it
+            self.servers.add(int((Path(self.args.pg_dir) / "data" / "postmaster.pid").read_text().split()[0]))
+        self.say(f"server restarted in {self.stats.restarts[-1]:.2f} s")
+
     def stop(self) -> None:
         """SIGTERM every worker, wait for all of them (and adopted orphans); SIGKILL what lingers."""
         self.stopping = True
@@ -1884,7 +1983,7 @@ class Driver:
             time.sleep(0.01)
         if not self.reap():
             return
-        lingering = children_of(self.me)
+        lingering = self.children()
         self.fail("stop", f"{len(lingering)} processes did not stop within {self.args.stop_timeout:g} s of SIGTERM")
         for pid in lingering:
             with contextlib.suppress(ProcessLookupError):
@@ -1909,7 +2008,7 @@ class Driver:
             for pid in list(self.procs):
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(pid, signal.SIGKILL)  # the wrapper's group holds its child too
-            for pid in children_of(self.me):
+            for pid in self.children():
                 kill_and_wait(pid, None, 1.0)
                 tx.state["holders"].pop(str(pid), None)
                 tx.dirty = True
@@ -1922,7 +2021,7 @@ class Driver:
         deadline = time.monotonic() + 10.0
         self.stopping = True
         while self.reap() and time.monotonic() < deadline:
-            for pid in children_of(self.me):
+            for pid in self.children():
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
             time.sleep(0.01)
@@ -1947,6 +2046,16 @@ def describe(pid: int) -> str:
         f"pid {pid} state {fields[0].decode()} age {age:.1f} s cpu {cpu:.2f} s ppid {int(fields[1])} "
         f"cmd {' '.join(cmdline(pid))[:160]!r}"
     )
+
+
+def environment_of(pid: int) -> dict[str, str]:
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            data = f.read()
+    except OSError:
+        return {}
+    pairs = (item.decode(errors="replace").partition("=") for item in data.split(b"\0") if item)
+    return {k: v for k, _, v in pairs}
 
 
 def _token_pid(token: str | None) -> int | None:
@@ -1995,11 +2104,8 @@ def check_rate(grants: list[tuple[float, float]], limit: int, decay: float) -> t
 
 
 def final_checks(driver: Driver) -> dict[str, Any]:
-    import apsw
-
     from gcl_local import _admission, _effects, read_limit
-    from gcl_local.sqlite import get_store
-    from gcl_local.sqlite._sql import integrity_check
+    from gcl_local._backend import open_backend
 
     args, db = driver.args, driver.db
     checks: dict[str, Any] = {}
@@ -2060,10 +2166,16 @@ def final_checks(driver: Driver) -> dict[str, Any]:
         if excess:
             driver.fail("rate-over-admission", f"rate limit over-admitted by {excess}: {where}", "nonblock", excess)
 
-    store = get_store(str(db))
-    run_dir = Path(store.run_dir)
+    store = open_backend(str(db))
+    run_dir = None if driver.pg else Path(store.run_dir)  # type: ignore[attr-defined]
+    detect = getattr(store, "detect_seconds", 0.0)
+    if driver.last_restart and time.monotonic() - driver.last_restart < detect + 5.0:
+        # For S after the first write on a restarted server nobody is judged dead (the living take their locks
+        # again): what the killed held is reclaimed only after that.
+        _effects.transact(store, _admission.sweep)
+        time.sleep(detect + 0.5)
     with store.read() as rtx:
-        files = sorted(os.listdir(run_dir)) if run_dir.is_dir() else []
+        files = sorted(os.listdir(run_dir)) if run_dir is not None and run_dir.is_dir() else []
         checks["before_sweep"] = {
             "leases": rtx.count_leases(),
             "tickets": rtx.count_tickets(),
@@ -2085,21 +2197,33 @@ def final_checks(driver: Driver) -> dict[str, Any]:
     if left:
         driver.fail("left-behind", f"occupancy not back to 0: {left}")
     left_files = (
-        sorted(e for e in os.listdir(run_dir) if e.endswith((".lock", ".fifo", ".tmp"))) if run_dir.is_dir() else []
+        sorted(e for e in os.listdir(run_dir) if e.endswith((".lock", ".fifo", ".tmp")))
+        if run_dir is not None and run_dir.is_dir()
+        else []
     )
     checks["run_files_left"] = left_files
     if left_files:
         driver.fail("left-behind", f"files left in {run_dir} after the final sweep: {left_files}")
-    store.close()
 
-    conn = apsw.Connection(str(db), flags=apsw.SQLITE_OPEN_READWRITE)
-    try:
-        conn.set_busy_timeout(10_000)
-        checks["integrity"] = integrity_check(conn)
-        checks["leases_left"] = conn.execute("SELECT count(*) FROM leases").fetchall()[0][0]
-        checks["tickets_left"] = conn.execute("SELECT count(*) FROM tickets").fetchall()[0][0]
-    finally:
-        conn.close()
+    if driver.pg:  # the server looks after its own integrity; the rows through the seam
+        with store.read() as rtx:
+            checks["leases_left"], checks["tickets_left"] = rtx.count_leases(), rtx.count_tickets()
+        checks["integrity"] = "ok"
+        store.close()
+    else:
+        import apsw
+
+        from gcl_local.sqlite._sql import integrity_check
+
+        store.close()
+        conn = apsw.Connection(str(db), flags=apsw.SQLITE_OPEN_READWRITE)
+        try:
+            conn.set_busy_timeout(10_000)
+            checks["integrity"] = integrity_check(conn)
+            checks["leases_left"] = conn.execute("SELECT count(*) FROM leases").fetchall()[0][0]
+            checks["tickets_left"] = conn.execute("SELECT count(*) FROM tickets").fetchall()[0][0]
+        finally:
+            conn.close()
     if checks["integrity"] != "ok":
         driver.fail("integrity", f"PRAGMA integrity_check: {checks['integrity']}")
     if checks["leases_left"] or checks["tickets_left"]:
@@ -2177,6 +2301,9 @@ def summarize(driver: Driver, checks: dict[str, Any], seconds: float, elapsed: f
         "async_workers_leaking": counters.get("violation:leaked", 0),
         "faults": faults,
         "kills": sum(stats.kills.values()),
+        "server_restarts": len(stats.restarts),
+        "store_errors": nest(counters, "store-errors"),
+        "longest_restart": round(max(stats.restarts, default=0.0), 2),
         "kills_by": dict(sorted(stats.kills.items())),
         "kills_by_victim": dict(by_what),
         "kill_misses": stats.kill_misses,
@@ -2213,6 +2340,11 @@ def print_summary(s: dict[str, Any]) -> None:
     print(f"  acquisitions: {s['acquisitions']} {s['acquisitions_by_kind']}")
     print(f"  timeouts: {s['timeouts_by_kind']}, async cancelled from outside: {s['async_cancelled']}")
     print(f"  kills: {s['kills']} {s['kills_by_victim']} (by category {s['kills_by']}; {s['kill_misses']} missed)")
+    if s["server_restarts"]:
+        print(
+            f"  server restarts: {s['server_restarts']} (the longest took {s['longest_restart']} s); "
+            f"store errors in workers: {s['store_errors']}"
+        )
     print(f"  processes spawned: {s['spawned']}, orphans reaped: {s['orphans_reaped']}, tickets of orphans "
           f"(the gcl acquire of a killed script, still waiting): {s['orphan_tickets']}")  # fmt: skip
     for fault in s["faults_enabled"]:
@@ -2260,8 +2392,16 @@ def drive(args: Any) -> int:
         work.mkdir(parents=True, exist_ok=True)
     else:
         work = Path(tempfile.mkdtemp(prefix="gcl-stress-"))
-    db = Path(args.db).absolute() if args.db else work / "gcl.db"
-    print(f"gcl_local stress: work dir {work}, db {db}, seed {args.seed}, driver pid {os.getpid()}", flush=True)
+    db: Path | str
+    fresh_schema = None
+    if is_pg(args.db):
+        db, fresh_schema = pg_schema_url(args.db)
+        from gcl_local._backend import open_backend
+
+        shown = open_backend(db).description  # (without a password)
+    else:
+        db = shown = Path(args.db).absolute() if args.db else work / "gcl.db"
+    print(f"gcl_local stress: work dir {work}, db {shown}, seed {args.seed}, driver pid {os.getpid()}", flush=True)
     gcl_limit = args.limit if args.gcl_limit is None else args.gcl_limit
     limits = [(args.name, gcl_limit, 0.0)]
     if "nonblock" in args.faults:
@@ -2306,11 +2446,33 @@ def drive(args: Any) -> int:
     print_summary(summary)
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    if summary["ok"] and not args.keep and fresh_schema is not None:
+        drop_pg_schema(str(db), fresh_schema)
     if summary["ok"] and not args.keep and not args.work:
         shutil.rmtree(work, ignore_errors=True)
     else:
-        print(f"work dir kept: {work}")
+        print(f"work dir kept: {work}" + (f"; schema {fresh_schema} kept" if fresh_schema else ""))
     return 0 if summary["ok"] else 1
+
+
+def pg_schema_url(url: str) -> tuple[str, str | None]:
+    """*url* with a new schema of the run's own (``gcl_schema=``; dropped after a run that passed, unless
+    ``--keep``), unless it names one (or ``$GCL_PG_SCHEMA`` does); and that new schema."""
+    from urllib.parse import parse_qsl, urlsplit
+
+    if os.environ.get("GCL_PG_SCHEMA") or any(k == "gcl_schema" for k, _ in parse_qsl(urlsplit(url).query)):
+        return url, None
+    schema = f"gcl_stress_{os.getpid()}_{random.randrange(16**6):06x}"
+    return f"{url}{'&' if '?' in url else '?'}gcl_schema={schema}", schema
+
+
+def drop_pg_schema(url: str, schema: str) -> None:
+    import psycopg
+
+    from gcl_local.postgres._settings import parse
+
+    with psycopg.connect(parse(url).url, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
 def parse_args(argv: list[str] | None = None) -> Any:
@@ -2321,7 +2483,11 @@ def parse_args(argv: list[str] | None = None) -> Any:
     p.add_argument("--limit", type=int, default=3, help="the limit (default 3)")
     p.add_argument("--seconds", type=float, default=20.0, help="length of the chaos (default 20)")
     p.add_argument("--minutes", type=float, default=None, help="length in minutes, for a soak (overrides --seconds)")
-    p.add_argument("--db", default=None, help="state file (default: in a new temporary directory)")
+    p.add_argument(
+        "--db", default=None,
+        help="state file (default: in a new temporary directory), or a PostgreSQL URL (postgresql://...; a new\n"
+        "schema of the run's own unless it names one with gcl_schema=)",
+    )  # fmt: skip
     p.add_argument("--seed", type=int, default=None, help="random seed (default: random; printed)")
     p.add_argument("--name", default="stress", help="limit name (default 'stress'; also NAME-rate for -n callers)")
     p.add_argument(
@@ -2365,6 +2531,15 @@ def parse_args(argv: list[str] | None = None) -> Any:
     )  # fmt: skip
     p.add_argument("--stop-timeout", type=float, default=15.0, help="seconds to wait after SIGTERM (default 15)")
     p.add_argument(
+        "--restart-every", type=float, default=0.0, metavar="SECONDS",
+        help="PostgreSQL: restart the server as a crash would (pg_ctl restart -m immediate) every SECONDS\n"
+        "(0.5-1.5 x, at random; default 0: never); needs --pg-dir",
+    )  # fmt: skip
+    p.add_argument(
+        "--pg-dir", default=os.environ.get("GCL_TEST_PG_DIR"),
+        help="the server's directory for --restart-every, as scripts/pg-server makes it (default $GCL_TEST_PG_DIR)",
+    )  # fmt: skip
+    p.add_argument(
         "--gcl-limit", type=int, default=None,
         help="self-test: give gcl_local this limit while the ledger checks --limit (the run must then fail)",
     )  # fmt: skip
@@ -2397,6 +2572,8 @@ def parse_args(argv: list[str] | None = None) -> Any:
     args.faults = [f for f in FAULTS if f in faults and f not in args.no_fault]
     if args.workers < 0 or args.limit < 1 or args.tasks < 1 or not (args.kill_rate >= 1 or args.kill_rate == 0):
         p.error("--limit and --tasks must be >= 1, --workers >= 0; --kill-rate >= 1 (0: no kills, for debugging)")
+    if args.restart_every and (args.role == "driver") and not (is_pg(args.db) and args.pg_dir):
+        p.error("--restart-every needs a PostgreSQL --db and the server's --pg-dir (or $GCL_TEST_PG_DIR)")
     if args.seed is None:
         args.seed = random.randrange(1, 1_000_000)
     return args

@@ -114,6 +114,7 @@ def pid_lives(pid: int) -> bool:
 
 
 @pytest.mark.parametrize("as_store", [False, True], ids=["db-path", "store-object"])
+@pytest.mark.sqlite_only("it compares the SQLite store's connections (test_pg_backend forks on PostgreSQL)")
 def test_forked_child_uses_the_library_on_its_own_connection(db: str, as_store: bool) -> None:
     target: object = Store(db) if as_store else db
     create_limit("pool", 3, db=target)  # type: ignore[arg-type]

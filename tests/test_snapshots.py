@@ -122,6 +122,7 @@ def test_a_dead_waiter_is_left_out(db: str, spawned: Spawned) -> None:
     assert read_limit("a", db=db).waiters == ()
 
 
+@pytest.mark.sqlite_only("the run directory of the SQLite store")
 def test_the_run_directory_is_swept_by_writers_not_readers(db: str) -> None:
     create_limit("a", 1, db=db)
     run_dir = get_store(db).run_dir

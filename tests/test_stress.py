@@ -88,3 +88,26 @@ def test_chaos_run_catches_over_admissions_and_leaks(tmp_path: Path) -> None:
     assert summary["violations"].get("leaked-lease", 0) > 0, output
     assert summary["violations"].get("ticket-without-waiter", 0) > 0, output
     assert "FAILED: " in proc.stdout, output
+
+
+@pytest.mark.slow
+def test_chaos_run_on_postgresql(tmp_path: Path, pg_url: str) -> None:
+    """The same run on a PostgreSQL store (a schema of its own), with fewer workers: each process of a
+    PostgreSQL client imports the driver, which a 2-core machine feels."""
+    url = f"{pg_url}&gcl_detect_seconds=5"
+    proc, summary, output = run_stress(tmp_path, SECONDS, "--db", url, "--workers", "6", "--fault-workers", "1")
+
+    assert summary["faults_enabled"] == ["sigint", "cancel", "fork", "nonblock", "sigterm", "shell"], output
+    assert summary["kills"] >= 10, output
+    assert summary["terms"] >= 3, output
+    assert summary["acquisitions"] > 0, output
+    assert "over-admissions: 0" in proc.stdout, output
+    assert summary["over_admissions"] == 0, output
+    assert summary["max_holders"] <= summary["limit"], output
+    assert summary["duplicate_tokens"] == 0, output
+    assert summary["violations"] == {}, output
+    assert summary["active_slots"] == 0, output
+    assert summary["leases_left"] == 0, output
+    assert summary["tickets_left"] == 0, output
+    assert summary["failures"] == [], output
+    assert proc.returncode == 0, output

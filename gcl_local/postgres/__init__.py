@@ -17,13 +17,15 @@ Messages name the store by the URL without its password (:attr:`PostgresBackend.
 
 **Liveness** (``_liveness``): a process is alive while its token session holds a session advisory lock
 on its own random key. A process that dies frees it at once (its socket closes); a host that dies or
-is cut off, within S: the server drops an idle session after S (keepalives S/2 idle, 5 probes S/10
-apart; ``tcp_user_timeout`` S), while the client gives up on its side at S/2 (keepalives S/4 idle,
-5 probes S/20 apart; ``tcp_user_timeout`` S/2), so a cut-off holder learns first. With S = 20: the
-client at 10 s, the server at 20 s. A holder's heartbeat every S/4 (``heartbeat_seconds``) plus the
-client's S/2 stays below S. After the server restarts or fails over, nobody is judged dead for a grace
-period of S (``pg_postmaster_start_time()``, or the moment a write first saw a new server), while the
-living reconnect and take their locks again.
+is cut off, within S: the server drops a session S after it last heard from it (keepalives S/10 idle
+and apart; ``tcp_user_timeout`` S), which is 0.9 S to S after a cut, while the client gives up on its
+side S/4 after it last heard (keepalives S/10 idle, S/20 apart; ``tcp_user_timeout`` S/4). A holder
+whose session is lost waits a heartbeat (``heartbeat_seconds``, S/5) for it to be made again, and
+then counts its lease as lost: so a cut-off holder learns first. With S = 20: the client at 5 s at
+most, the holder gives up at 10 s at most (looking every S/20), the server at 18 to 20 s. After the
+server restarts or fails over, nobody is judged dead for a grace period of S
+(``pg_postmaster_start_time()``, or the moment a write first saw a new server), while the living
+reconnect and take their locks again.
 
 **Connections** per process: one work connection per thread that runs transactions, and one token
 session per process that holds or waits (it also carries the LISTENs of its wake-ups). So 2 for a

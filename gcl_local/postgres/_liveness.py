@@ -12,7 +12,7 @@ process holds the socket, as a kernel-released flock does on one host.
 
 The same session carries every LISTEN of the process (``_wakeups``: waiters read it themselves). A
 watcher thread, asleep in ``poll`` on its socket, notices a lost session (a server restart; a cut link,
-through the client's keepalives at S/2): it reconnects, takes the same key again (waiting, if the server
+through the client's keepalives within S/4): it reconnects, takes the same key again (waiting, if the server
 still holds the old session, until the server lets it go: the lock passes straight to the waiting
 request, so nobody sees it free in between) and LISTENs again. Meanwhile :attr:`TokenSession.held` is
 False, and ``alive()`` of this registration answers None in this process: a holder whose heartbeat
@@ -223,8 +223,9 @@ class TokenSession:
         if old is not None:
             with contextlib.suppress(Exception):
                 old.close()
-        delay = 0.05
+        delay, tries = 0.05, 0
         while not self.closed:
+            tries += 1
             try:
                 conn, _, backend_pid = self._open(self.key)
                 with self._lock:
@@ -247,7 +248,9 @@ class TokenSession:
             except Exception as exc:
                 _log.debug("gcl_local: cannot make the session to %s again yet: %s", self._description, exc)
             self._sleep(delay)
-            delay = min(1.0, delay * 2)
+            # Often at first: a holder waits only a heartbeat (S/5) for its session after a server restart
+            # before it counts its leases as lost (_renewal), and the server is back within a second.
+            delay = min(0.25 if tries < 20 else 1.0, delay * 2)
 
     def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(OSError):

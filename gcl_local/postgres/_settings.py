@@ -98,9 +98,12 @@ class Settings:
 
     @property
     def heartbeat_seconds(self) -> float:
-        """How often a holder should prove its session (renewal as a heartbeat): the heartbeat and the
-        client's own timeout (S/2) together stay below S, so a cut-off holder learns of it first."""
-        return self.detect_seconds / 4
+        """How long a holder whose session was lost waits for it to be made again before it counts its
+        lease as lost (``_renewal``; it looks every quarter of that): the client's own timeout (see
+        :meth:`connect_params`), this and that look together stay below the least time the server takes
+        to drop a cut-off session, so a cut-off holder learns of it first. S/5: 4 s with S = 20, 1 s with
+        S = 5; a server restart is over well within it."""
+        return self.detect_seconds / 5
 
     def scrub(self, text: str) -> str:
         for secret in self.secrets:
@@ -111,26 +114,35 @@ class Settings:
         """libpq parameters for one of our sessions; *role* is ``"token"`` (the liveness session: idle for
         ever, never in a transaction, its lock waits have no end) or ``"work"`` (transactions).
 
-        Detection by TCP (a Unix socket needs none: a process's death closes it at once):
+        Detection by TCP (a Unix socket needs none: a process's death closes it at once). With
+        ``tcp_user_timeout`` set, Linux drops a connection at the first keepalive probe (or
+        retransmission) that finds it has heard nothing for that long; only the answers to a side's *own*
+        probes count as hearing (the other side's probes are old segments, dropped unread), so each side
+        last heard up to one of its own idle periods before a cut:
 
-        - the server drops an idle session after ``keepalives_idle`` S/2 and 5 unanswered probes S/10
-          apart, and a session with unacknowledged data after ``tcp_user_timeout`` S: both at S;
-        - the client gives up at S/2 (idle S/4, probes S/20 apart, ``tcp_user_timeout`` S/2), so a
-          cut-off holder sees its session fail before the server frees its slots.
+        - the server drops a session S after it last heard (idle S/10, probes S/10 apart,
+          ``tcp_user_timeout`` S): between 0.9 S and S after the cut;
+        - the client gives up at most S/4 after it last heard (idle S/10, probes S/20 apart,
+          ``tcp_user_timeout`` S/4), rounded up to a probe: at most 2 s after the cut with S = 5, 5 s
+          with S = 20. A holder then has :attr:`heartbeat_seconds` to get its session back, and so
+          learns of its loss before the server frees its slots.
+
+        (Measured with S = 5: idle S/2 on the server let it drop a session as early as 3.1 s after a cut,
+        while the client, idle S/4 and S/2 of user timeout, noticed only at 3.1 s: tests/test_hosts.py.)
         """
         s = self.detect_seconds
         params = dict(self.conninfo)
         params.setdefault("application_name", "gcl_local" if role == "work" else "gcl_local liveness")
         params.setdefault("connect_timeout", str(max(2, math.ceil(s / 2))))
         params.setdefault("keepalives", "1")
-        params.setdefault("keepalives_idle", str(max(1, int(s / 4))))
+        params.setdefault("keepalives_idle", str(max(1, int(s / 10))))
         params.setdefault("keepalives_interval", str(max(1, int(s / 20))))
         params.setdefault("keepalives_count", "5")
-        params.setdefault("tcp_user_timeout", str(int(s * 500)))
+        params.setdefault("tcp_user_timeout", str(int(s * 250)))
         params["client_encoding"] = "UTF8"
         server = {
             "search_path": "pg_catalog",
-            "tcp_keepalives_idle": str(max(1, int(s / 2))),
+            "tcp_keepalives_idle": str(max(1, int(s / 10))),
             "tcp_keepalives_interval": str(max(1, int(s / 10))),
             "tcp_keepalives_count": "5",
             "tcp_user_timeout": str(int(s * 1000)),

@@ -22,6 +22,7 @@ import contextlib
 import logging
 import os
 import threading
+import time
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -44,6 +45,13 @@ SWEEP_EVERY_SECONDS = 60.0
 """A newcomer sweeps the registrations if nobody did for this long."""
 
 _log = logging.getLogger("gcl_local")
+_RESTARTING = (
+    "the database system is starting up",
+    "the database system is shutting down",
+    "the database system is not yet accepting connections",
+    "the database system is in recovery mode",
+)
+"""What a server that restarts answers a new connection (libpq reports no SQLSTATE for it)."""
 _leaked: list[object] = []
 """Connections and sessions of a parent process: a forked child must neither use nor finalise them."""
 
@@ -63,6 +71,14 @@ class NoSchemaError(NoStateFileError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.path, self.schema))
+
+
+class _LostBeforeCommit(Exception):
+    """The connection was lost in a transaction, before its COMMIT was sent: the server rolled it back."""
+
+    def __init__(self, error: StoreError) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 class _Work:
@@ -125,6 +141,8 @@ class PostgresBackend:
         self._conns: weakref.WeakSet[psycopg.Connection[Any]] = weakref.WeakSet()
         self._schema_ready = False
         self._session: _liveness.TokenSession | None = None
+        self._connected = False
+        """Whether this process has connected to the server (a refused connection is then a restart)."""
 
     def _abandon_in_child(self) -> None:
         """After fork(), in the child: close our copies of every socket, so that a session of the parent
@@ -183,12 +201,34 @@ class PostgresBackend:
 
     # -- connections -------------------------------------------------------------------------------
 
-    def _connect(self, role: str) -> psycopg.Connection[Any]:
-        try:
-            conninfo = make_conninfo("", **self.settings.connect_params(role))
-            conn = psycopg.connect(conninfo, autocommit=True)
-        except psycopg.Error as exc:
-            raise self._error(exc, connecting=True) from None
+    def _connect(self, role: str, *, wait: bool = False) -> psycopg.Connection[Any]:
+        """A new connection. With *wait*, a server that is restarting (or, once we were connected, down) is
+        waited for, up to the grace period S (nobody is judged dead meanwhile): a call that comes during a
+        restart then goes through once the server is back, rather than failing (scripts/stress.py
+        --restart-every: a waiter's look failed and left its ticket, a holder's release left its lease)."""
+        deadline, delay = 0.0, 0.05
+        while True:
+            tried = time.monotonic()
+            try:
+                conninfo = make_conninfo("", **self.settings.connect_params(role))
+                conn = psycopg.connect(conninfo, autocommit=True)
+                break
+            except psycopg.Error as exc:
+                text = str(exc)
+                now = time.monotonic()
+                # Once we were connected, an answer that comes at once (refused, no socket, closed) is a server
+                # that restarts; a cut link answers only when our TCP timeout (S/4) expires, often with the same
+                # words ("server closed the connection unexpectedly"): waiting would only delay the error. A
+                # newcomer refused at once more likely has a wrong address.
+                answered = now - tried < self.settings.detect_seconds / 8
+                restarting = any(m in text for m in _RESTARTING) or (self._connected and answered)
+                deadline = deadline or now + self.settings.grace_seconds
+                if not (wait and restarting) or now >= deadline:
+                    raise self._error(exc, connecting=True) from None
+                _log.debug("gcl_local: waiting for %s: %s", self.description, self.settings.scrub(text))
+                time.sleep(min(delay, deadline - now))
+                delay = min(0.5, delay * 2)
+        self._connected = True
         self._conns.add(conn)
         return conn
 
@@ -207,7 +247,7 @@ class PostgresBackend:
         if old is not None:
             old.close()
         self._local.work = None
-        conn = self._connect("work")
+        conn = self._connect("work", wait=True)
         try:
             setting, backend_pid = conn.execute(_sql.SESSION_SETUP).fetchone() or ("on", 0)
             if setting == "off":
@@ -388,12 +428,12 @@ class PostgresBackend:
                     work = self._new_work(work)
                     continue
                 if attempt == 0 and isinstance(exc, pgerrors.InvalidSqlStatementName):
-                    # Our statements were deallocated (psycopg's own cache sends DEALLOCATE ALL when it
-                    # finds its plans stale): prepare them again; nothing of the transaction has run.
+                    # Our statements are gone: psycopg prepares a statement run 5 times, and after a ROLLBACK
+                    # it sends DEALLOCATE ALL, which takes ours too (scripts/stress.py on PostgreSQL: an async
+                    # worker's non-blocking writes roll back when the lock is taken). Prepare them again.
                     self._abort(work)
+                    work = self._new_work(work) if work.conn.closed else work
                     work.prepared = False
-                    if self._local.work is None:
-                        work = self._new_work(work)
                     continue
                 self._abort(work)
                 if not work.prepared:  # a PREPARE may have been done: the next try starts afresh
@@ -409,7 +449,21 @@ class PostgresBackend:
         raise AssertionError("unreachable")
 
     def write(self, work: Callable[[Tx], T], *, durable: bool = False, blocking: bool = True) -> T:
-        """Run ``work(tx)`` in one write transaction and commit it; every commit here is durable."""
+        """Run ``work(tx)`` in one write transaction and commit it; every commit here is durable.
+
+        If the connection is lost before the COMMIT went out (the server restarted, and rolled the
+        transaction back), *work* runs again on a new connection (``transact`` gives each run fresh
+        effects): a restart must not fail the calls that were under way (scripts/stress.py --restart-every)."""
+        for attempt in (0, 1, 2):
+            try:
+                return self._write_once(work, blocking)
+            except _LostBeforeCommit as lost:
+                if attempt == 2:
+                    raise lost.error from None
+                _log.debug("gcl_local: the connection to %s was lost in a transaction: again", self.description)
+        raise AssertionError("unreachable")
+
+    def _write_once(self, work: Callable[[Tx], T], blocking: bool) -> T:
         if not self._schema_ready:
             self._prepare_schema()
         sql = self._sql
@@ -427,7 +481,10 @@ class PostgresBackend:
         try:
             result = work(PgTx(self, conn.cur, sql, now))
         except BaseException as exc:
+            lost = conn.conn.closed
             self._abort(conn)
+            if lost and isinstance(exc, (psycopg.Error, StoreError)):
+                raise _LostBeforeCommit(self._error(exc) if isinstance(exc, psycopg.Error) else exc) from None
             if isinstance(exc, psycopg.Error):
                 raise self._error(exc) from None
             if isinstance(exc, CorruptRowError):

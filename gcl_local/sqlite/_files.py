@@ -62,6 +62,8 @@ def resolve_path(db: str | os.PathLike[str] | None) -> tuple[str, bool]:
     text = os.fspath(db)
     if not text:
         raise StoreError("The state file path must not be empty.")
+    if text.startswith(("postgresql://", "postgres://")):  # never a file of that name
+        raise StoreError("A PostgreSQL URL is not a state file path (gcl_local.open_backend takes either).")
     return os.path.abspath(os.path.expanduser(text)), False
 
 
