@@ -136,13 +136,17 @@ def _run_sweep(db: str, tmp_path: Path, cases: list[Case], shell: str) -> None:
             # Never more than 1 s later than both its due moment and the call before it (a CLI call
             # also waits for its own process to start: within the burst, that is all it waits for).
             due = max(first + ideal, times[n - 2] if n > 1 else first)
-            assert at - due <= (2.0 if shell == "cli" else 1.0), (case, n, at - first, ideal)
+            late = (2.0 if shell == "cli" else 1.0) + (1.0 if is_postgres(db) else 0.0)
+            assert at - due <= late, (case, n, at - first, ideal)
         if shell != "cli":  # (the CLI's pace is also its processes' start-up)
             # A waiter late to wake loses nothing (it is charged as of the moment it fit): the last
             # call is on time even if one in the middle was not.
             assert times[-1] - first <= case.ideal(len(times)) + 0.75, (case, times[-1] - first)
-        # A CLI call on a server also closes its connections before its process is seen to end.
-        _check_windows(case, times, (1.0 if is_postgres(db) else 0.3) if shell == "cli" else 0.15)
+        # On a server a CLI call also closes its connections before its process is seen to end, a
+        # woken waiter hears of its grant through the server (NOTIFY), and a grant made late is
+        # charged at the moment it fit (GCRA): returns lag their charges by more than on one host.
+        lag = (1.0 if shell == "cli" else 0.4) if is_postgres(db) else (0.3 if shell == "cli" else 0.15)
+        _check_windows(case, times, lag)
 
 
 def _check_windows(case: Case, times: list[float], lag: float) -> None:
