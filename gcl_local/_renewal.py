@@ -5,6 +5,10 @@ wasted write). A failed renewal is retried twice, about 1 s and 2 s later; after
 when the lease is gone) the failure handler runs: with ``raise_on_lease_renewal_failure`` it
 raises :class:`LeaseRenewalError` in the thread that holds the block, as Prefect cancels it (an
 exception injected into a thread takes effect at its next bytecode, not inside a blocking call).
+
+On a server (a backend with ``heartbeat_seconds``), the thread also looks at each lease's registration
+every quarter of a heartbeat: once it is lost (a cut link, a restart), the lease is given up unless the
+registration is back within a heartbeat, and then proved by a renewal at once.
 """
 
 from __future__ import annotations

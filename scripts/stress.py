@@ -875,9 +875,10 @@ def run_sync_worker(args: Any) -> int:
         except AcquireConcurrencySlotTimeoutError:
             _gate[0] = False
             PENDING[f"timeouts:{kind}"] += 1
-        except restart_errors:
+        except restart_errors as exc:
             _gate[0] = False
             PENDING[f"store-errors:{kind}"] += 1
+            print(f"stress: store error: {exc}", file=sys.stderr, flush=True)
         except KeyboardInterrupt:
             _gate[0] = False
             PENDING["sigint:caught"] += 1
@@ -945,8 +946,9 @@ def _mp_child(args: Any, acquire: bool) -> None:
                     ledger.leave(1, lease.token)
         except AcquireConcurrencySlotTimeoutError:
             PENDING["mpfork:child-busy"] += 1
-        except tolerated(args):
+        except tolerated(args) as exc:
             PENDING["store-errors:mpchild"] += 1
+            print(f"stress: store error: {exc}", file=sys.stderr, flush=True)
         ledger.flush()
     sys.exit(0)
 
@@ -1022,8 +1024,9 @@ async def _async_main(args: Any) -> int:
                 PENDING[f"timeouts:{kind}"] += 1
                 if state["cancelled"]:
                     ledger.violation("lost_cancels", f"{kind} task cancelled ({p.cancel}) raised a timeout instead")
-            except tolerated(args):
+            except tolerated(args) as exc:
                 PENDING[f"store-errors:{kind}"] += 1
+                print(f"stress: store error: {exc}", file=sys.stderr, flush=True)
             else:
                 if state["cancelled"]:
                     ledger.violation("lost_cancels", f"{kind} task cancelled ({p.cancel}) went on to the end")
@@ -2184,6 +2187,18 @@ def final_checks(driver: Driver) -> dict[str, Any]:
             "pipes": sum(f.endswith(".fifo") for f in files),
         }
     _effects.transact(store, _admission.sweep)  # what a newcomer does on a crowded run directory (reads never tidy)
+    # A sweep looks at registrations: the lease of a holder by pid (a gcl acquire's script) killed when nobody
+    # needed the room any more is taken back only by the next acquisition that needs the room. Be that newcomer
+    # (a process of its own, which leaves nothing behind).
+    import subprocess
+
+    checks["reclaimable_at_end"] = 0
+    for name in driver.names:
+        limit = read_limit(name, db=str(db))
+        if limit.reclaimable and name != rate_name(args.name):
+            checks["reclaimable_at_end"] += len(limit.reclaimable)
+            newcomer = [*gcl_command(), "--db", str(db), "run", name, "--occupy", str(limit.limit), "-n", "--", "true"]
+            subprocess.run(newcomer, capture_output=True, timeout=60, check=False, env=driver.env)
     left = {}
     for name in driver.names:
         limit = read_limit(name, db=str(db))
@@ -2324,6 +2339,7 @@ def summarize(driver: Driver, checks: dict[str, Any], seconds: float, elapsed: f
         "integrity": checks.get("integrity"),
         "active_slots": checks.get("active_slots"),
         "before_sweep": checks.get("before_sweep"),
+        "reclaimable_at_end": checks.get("reclaimable_at_end"),
         "leases_left": checks.get("leases_left"),
         "tickets_left": checks.get("tickets_left"),
         "run_files_left": checks.get("run_files_left"),
@@ -2356,7 +2372,7 @@ def print_summary(s: dict[str, Any]) -> None:
           f"{s['async_workers_leaking']}")  # fmt: skip
     print(f"  audits: {s['audits']} (max {s['max_leases_seen']} leases, {s['max_tickets_seen']} tickets seen; "
           f"grace up to {s['max_grace']} s)")  # fmt: skip
-    print(f"  before the final sweep: {s['before_sweep']}")
+    print(f"  before the final sweep: {s['before_sweep']}; reclaimable after it: {s['reclaimable_at_end']}")
     print(f"  interrupts swallowed by finalizers (Exception ignored): {s['interrupts_in_finalizers']}")
     print(f"  integrity_check: {s['integrity']}")
     print(
@@ -2448,10 +2464,13 @@ def drive(args: Any) -> int:
         Path(args.json).write_text(json.dumps(summary, indent=2, default=str) + "\n")
     if summary["ok"] and not args.keep and fresh_schema is not None:
         drop_pg_schema(str(db), fresh_schema)
+        fresh_schema = None
     if summary["ok"] and not args.keep and not args.work:
         shutil.rmtree(work, ignore_errors=True)
     else:
-        print(f"work dir kept: {work}" + (f"; schema {fresh_schema} kept" if fresh_schema else ""))
+        print(f"work dir kept: {work}")
+    if fresh_schema is not None:
+        print(f"schema kept: {fresh_schema}")
     return 0 if summary["ok"] else 1
 
 

@@ -547,11 +547,17 @@ class PostgresBackend:
             if session is not None and not session.closed:
                 return session, False
             work = self._work()  # first: the token session must not be the only one that works
-            session = _liveness.TokenSession(lambda: self._connect("token"), self.description, self._error)
-            if session.backend_pid == work.backend_pid:  # two connections, one server session: a pooler
-                session.close()
-                raise StoreError(_liveness.POOLER.format(desc=self.description))
-            self._session = session
+            from .._shell import SignalsHeldBack
+
+            # Signals held back until the session is whole and ours: a KeyboardInterrupt raised while its
+            # watcher thread starts breaks threading's own lock ("RuntimeError: release unlocked lock",
+            # found by scripts/stress.py's SIGINT storm on PostgreSQL) and leaves a half-made session.
+            with SignalsHeldBack():
+                session = _liveness.TokenSession(lambda: self._connect("token"), self.description, self._error)
+                if session.backend_pid == work.backend_pid:  # two connections, one server session: a pooler
+                    session.close()
+                    raise StoreError(_liveness.POOLER.format(desc=self.description))
+                self._session = session
             return session, True
 
     def alive(self, token: str) -> bool | None:
