@@ -786,7 +786,8 @@ def test_forget_lets_the_registration_go(backend: PostgresBackend) -> None:
 
 
 def test_pid_alive() -> None:
-    from gcl_local.postgres._liveness import pid_alive, process_start_time
+    from gcl_local._process import process_start_time
+    from gcl_local.postgres._liveness import pid_alive
 
     here = os.uname().nodename
     me = os.getpid()

@@ -37,6 +37,7 @@ from typing import Any
 
 import psycopg
 
+from .. import _process
 from .._errors import StoreError
 from . import _sql, _wakeups
 from ._wakeups import PgChannel
@@ -353,36 +354,11 @@ def _is_driver_error(exc: BaseException) -> bool:
     return isinstance(exc, psycopg.Error)
 
 
-def process_start_time(pid: int) -> int | None:
-    """The start time of *pid* in clock ticks since boot (Linux), to tell a reused pid from its first owner."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
-        return None
-    fields = data[data.rfind(b")") + 2 :].split()  # the command name may hold spaces and parentheses
-    try:
-        return None if fields[0] == b"Z" else int(fields[19])  # a zombie is dead
-    except (IndexError, ValueError):
-        return None
-
-
 def pid_alive(pid: int, pid_start: int | None, host: str) -> bool | None:
     """Whether *pid* (started at *pid_start*) on *host* lives: known only on this host."""
-    if host != os.uname().nodename:
+    if host != _process.host_name():
         return None
-    if pid <= 0:
-        return False
-    if os.path.isdir("/proc/self"):
-        start = process_start_time(pid)
-        return start is not None and (pid_start is None or start == pid_start)
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return _process.pid_alive(pid, pid_start)
 
 
-__all__ = ["POOLER", "TokenSession", "pid_alive", "process_start_time", "split_key", "token_key", "token_name"]
+__all__ = ["POOLER", "TokenSession", "pid_alive", "split_key", "token_key", "token_name"]
