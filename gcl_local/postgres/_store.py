@@ -247,15 +247,19 @@ class PostgresBackend:
         if old is not None:
             old.close()
         self._local.work = None
-        conn = self._connect("work", wait=True)
-        try:
-            setting, backend_pid = conn.execute(_sql.SESSION_SETUP).fetchone() or ("on", 0)
-            if setting == "off":
-                conn.execute(_sql.SYNC_COMMIT_ON)
-        except psycopg.Error as exc:
-            with contextlib.suppress(Exception):
-                conn.close()
-            raise self._error(exc) from None
+        for attempt in (0, 1, 2):
+            conn = self._connect("work", wait=True)
+            try:
+                setting, backend_pid = conn.execute(_sql.SESSION_SETUP).fetchone() or ("on", 0)
+                if setting == "off":
+                    conn.execute(_sql.SYNC_COMMIT_ON)
+                break
+            except psycopg.Error as exc:
+                lost = conn.closed
+                with contextlib.suppress(Exception):
+                    conn.close()
+                if not (lost and attempt < 2):  # a server going down may accept a connection and drop it at once
+                    raise self._error(exc) from None
         work = _Work(conn, int(backend_pid))
         self._local.work = work
         return work
