@@ -23,6 +23,7 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any, TypeVar
 
 from . import _admission, _shell, _waiting
+from . import sqlite as _sqlite  # noqa: F401  the embedded store, loaded now: not by a fresh process's first call
 from ._backend import Backend, Channel, DbArg, WouldBlock
 from ._errors import AcquireConcurrencySlotTimeoutError, ConcurrencySlotAcquisitionError, LeaseRenewalError
 from ._model import DEFAULT_LEASE_SECONDS, Lease

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from . import _admission, _shell, _waiting
+from . import sqlite as _sqlite  # noqa: F401  the embedded store, loaded now: not by a fresh process's first call
 from ._backend import Backend, Channel, DbArg, open_backend
 from ._effects import transact
 from ._errors import AcquireConcurrencySlotTimeoutError, ConcurrencySlotAcquisitionError, InvalidLimitError
