@@ -691,8 +691,14 @@ def s6_rate(cfg: Config) -> Row:
     with scenario_dir("s6") as root:
         runs = _rate_run(root, procs, calls, burst, decay)
     error = {kind: abs(wall - ideal) / ideal for kind, (wall, _, _) in runs.items()}
-    cell = {kind: f"{wall:.3f} s (error {error[kind] * 100:.2f} %, excess {excess}, first call {ms(first)})"
-            for kind, (wall, excess, first) in runs.items()}  # fmt: skip
+    # Paced from the first grant: the same schedule with the fresh process's start-up (its imports and
+    # connections: the PostgreSQL driver's import alone is a few hundred ms) taken out.
+    paced = {kind: abs(wall - first - ideal) / ideal for kind, (wall, _, first) in runs.items()}
+    cell = {
+        kind: f"{wall:.3f} s (error {error[kind] * 100:.2f} %, from the first grant {paced[kind] * 100:.2f} %, "
+        f"excess {excess}, first call {ms(first)})"
+        for kind, (wall, excess, first) in runs.items()
+    }
     return Row(
         f"6. rate limit, {procs} procs x {calls} calls, burst {burst}, decay {decay:g}/s, ideal {ideal:.2f} s",
         cell["gcl"],
