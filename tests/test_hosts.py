@@ -448,3 +448,98 @@ def test_a_sigkilled_process_frees_its_slot_for_another_host_at_once(two_hosts: 
     got = waiter.expect("acquired", 30)
     report("SIGKILL", other_host_admitted_at=got["t"] - killed)
     assert got["t"] - killed < 1.5  # well under S: its session ends with it; the waiter looks every 0.5 s
+
+
+# -- 6. the README's examples, from two hosts ---------------------------------------------------------------
+
+# A backup of the README's `gcl run nightly-db -- ./backup.sh`: notes when it starts and ends, and
+# runs until the file $1 exists.
+BACKUP = (
+    'echo "$$ start $(date +%s.%N)" >> "$0"; while [ ! -e "$1" ]; do sleep 0.05; done; '
+    'sleep 0.2; echo "$$ end $(date +%s.%N)" >> "$0"'
+)
+
+# The README's Python example, as a program on a host (`train` says what it was given).
+TRAIN = r"""
+import json, sys
+from gcl_local import concurrency, rate_limit
+
+
+def train(fencing_token):
+    print(json.dumps({"event": "trained", "token": fencing_token}), flush=True)
+
+
+with concurrency("gpu", occupy=2) as lease:   # waits first come, first served
+    train(fencing_token=lease.token)
+
+rate_limit("vendor-api")                      # before each request
+print(json.dumps({"event": "done"}), flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_the_readmes_examples_work_across_two_hosts(two_hosts: Hosts, tmp_path: Path) -> None:
+    """What the README shows a new user, with `export GCL_DB=postgresql://…` on two hosts, each with a
+    host name of its own (a UTS namespace): limits made on one host bind the other; `inspect` names
+    each holder's host; the Python example and `gcl apply` work there too."""
+    h = two_hosts
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent), "GCL_DB": h.url}
+
+    def named(i: int, argv: list[str]) -> list[str]:
+        return ["unshare", "--uts", "sh", "-c", 'hostname "$0" && exec "$@"', f"host{i}", *argv]
+
+    def gcl(i: int, *args: str) -> subprocess.CompletedProcess[str]:
+        result = h.run(i, named(i, [sys.executable, "-m", "gcl_local", *args]), env=env, timeout=120)
+        assert result.returncode == 0, (args, result.stdout, result.stderr)
+        return result
+
+    gcl(0, "create", "nightly-db", "--limit", "2")
+    gcl(0, "create", "vendor-api", "--rate", "300/min")
+    gcl(1, "create", "gpu", "--limit", "2")
+
+    log, go = tmp_path / "backups.log", tmp_path / "go"
+    backups = [
+        h.popen(
+            i,
+            named(
+                i, [sys.executable, "-m", "gcl_local", "run", "nightly-db", "--", "sh", "-c", BACKUP, str(log), str(go)]
+            ),
+            env=env,
+        )
+        for i in (0, 1, 1, 0)
+    ]
+    wait_for(lambda: log.exists() and log.read_text().count("start") >= 2, 60, "two backups running")
+    queued(h, "nightly-db", 2)
+    shown = json.loads(gcl(1, "inspect", "nightly-db", "-o", "json").stdout)
+    assert len(shown["holders"]) == 2, shown
+    assert {holder["host"] for holder in shown["holders"]} <= {"host0", "host1"}, shown  # each its own host
+    assert len(shown["waiters"]) == 2, shown
+    ratelimited = gcl(1, "rate-limit", "vendor-api", "--", "echo", "called the vendor")
+    assert ratelimited.stdout.strip() == "called the vendor"
+    go.touch()
+    for backup in backups:
+        assert backup.wait(120) == 0, backup.stderr.read() if backup.stderr else ""
+
+    # Never more than 2 backups at once, across the two hosts (their own times, in one log).
+    moments = sorted(
+        (float(t), +1 if what == "start" else -1)
+        for _, what, t in (line.split() for line in log.read_text().splitlines())
+    )
+    running = peak = 0
+    for _, step in moments:
+        running += step
+        peak = max(peak, running)
+    assert peak == 2 and running == 0 and len(moments) == 8, moments
+
+    train = Proc(h.popen(1, named(1, [sys.executable, "-c", TRAIN]), env=env), "the README's Python example on host 1")
+    assert isinstance(train.expect("trained", 60)["token"], int)
+    train.expect("done", 60)
+    assert train.expect("exit", 30)["code"] == 0, train.stderr()
+
+    limits = tmp_path / "limits.toml"
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    limits.write_text(readme.split("## Limits as code", 1)[1].split("```toml", 1)[1].split("```", 1)[0])
+    gcl(1, "apply", str(limits))
+    listed = {limit["name"]: limit for limit in json.loads(gcl(0, "ls", "-o", "json").stdout)}
+    assert set(listed) == {"nightly-db", "vendor-api", "gpu", "render farm"}, listed
+    assert listed["vendor-api"]["limit"] == 10 and not listed["render farm"]["active"], listed
