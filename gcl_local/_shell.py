@@ -255,13 +255,22 @@ class SignalsHeldBack:
     def __enter__(self) -> None:
         saved: dict[int, Any] | None = None
         if threading.get_ident() == _MAIN_THREAD:
-            for signum in _HELD_BACK:
-                handler = _signal.getsignal(signum)
-                if callable(handler) and handler is not _hold:
-                    if saved is None:
-                        saved = {}
-                    saved[signum] = handler
-                    _signal.signal(signum, _hold)
+            try:
+                for signum in _HELD_BACK:
+                    handler = _signal.getsignal(signum)
+                    if callable(handler) and handler is not _hold:
+                        if saved is None:
+                            saved = {}
+                        saved[signum] = handler  # noted first: a swap cut short is undone below
+                        _signal.signal(signum, _hold)
+            except BaseException:
+                # The handler of a signal not swapped yet ran between two swaps (a signal that came just
+                # before the section) and raised: the section never opens, so its exit would not put
+                # back the handlers swapped so far, and their signals would stay held back for good
+                # (scripts/stress.py on PostgreSQL: a worker that no SIGTERM could stop).
+                if saved:
+                    _restore(saved)
+                raise
         self.saved = saved
 
     def __exit__(self, *exc_info: object) -> None:

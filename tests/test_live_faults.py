@@ -252,3 +252,33 @@ def test_a_signal_firing_while_handlers_are_restored_leaves_none_held_back(monke
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def test_a_signal_firing_while_handlers_are_swapped_leaves_none_held_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The soak on PostgreSQL: a signal that came just before a section ran its handler (which raised)
+    between two swaps; the section never opened, nothing put back the handler swapped first, and that
+    signal stayed held back for good (a worker that no SIGTERM could stop)."""
+    from gcl_local import _shell
+
+    def on_term(signum: int, frame: object) -> None:
+        raise SystemExit(143)
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    try:
+        real = _shell._signal.signal
+
+        def fires_after_first_swap(signum: int, handler: object) -> object:
+            result = real(signum, handler)
+            if handler is _shell._hold:
+                monkeypatch.undo()
+                raise SystemExit(143)  # SIGTERM's handler, not swapped yet, ran at once
+            return result
+
+        monkeypatch.setattr(_shell._signal, "signal", fires_after_first_swap)
+        with pytest.raises(SystemExit):
+            with _shell.SignalsHeldBack():
+                pass
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        assert signal.getsignal(signal.SIGTERM) is on_term
+    finally:
+        signal.signal(signal.SIGTERM, previous)
