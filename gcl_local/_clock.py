@@ -10,7 +10,8 @@ reboot the store rebases every stored boot time from wall-clock deltas clamped a
 from __future__ import annotations
 
 import time
-from typing import NamedTuple, Protocol
+
+from ._stdlib import NamedTuple, Protocol
 
 
 class Instant(NamedTuple):

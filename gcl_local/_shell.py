@@ -14,8 +14,6 @@ import os
 import sys
 import threading
 import warnings
-from collections.abc import Callable, Iterable
-from typing import Any, TypeVar
 
 from . import _admission, _log, _process, _reaping
 from ._backend import Backend, DbArg, Registration, WouldBlock, open_backend
@@ -30,7 +28,16 @@ from ._model import (
     validate_names,
     validate_seconds,
 )
-from ._request import Granted, Holder, Kind, Outcome, Request
+from ._request import Granted, Holder, Outcome, Request
+
+TYPE_CHECKING = False  # not typing's: the hot path must not cost the import of typing (see _stdlib)
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
+    from typing import Any, TypeVar
+
+    from ._request import Kind
+
+    T = TypeVar("T")
 
 MAX_LABEL = 200
 
@@ -470,9 +477,6 @@ class Acquisition:
             with self._lock:
                 if self.lease_id == lease_id:
                     self.lease_id = None
-
-
-T = TypeVar("T")
 
 
 def to_the_end(work: Callable[[], T]) -> T:

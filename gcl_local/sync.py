@@ -15,8 +15,6 @@ from __future__ import annotations
 import contextlib
 import select
 import time
-from collections.abc import Callable, Iterable, Iterator
-from typing import Any
 
 from . import _admission, _shell, _waiting
 from . import sqlite as _sqlite  # noqa: F401  the embedded store, loaded now: not by a fresh process's first call
@@ -27,6 +25,11 @@ from ._model import DEFAULT_LEASE_SECONDS, MAX_LEASE_SECONDS, MIN_LEASE_SECONDS,
 from ._renewal import Renewal, renewer
 from ._request import Granted, Request
 from ._shell import Acquisition, SignalsHeldBack
+
+TYPE_CHECKING = False  # not typing's: the hot path must not cost the import of typing (see _stdlib)
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Iterator
+    from typing import Any
 
 
 def _wait_readable(fd: int, seconds: float) -> bool:

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
 
 import apsw
 
@@ -29,7 +27,11 @@ from .._backend import (
 )
 from .._clock import Instant
 
+TYPE_CHECKING = False  # not typing's: the hot path must not cost the import of typing (see .._stdlib)
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from typing import Any
+
     from ._store import Store
 
 APPLICATION_ID = 0x47434C31  # "GCL1": tells our files from other programs' SQLite files

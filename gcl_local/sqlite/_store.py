@@ -14,8 +14,6 @@ import os
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from typing import Any, TypeVar
 
 import apsw
 
@@ -35,6 +33,13 @@ from ._files import (
     shared_dir,
 )
 from ._sql import SqliteTx
+
+TYPE_CHECKING = False  # not typing's: the hot path must not cost the import of typing (see .._stdlib)
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator, Sequence
+    from typing import Any, TypeVar
+
+    T = TypeVar("T")
 
 FRONT_POLL_SECONDS = 0.0001
 """How often a writer that holds the turnstile tries SQLite's write lock (held by a writer that
@@ -206,8 +211,6 @@ def _open_turnstile(path: str | None) -> int:
     _turnstiles.add(fd)
     return fd
 
-
-T = TypeVar("T")
 
 _leaked: list[object] = []
 """Connections opened before a fork: the child must neither use nor close them."""
