@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from datetime import datetime, timezone
 
 from ._errors import InvalidLimitError
-from ._stdlib import NamedTuple
+from ._stdlib import NamedTuple, datetime, timezone
 
 TYPE_CHECKING = False  # not typing's: the records must not cost the import of typing (see _stdlib)
 if TYPE_CHECKING:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import time
 from collections.abc import Sequence
 
@@ -28,6 +27,7 @@ from ._errors import EX_LEASE_LOST, CommandError, CommandNotFoundError, GclError
 from ._model import Lease
 from ._renewal import Renewal, renewer
 from ._request import Request
+from ._stdlib import signal
 
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 LOST_LEASE_GRACE_SECONDS = 5.0

@@ -6,8 +6,6 @@ When to wake and what to do then is decided in ``_waiting``; ``sync`` and ``asyn
 
 from __future__ import annotations
 
-# The C module: ``signal`` itself imports enum, a cost cron would pay at every ``gcl`` start.
-import _signal  # type: ignore[import-not-found,unused-ignore]
 import atexit
 import contextlib
 import os
@@ -29,6 +27,7 @@ from ._model import (
     validate_seconds,
 )
 from ._request import Granted, Holder, Outcome, Request
+from ._stdlib import signal
 
 TYPE_CHECKING = False  # not typing's: the hot path must not cost the import of typing (see _stdlib)
 if TYPE_CHECKING:
@@ -238,9 +237,9 @@ def warn_missing(granted: Granted) -> None:
 # -- signals -----------------------------------------------------------------------------------------
 
 _HELD_BACK = tuple(
-    getattr(_signal, name)
+    getattr(signal, name)
     for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGALRM")  # those programs give Python handlers that raise
-    if hasattr(_signal, name)
+    if hasattr(signal, name)
 )
 _MAIN_THREAD = threading.main_thread().ident
 
@@ -263,12 +262,12 @@ class SignalsHeldBack:
         saved: dict[int, Any] | None = None
         if threading.get_ident() == _MAIN_THREAD:
             for signum in _HELD_BACK:
-                handler = _signal.getsignal(signum)
+                handler = signal.getsignal(signum)
                 if callable(handler) and handler is not _hold:
                     if saved is None:
                         saved = {}
                     saved[signum] = handler
-                    _signal.signal(signum, _hold)
+                    signal.signal(signum, _hold)
         self.saved = saved
 
     def __exit__(self, *exc_info: object) -> None:
@@ -304,19 +303,19 @@ class LetThrough:
     def __exit__(self, *exc_info: object) -> None:
         if self.saved:
             for signum in self.saved:
-                _signal.signal(signum, _hold)
+                signal.signal(signum, _hold)
 
 
 def _restore(saved: dict[int, Any]) -> None:
     try:
         for signum, handler in saved.items():
-            _signal.signal(signum, handler)
+            signal.signal(signum, handler)
     finally:
         # A signal restored first may fire (and raise) before the others are restored: restore them
         # anyway, or they would stay held back for good.
         for signum, handler in saved.items():
-            if _signal.getsignal(signum) is _hold:
-                _signal.signal(signum, handler)
+            if signal.getsignal(signum) is _hold:
+                signal.signal(signum, handler)
 
 
 def _deliver(saved: dict[int, Any]) -> None:
@@ -324,7 +323,7 @@ def _deliver(saved: dict[int, Any]) -> None:
         signums = list(dict.fromkeys(_held))
         _held.clear()
         for signum in signums:
-            handler = saved.get(signum) or _signal.getsignal(signum)
+            handler = saved.get(signum) or signal.getsignal(signum)
             if callable(handler) and handler is not _hold:
                 handler(signum, None)  # delivered now; a handler that raises raises here
 
