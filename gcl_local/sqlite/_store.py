@@ -241,23 +241,28 @@ class Store:
             _leaked.append(conn.conn)  # opened before fork(): closing it here would harm the parent
         if self._pid != os.getpid():
             self._pid = os.getpid()
+        conn = None
         if not self._ready:
             with self._lock:
                 if not self._ready:
-                    self._initialise()
+                    conn = self._initialise()
                     self._ready = True
-        conn = self._open()
+        conn = conn or self._open()
         self._local.conn = conn
         return conn
 
     def _open(self) -> _Connection:
         try:
             conn = _Connection(self.path, self._turnstile_path)
+        except apsw.Error as exc:
+            raise explain_open_error(self.path, exc) from None
+        try:
             c = conn.conn
-            c.execute("PRAGMA synchronous=NORMAL")
+            c.execute("PRAGMA synchronous=NORMAL")  # (reads the file: a corrupt one fails here)
             c.execute("PRAGMA journal_size_limit=8388608")
             c.execute("PRAGMA foreign_keys=OFF")
         except apsw.Error as exc:
+            conn.close()  # now: left to the collector, it kept the -wal and -shm files it made
             raise explain_open_error(self.path, exc) from None
         return conn
 
@@ -265,13 +270,24 @@ class Store:
         """Where writers queue: in the run directory, once this process has checked that it is ours."""
         return os.path.join(self.run_dir, TURNSTILE) if self._run_dir_ok == os.getpid() else None
 
-    def _initialise(self) -> None:
-        """Check the file once per process; create or migrate the schema under a sidecar file lock."""
+    def _initialise(self) -> _Connection | None:
+        """Check the file once per process; create or migrate the schema under a sidecar file lock.
+
+        Returns the connection that found the schema current (None when it was made or migrated):
+        the header is read on the connection that goes on to be used, since opening and closing one
+        more cost every ``gcl run`` a millisecond.
+        """
         created = prepare_file(self.path, self._is_default)
         if not created:
             check_local(self.path)
-            if self._header_ok():
-                return
+            conn = self._open()
+            try:
+                if self._header_ok(conn.conn):
+                    return conn
+            except BaseException:
+                conn.close()
+                raise
+            conn.close()  # a file that changes mode or schema now gets a connection opened afterwards
         from filelock import FileLock  # only on first use of a file: its import is slow
 
         lock_path = f"{self.path}.lock"
@@ -280,16 +296,12 @@ class Store:
                 self._create_or_migrate()
         except OSError as exc:
             raise StoreError(f"Cannot lock {lock_path}: {exc.strerror or exc}.") from None
+        return None
 
-    def _header_ok(self) -> bool:
+    def _header_ok(self, conn: apsw.Connection) -> bool:
         """True when the file holds our current schema; raise when it can never be ours."""
         try:
-            conn = apsw.Connection(str(self.path), flags=apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_NOFOLLOW)
-            try:
-                conn.set_busy_timeout(5000)
-                app_id, version, empty = _sql.read_header(conn)
-            finally:
-                conn.close()
+            app_id, version, empty = _sql.read_header(conn)
         except apsw.Error as exc:
             raise explain_open_error(self.path, exc) from None
         if empty:
