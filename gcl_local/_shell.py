@@ -11,7 +11,6 @@ import contextlib
 import os
 import sys
 import threading
-import warnings
 
 from . import _admission, _log, _process, _reaping
 from ._backend import Backend, DbArg, Registration, WouldBlock, open_backend
@@ -228,6 +227,8 @@ def warn_missing(granted: Granted) -> None:
     new = [name for name in granted.missing if name not in _warned]
     if not new:
         return
+    import warnings  # only for a missing limit: not every start
+
     message = f"Concurrency limits {new!r} do not exist - skipping acquisition."
     _log.debug(message)
     warnings.warn(message, MissingLimitWarning, stacklevel=4)

@@ -13,7 +13,6 @@ Example::
 from __future__ import annotations
 
 import contextlib
-import select
 import time
 
 from . import _admission, _shell, _waiting
@@ -34,6 +33,8 @@ if TYPE_CHECKING:
 
 def _wait_readable(fd: int, seconds: float) -> bool:
     """Sleep until *fd* is readable or *seconds* pass (poll, not select: descriptors may exceed 1024)."""
+    import select  # only a call that waits needs it: not gcl run on free slots
+
     poller = select.poll()
     poller.register(fd, select.POLLIN)
     return bool(poller.poll(max(0.0, seconds) * 1000.0))
