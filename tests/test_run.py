@@ -303,6 +303,18 @@ def test_a_quick_command_costs_neither_the_naming_nor_the_renewal_thread(db: str
     assert free(db, "a")
 
 
+def test_the_program_exits_at_once_yet_flushes_and_runs_its_exit_handlers(db: str) -> None:
+    """``gcl`` skips the interpreter's teardown (10 ms of every gcl run): its output must still be
+    flushed, and its exit handlers must still remove its liveness token and pipe."""
+    create_limit("a", 1, db=db)
+    lease_id = ok(gcl(db, "acquire", "a", "--holder-pid", str(os.getpid()))).strip()
+    assert read_limit("a", db=db).holders[0].id == lease_id
+    released = gcl(db, "release", "-v", lease_id)
+    assert (released.returncode, released.stderr) == (0, f"gcl: lease {lease_id} released\n")
+    one_line_error(gcl(db, "run", "--strict", "missing", "--", "true"), 1)
+    assert [name for name in os.listdir(f"{db}-run") if name != "turnstile"] == []  # no token, no pipe
+
+
 def test_sigterm_reaches_the_command_and_the_slot_is_freed(db: str, spawned: Spawned, tmp_path: Path) -> None:
     create_limit("a", 1, db=db)
     ready, marker = tmp_path / "ready", tmp_path / "terminated"
