@@ -23,7 +23,11 @@ from ._clock import Instant
 from ._effects import Effects, transact
 from ._errors import ConcurrencySlotAcquisitionError, LeaseNotFoundError
 from ._model import DEFAULT_AVG_OCCUPANCY, Lease, utc, wait_bucket
-from ._request import Denied, Granted, Holder, Kind, Outcome, Request, no_slot_lease
+from ._request import Denied, Granted, Holder, Outcome, Request, no_slot_lease
+
+TYPE_CHECKING = False  # not typing's: the hot path must not cost the import of typing (see _stdlib)
+if TYPE_CHECKING:
+    from ._request import Kind
 
 EPSILON = 1e-9
 """Slack for float rounding in the bucket level: 2.9999999999 slots fit a limit of 3."""

@@ -16,14 +16,18 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager
-from typing import NamedTuple, Protocol, TypeVar, Union
 
 from ._clock import Instant
 from ._errors import GclError
+from ._stdlib import NamedTuple, Protocol
 
-T = TypeVar("T")
+TYPE_CHECKING = False  # not typing's: the hot path must not cost the import of typing (see _stdlib)
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+    from contextlib import AbstractContextManager
+    from typing import TypeVar
+
+    T = TypeVar("T")
 
 # -- rows --------------------------------------------------------------------------------------------
 
@@ -339,7 +343,7 @@ class Backend(Protocol):
 
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 
-DbArg = Union[str, "os.PathLike[str]", Backend, None]
+DbArg = str | os.PathLike[str] | Backend | None
 """What ``db=`` accepts: a path (or None: ``$GCL_DB``, else the default file), a PostgreSQL URL, or a backend."""
 
 _backends: dict[tuple[object, ...], Backend] = {}

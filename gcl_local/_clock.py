@@ -10,7 +10,8 @@ reboot the store rebases every stored boot time from wall-clock deltas clamped a
 from __future__ import annotations
 
 import time
-from typing import NamedTuple, Protocol
+
+from ._stdlib import NamedTuple, Protocol
 
 
 class Instant(NamedTuple):
@@ -32,8 +33,8 @@ class Clock(Protocol):
 
 def _read_boot_id() -> str:
     try:
-        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as f:
-            return f.read().strip()
+        with open("/proc/sys/kernel/random/boot_id", "rb") as f:  # (text mode would import a codec)
+            return f.read().decode().strip()
     except OSError:
         # No boot id (macOS): derive one from the moment the monotonic clock started, to the
         # minute. A drift only makes the store treat the moment as a reboot, which rebases by

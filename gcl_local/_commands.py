@@ -296,9 +296,9 @@ def unwinding_signals() -> Iterator[None]:
     A signal the caller ignores (``nohup``) stays ignored. After the first one both are ignored:
     the clean-up it started must not be cut short by a second.
     """
-    import signal
+    from ._stdlib import signal
 
-    caught = [sig for sig in (signal.SIGTERM, signal.SIGHUP) if signal.getsignal(sig) is not signal.SIG_IGN]
+    caught = [sig for sig in (signal.SIGTERM, signal.SIGHUP) if signal.getsignal(sig) != signal.SIG_IGN]
 
     def unwind(signum: int, _frame: object) -> None:
         for sig in caught:

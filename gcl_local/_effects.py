@@ -7,14 +7,17 @@ transaction has committed (a woken waiter must find the grant already there).
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TypeVar
-
 from . import _wire
-from ._backend import Backend, Tx
-from ._request import Granted
 
-T = TypeVar("T")
+TYPE_CHECKING = False  # not typing's: the hot path must not cost the import of typing (see _stdlib)
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import TypeVar
+
+    from ._backend import Backend, Tx
+    from ._request import Granted
+
+    T = TypeVar("T")
 
 
 class Effects:

@@ -20,7 +20,9 @@ errors to exit codes in one place::
 
 from __future__ import annotations
 
-from typing import ClassVar
+TYPE_CHECKING = False  # not typing's: the hot path must not cost the import of typing (see _stdlib)
+if TYPE_CHECKING:
+    from typing import ClassVar
 
 EX_USAGE = 2
 """A usage error: an unknown option, a value that cannot be parsed, options that exclude each other."""

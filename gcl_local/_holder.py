@@ -21,7 +21,8 @@ go, and a container's init: never a holder by guess), there is no answer and the
 from __future__ import annotations
 
 import os
-from typing import NamedTuple
+
+from ._stdlib import NamedTuple
 
 PROC = "/proc"
 """Where the process table is read from (tests point this elsewhere to see the refusal)."""

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from datetime import datetime, timezone
-from typing import Any, NamedTuple
 
 from ._errors import InvalidLimitError
+from ._stdlib import NamedTuple, datetime, timezone
+
+TYPE_CHECKING = False  # not typing's: the records must not cost the import of typing (see _stdlib)
+if TYPE_CHECKING:
+    from typing import Any
 
 MAX_NAME_LENGTH = 255
 MAX_SLOTS = 10**12

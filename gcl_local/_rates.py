@@ -16,10 +16,9 @@ the quota it copies.
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 from ._errors import InvalidLimitError
 from ._model import MAX_SLOTS
+from ._stdlib import NamedTuple
 
 UNITS: dict[str, float] = {
     "s": 1.0,

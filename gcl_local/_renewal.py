@@ -13,7 +13,6 @@ registration is back within a heartbeat, and then proved by a renewal at once.
 
 from __future__ import annotations
 
-import heapq
 import itertools
 import os
 import threading
@@ -179,6 +178,8 @@ class Renewer:
         renewal.cancel()
 
     def _run(self) -> None:
+        import heapq  # only the thread needs it, and a quick gcl run never starts the thread (1 ms)
+
         while True:
             now = time.monotonic()
             while self._new:
@@ -208,6 +209,8 @@ class Renewer:
             time.sleep(min(self._tick, max(0.0, next_due)))
 
     def _push(self, renewal: Renewal) -> None:
+        import heapq  # (the thread's, as in _run)
+
         heapq.heappush(self._heap, (renewal.due, next(self._order), renewal.generation, renewal))
 
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Literal, NamedTuple
-
 from ._model import Lease, utc
+from ._stdlib import NamedTuple
 
-Kind = Literal["concurrency", "rate"]
+TYPE_CHECKING = False  # not typing's: the hot path must not cost the import of typing (see _stdlib)
+if TYPE_CHECKING:
+    from typing import Literal
+
+    Kind = Literal["concurrency", "rate"]
 
 
 class Holder(NamedTuple):
@@ -55,4 +58,4 @@ def no_slot_lease(request: Request, wall: float | None) -> Lease:
                  user=holder.user, label=holder.label, acquired=None if wall is None else utc(wall))  # fmt: skip
 
 
-__all__ = ["Denied", "Granted", "Holder", "Kind", "Outcome", "Request", "no_slot_lease"]
+__all__ = ["Denied", "Granted", "Holder", "Outcome", "Request", "no_slot_lease"]

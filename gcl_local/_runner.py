@@ -2,7 +2,8 @@
 
 The command inherits this process's liveness token (an flock-ed descriptor), so its slots stay
 held while it lives even if ``gcl run`` itself is killed, and are freed at once when it ends. The
-lease names the command's pid and program name, so ``gcl inspect`` shows what really holds it.
+lease names the command's pid and program name, so ``gcl inspect`` shows what really holds it, once
+the command has run for ``SETTLE_SECONDS``.
 
 SIGINT, SIGTERM and SIGHUP sent to ``gcl run`` are forwarded to the command, except a signal that
 the terminal sent to the whole foreground process group: the command has it already.
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import time
 from collections.abc import Sequence
 
@@ -28,10 +28,15 @@ from ._errors import EX_LEASE_LOST, CommandError, CommandNotFoundError, GclError
 from ._model import Lease
 from ._renewal import Renewal, renewer
 from ._request import Request
+from ._stdlib import signal
 
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 LOST_LEASE_GRACE_SECONDS = 5.0
 """How long a command stopped for a lost lease gets between SIGTERM and SIGKILL (Consul's grace)."""
+SETTLE_SECONDS = 0.1
+"""A command that ends sooner (a cron job with nothing to do) is not named on its lease, and its lease
+is not given to the renewal thread: it costs neither a write nor a thread. The lease meanwhile names
+``gcl run`` (the label is the command's already); the first renewal is 45 s away at the earliest."""
 _SI_KERNEL = 0x80  # si_code of a signal the kernel (e.g. the tty driver) sent
 
 
@@ -79,8 +84,7 @@ def run_command(
             acquisition.release()
             error = CommandNotFoundError if isinstance(exc, FileNotFoundError) else CommandError
             raise error(f"Cannot run {command[0]!r}: {exc.strerror}.") from None
-        _name_holder(store, lease_id, child, program_label(command))
-        return _supervise(store, request, acquisition, child, pending, strict)
+        return _supervise(store, request, acquisition, child, program_label(command), pending, strict)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -125,7 +129,13 @@ class _LostLease:
 
 
 def _supervise(
-    store: Backend, request: Request, acquisition: _shell.Acquisition, child: int, pending: list[int], strict: bool
+    store: Backend,
+    request: Request,
+    acquisition: _shell.Acquisition,
+    child: int,
+    label: str,
+    pending: list[int],
+    strict: bool,
 ) -> int:
     lease_id = acquisition.lease_id
     assert lease_id is not None
@@ -138,12 +148,14 @@ def _supervise(
     lost = _LostLease(child)
     renewal = Renewal(store, lease_id, request.lease_duration, strict, lost)
     renewals = renewer()
-    renewals.add(renewal)
+    settled_at: float | None = time.monotonic() + SETTLE_SECONDS
     try:
         for signum in pending:  # arrived while the command was starting: forward them
             _forward(child, signum)
         pending.clear()
         if not waiting:
+            _name_holder(store, lease_id, child, label)
+            renewals.add(renewal)
             for sig in FORWARDED:
                 signal.signal(sig, lambda s, _f: _forward(child, s))
             code = exit_status(os.waitstatus_to_exitcode(os.waitpid(child, 0)[1]))
@@ -152,8 +164,13 @@ def _supervise(
             ended = _exited(child)
             if ended is not None:
                 return EX_LEASE_LOST if lost.stopped_at is not None else ended
+            if settled_at is not None and time.monotonic() >= settled_at:
+                settled_at = None  # it is no quick command: name it, and renew its lease
+                _name_holder(store, lease_id, child, label)
+                renewals.add(renewal)
             lost.kill_if_late()
-            info = signal.sigtimedwait(watched, 1.0)
+            wait = 1.0 if settled_at is None else max(0.0, settled_at - time.monotonic())
+            info = signal.sigtimedwait(watched, wait)
             if info is not None and info.si_signo != signal.SIGCHLD and info.si_code != _SI_KERNEL:
                 _forward(child, info.si_signo)
     finally:
@@ -177,6 +194,7 @@ def _forward(child: int, signum: int) -> None:
 __all__ = [
     "FORWARDED",
     "LOST_LEASE_GRACE_SECONDS",
+    "SETTLE_SECONDS",
     "command_environment",
     "exit_status",
     "program_label",

@@ -6,16 +6,11 @@ When to wake and what to do then is decided in ``_waiting``; ``sync`` and ``asyn
 
 from __future__ import annotations
 
-# The C module: ``signal`` itself imports enum, a cost cron would pay at every ``gcl`` start.
-import _signal  # type: ignore[import-not-found,unused-ignore]
 import atexit
 import contextlib
 import os
 import sys
 import threading
-import warnings
-from collections.abc import Callable, Iterable
-from typing import Any, TypeVar
 
 from . import _admission, _log, _process, _reaping
 from ._backend import Backend, DbArg, Registration, WouldBlock, open_backend
@@ -30,7 +25,17 @@ from ._model import (
     validate_names,
     validate_seconds,
 )
-from ._request import Granted, Holder, Kind, Outcome, Request
+from ._request import Granted, Holder, Outcome, Request
+from ._stdlib import signal
+
+TYPE_CHECKING = False  # not typing's: the hot path must not cost the import of typing (see _stdlib)
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
+    from typing import Any, TypeVar
+
+    from ._request import Kind
+
+    T = TypeVar("T")
 
 MAX_LABEL = 200
 
@@ -222,6 +227,8 @@ def warn_missing(granted: Granted) -> None:
     new = [name for name in granted.missing if name not in _warned]
     if not new:
         return
+    import warnings  # only for a missing limit: not every start
+
     message = f"Concurrency limits {new!r} do not exist - skipping acquisition."
     _log.debug(message)
     warnings.warn(message, MissingLimitWarning, stacklevel=4)
@@ -231,9 +238,9 @@ def warn_missing(granted: Granted) -> None:
 # -- signals -----------------------------------------------------------------------------------------
 
 _HELD_BACK = tuple(
-    getattr(_signal, name)
+    getattr(signal, name)
     for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGALRM")  # those programs give Python handlers that raise
-    if hasattr(_signal, name)
+    if hasattr(signal, name)
 )
 _MAIN_THREAD = threading.main_thread().ident
 
@@ -257,12 +264,12 @@ class SignalsHeldBack:
         if threading.get_ident() == _MAIN_THREAD:
             try:
                 for signum in _HELD_BACK:
-                    handler = _signal.getsignal(signum)
+                    handler = signal.getsignal(signum)
                     if callable(handler) and handler is not _hold:
                         if saved is None:
                             saved = {}
                         saved[signum] = handler  # noted first: a swap cut short is undone below
-                        _signal.signal(signum, _hold)
+                        signal.signal(signum, _hold)
             except BaseException:
                 # The handler of a signal not swapped yet ran between two swaps (a signal that came just
                 # before the section) and raised: the section never opens, so its exit would not put
@@ -306,19 +313,19 @@ class LetThrough:
     def __exit__(self, *exc_info: object) -> None:
         if self.saved:
             for signum in self.saved:
-                _signal.signal(signum, _hold)
+                signal.signal(signum, _hold)
 
 
 def _restore(saved: dict[int, Any]) -> None:
     try:
         for signum, handler in saved.items():
-            _signal.signal(signum, handler)
+            signal.signal(signum, handler)
     finally:
         # A signal restored first may fire (and raise) before the others are restored: restore them
         # anyway, or they would stay held back for good.
         for signum, handler in saved.items():
-            if _signal.getsignal(signum) is _hold:
-                _signal.signal(signum, handler)
+            if signal.getsignal(signum) is _hold:
+                signal.signal(signum, handler)
 
 
 def _deliver(saved: dict[int, Any]) -> None:
@@ -326,7 +333,7 @@ def _deliver(saved: dict[int, Any]) -> None:
         signums = list(dict.fromkeys(_held))
         _held.clear()
         for signum in signums:
-            handler = saved.get(signum) or _signal.getsignal(signum)
+            handler = saved.get(signum) or signal.getsignal(signum)
             if callable(handler) and handler is not _hold:
                 handler(signum, None)  # delivered now; a handler that raises raises here
 
@@ -479,9 +486,6 @@ class Acquisition:
             with self._lock:
                 if self.lease_id == lease_id:
                     self.lease_id = None
-
-
-T = TypeVar("T")
 
 
 def to_the_end(work: Callable[[], T]) -> T:

@@ -16,12 +16,16 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Generator
-from typing import Any, NamedTuple
 
 from . import _log, _wire
 from ._errors import AcquireConcurrencySlotTimeoutError
 from ._request import Denied, Granted, Outcome, Request
+from ._stdlib import NamedTuple
+
+TYPE_CHECKING = False  # not typing's: the hot path must not cost the import of typing (see _stdlib)
+if TYPE_CHECKING:
+    from collections.abc import Callable, Generator
+    from typing import Any
 
 SAFETY_NET_SECONDS = 0.5
 """A waiter looks at least this often (jittered by ±20 %), in case a wake-up was lost or a holder died ..."""
@@ -48,7 +52,8 @@ PROBE = "probe"
 """The safety net: a read-only look; send back our grant if one was missed, else whether a look could help."""
 
 Step = Sleep | str
-Steps = Generator[Step, Any, Granted]
+if TYPE_CHECKING:
+    Steps = Generator[Step, Any, Granted]
 
 
 def may_wait(timeout_seconds: float | None, max_retries: int | None) -> bool:
@@ -174,7 +179,6 @@ __all__ = [
     "SAFETY_NET_SECONDS",
     "Sleep",
     "Step",
-    "Steps",
     "deadline_of",
     "due_moment",
     "may_wait",

@@ -19,8 +19,6 @@ import contextlib
 import functools
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
-from typing import Any, TypeVar
 
 from . import _admission, _shell, _waiting
 from . import sqlite as _sqlite  # noqa: F401  the embedded store, loaded now: not by a fresh process's first call
@@ -31,7 +29,12 @@ from ._renewal import Renewal, renewal_failed_message, renewer
 from ._request import Granted, Request
 from ._shell import Acquisition
 
-T = TypeVar("T")
+TYPE_CHECKING = False  # not typing's (see _stdlib)
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Callable, Iterable
+    from typing import Any, TypeVar
+
+    T = TypeVar("T")
 
 
 async def _off_the_loop(acquisition: Acquisition, call: Callable[[bool], T]) -> T:

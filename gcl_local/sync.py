@@ -13,10 +13,7 @@ Example::
 from __future__ import annotations
 
 import contextlib
-import select
 import time
-from collections.abc import Callable, Iterable, Iterator
-from typing import Any
 
 from . import _admission, _shell, _waiting
 from . import sqlite as _sqlite  # noqa: F401  the embedded store, loaded now: not by a fresh process's first call
@@ -28,9 +25,16 @@ from ._renewal import Renewal, renewer
 from ._request import Granted, Request
 from ._shell import Acquisition, SignalsHeldBack
 
+TYPE_CHECKING = False  # not typing's: the hot path must not cost the import of typing (see _stdlib)
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Iterator
+    from typing import Any
+
 
 def _wait_readable(fd: int, seconds: float) -> bool:
     """Sleep until *fd* is readable or *seconds* pass (poll, not select: descriptors may exceed 1024)."""
+    import select  # only a call that waits needs it: not gcl run on free slots
+
     poller = select.poll()
     poller.register(fd, select.POLLIN)
     return bool(poller.poll(max(0.0, seconds) * 1000.0))

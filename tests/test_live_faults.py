@@ -230,7 +230,7 @@ def test_a_signal_firing_while_handlers_are_restored_leaves_none_held_back(monke
 
     previous = signal.signal(signal.SIGTERM, on_term)
     try:
-        real = _shell._signal.signal
+        real = _shell.signal.signal  # the C module _signal (see gcl_local._stdlib)
         calls = [0]
 
         def fires_after_first_restore(signum: int, handler: object) -> object:
@@ -244,7 +244,7 @@ def test_a_signal_firing_while_handlers_are_restored_leaves_none_held_back(monke
         held = _shell.SignalsHeldBack()
         held.__enter__()
         assert signal.getsignal(signal.SIGTERM) is _shell._hold
-        monkeypatch.setattr(_shell._signal, "signal", fires_after_first_restore)
+        monkeypatch.setattr(_shell.signal, "signal", fires_after_first_restore)
         with pytest.raises(KeyboardInterrupt):
             held.__exit__(None, None, None)
         monkeypatch.undo()
@@ -265,7 +265,7 @@ def test_a_signal_firing_while_handlers_are_swapped_leaves_none_held_back(monkey
 
     previous = signal.signal(signal.SIGTERM, on_term)
     try:
-        real = _shell._signal.signal
+        real = _shell.signal.signal
 
         def fires_after_first_swap(signum: int, handler: object) -> object:
             result = real(signum, handler)
@@ -274,7 +274,7 @@ def test_a_signal_firing_while_handlers_are_swapped_leaves_none_held_back(monkey
                 raise SystemExit(143)  # SIGTERM's handler, not swapped yet, ran at once
             return result
 
-        monkeypatch.setattr(_shell._signal, "signal", fires_after_first_swap)
+        monkeypatch.setattr(_shell.signal, "signal", fires_after_first_swap)
         with pytest.raises(SystemExit):
             with _shell.SignalsHeldBack():
                 pass

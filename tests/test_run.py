@@ -285,6 +285,36 @@ def test_the_lease_names_the_commands_pid_and_program(db: str, spawned: Spawned)
         assert f.read().strip() == "sleep"
 
 
+def test_a_quick_command_costs_neither_the_naming_nor_the_renewal_thread(db: str) -> None:
+    """A cron job with nothing to do ends within ``SETTLE_SECONDS``: its lease is never renamed (one
+    write less) and never handed to the renewal thread (no thread started). A longer one is both."""
+    create_limit("a", 1, db=db)
+    code = (
+        "import sys, threading\nfrom gcl_local import _admission\nfrom gcl_local._cli import main\n"
+        "named = []\nset_holder = _admission.set_holder\n"
+        "_admission.set_holder = lambda *args: named.append(args[4]) or set_holder(*args)\n"
+        "try:\n    main(['--db', sys.argv[1], 'run', 'a', '--', *sys.argv[2:]])\nexcept SystemExit:\n    pass\n"
+        "print(named, [t.name for t in threading.enumerate() if t.name.startswith('gcl')])"
+    )
+    for command, expected in ((["true"], "[] []"), (["sleep", "0.3"], "['sleep'] ['gcl-lease-renewal']")):
+        argv = [sys.executable, "-c", code, db, *command]
+        done = subprocess.run(argv, env=env(), capture_output=True, text=True, check=True, timeout=60)
+        assert done.stdout.strip() == expected, done.stderr
+    assert free(db, "a")
+
+
+def test_the_program_exits_at_once_yet_flushes_and_runs_its_exit_handlers(db: str) -> None:
+    """``gcl`` skips the interpreter's teardown (10 ms of every gcl run): its output must still be
+    flushed, and its exit handlers must still remove its liveness token and pipe."""
+    create_limit("a", 1, db=db)
+    lease_id = ok(gcl(db, "acquire", "a", "--holder-pid", str(os.getpid()))).strip()
+    assert read_limit("a", db=db).holders[0].id == lease_id
+    released = gcl(db, "release", "-v", lease_id)
+    assert (released.returncode, released.stderr) == (0, f"gcl: lease {lease_id} released\n")
+    one_line_error(gcl(db, "run", "--strict", "missing", "--", "true"), 1)
+    assert [name for name in os.listdir(f"{db}-run") if name != "turnstile"] == []  # no token, no pipe
+
+
 def test_sigterm_reaches_the_command_and_the_slot_is_freed(db: str, spawned: Spawned, tmp_path: Path) -> None:
     create_limit("a", 1, db=db)
     ready, marker = tmp_path / "ready", tmp_path / "terminated"

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import stat
@@ -12,6 +13,7 @@ from typing import Any
 
 import apsw
 import pytest
+from helpers import gcl, ok
 
 import gcl_local
 import gcl_local.sqlite._files
@@ -250,6 +252,27 @@ def test_waiter_pipe_is_group_writable_in_setgid_directory(tmp_path: Path, procs
 def test_first_file_in_a_fresh_directory_is_0600(db: str) -> None:
     create_limit("a", 1, db=db)
     assert mode(db) == 0o600
+
+
+def test_the_wal_outlives_a_hot_process_and_an_admin_one_checkpoints(tmp_path: Path) -> None:
+    """A process closing the file last checkpointed and deleted the WAL: two fsyncs at its exit and
+    two at the next one's first commit, 10-15 ms of every gcl run. A hot process leaves the WAL now,
+    and the next one reads it back; a process that made an admin write still checkpoints, so that
+    the file alone holds the limits."""
+    db = str(tmp_path / "gcl.db")
+    ok(gcl(db, "create", "a", "--limit", "1"))
+    assert not os.path.exists(f"{db}-wal")
+    ok(gcl(db, "run", "a", "--", "true"))
+    assert os.path.getsize(f"{db}-wal") > 0
+    shown = json.loads(ok(gcl(db, "inspect", "a", "-o", "json")))
+    assert (shown["active_slots"], shown["stats"]["immediate_concurrency"]) == (0, 1)
+    ok(gcl(db, "update", "a", "--limit", "2"))
+    assert not os.path.exists(f"{db}-wal")
+    conn = apsw.Connection(db, flags=apsw.SQLITE_OPEN_READONLY)
+    try:
+        assert conn.execute("SELECT lim FROM limits WHERE name = 'a'").fetchall() == [(2,)]
+    finally:
+        conn.close()
 
 
 # -- files that cannot be used -------------------------------------------------------------------------

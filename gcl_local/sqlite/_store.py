@@ -14,8 +14,6 @@ import os
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from typing import Any, TypeVar
 
 import apsw
 
@@ -35,6 +33,13 @@ from ._files import (
     shared_dir,
 )
 from ._sql import SqliteTx
+
+TYPE_CHECKING = False  # not typing's: the hot path must not cost the import of typing (see .._stdlib)
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator, Sequence
+    from typing import Any, TypeVar
+
+    T = TypeVar("T")
 
 FRONT_POLL_SECONDS = 0.0001
 """How often a writer that holds the turnstile tries SQLite's write lock (held by a writer that
@@ -207,8 +212,6 @@ def _open_turnstile(path: str | None) -> int:
     return fd
 
 
-T = TypeVar("T")
-
 _leaked: list[object] = []
 """Connections opened before a fork: the child must neither use nor close them."""
 
@@ -226,6 +229,8 @@ class Store:
         self._lock = threading.Lock()
         self._mode: int | None = None
         self._run_dir_ok = 0
+        self._wrote_durably = False
+        """Whether this process made an admin (durable) write: its connections checkpoint on close."""
         self.description = self.path
 
     # -- connections -----------------------------------------------------------------------------
@@ -238,23 +243,36 @@ class Store:
             _leaked.append(conn.conn)  # opened before fork(): closing it here would harm the parent
         if self._pid != os.getpid():
             self._pid = os.getpid()
+        conn = None
         if not self._ready:
             with self._lock:
                 if not self._ready:
-                    self._initialise()
+                    conn = self._initialise()
                     self._ready = True
-        conn = self._open()
+        conn = conn or self._open()
+        # Now that the file is known to be ours: the last connection to close would checkpoint the
+        # WAL into the file and delete it, two fsyncs at every exit, and two more (the new WAL's
+        # header and its directory) at the next process's first commit: 10-15 ms of every gcl run
+        # on a virtual disk. The WAL stays instead (SQLite checkpoints it every 1000 pages, about 110
+        # gcl runs), and the next process to open the file alone reads it back: recovery grows with
+        # the WAL, 0.4 ms at 10 pages to 4 ms at 1000 on the same disk (a gcl run adds 9). A durable
+        # (admin) write turns the checkpoint back on: write().
+        conn.conn.config(apsw.SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 0 if self._wrote_durably else 1)
         self._local.conn = conn
         return conn
 
     def _open(self) -> _Connection:
         try:
             conn = _Connection(self.path, self._turnstile_path)
+        except apsw.Error as exc:
+            raise explain_open_error(self.path, exc) from None
+        try:
             c = conn.conn
-            c.execute("PRAGMA synchronous=NORMAL")
+            c.execute("PRAGMA synchronous=NORMAL")  # (reads the file: a corrupt one fails here)
             c.execute("PRAGMA journal_size_limit=8388608")
             c.execute("PRAGMA foreign_keys=OFF")
         except apsw.Error as exc:
+            conn.close()  # now: left to the collector, it kept the -wal and -shm files it made
             raise explain_open_error(self.path, exc) from None
         return conn
 
@@ -262,13 +280,24 @@ class Store:
         """Where writers queue: in the run directory, once this process has checked that it is ours."""
         return os.path.join(self.run_dir, TURNSTILE) if self._run_dir_ok == os.getpid() else None
 
-    def _initialise(self) -> None:
-        """Check the file once per process; create or migrate the schema under a sidecar file lock."""
+    def _initialise(self) -> _Connection | None:
+        """Check the file once per process; create or migrate the schema under a sidecar file lock.
+
+        Returns the connection that found the schema current (None when it was made or migrated):
+        the header is read on the connection that goes on to be used, since opening and closing one
+        more cost every ``gcl run`` a millisecond.
+        """
         created = prepare_file(self.path, self._is_default)
         if not created:
             check_local(self.path)
-            if self._header_ok():
-                return
+            conn = self._open()
+            try:
+                if self._header_ok(conn.conn):
+                    return conn
+            except BaseException:
+                conn.close()
+                raise
+            conn.close()  # a file that changes mode or schema now gets a connection opened afterwards
         from filelock import FileLock  # only on first use of a file: its import is slow
 
         lock_path = f"{self.path}.lock"
@@ -277,16 +306,12 @@ class Store:
                 self._create_or_migrate()
         except OSError as exc:
             raise StoreError(f"Cannot lock {lock_path}: {exc.strerror or exc}.") from None
+        return None
 
-    def _header_ok(self) -> bool:
+    def _header_ok(self, conn: apsw.Connection) -> bool:
         """True when the file holds our current schema; raise when it can never be ours."""
         try:
-            conn = apsw.Connection(str(self.path), flags=apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_NOFOLLOW)
-            try:
-                conn.set_busy_timeout(5000)
-                app_id, version, empty = _sql.read_header(conn)
-            finally:
-                conn.close()
+            app_id, version, empty = _sql.read_header(conn)
         except apsw.Error as exc:
             raise explain_open_error(self.path, exc) from None
         if empty:
@@ -346,6 +371,10 @@ class Store:
         try:
             if durable:
                 c.execute("PRAGMA synchronous=FULL")  # an admin write reported as done survives power loss
+                # ... and once its process closes the file last, the file alone holds it (a copy of
+                # gcl.db without its -wal has the limits, as before the WAL was kept: _connection()).
+                self._wrote_durably = True
+                c.config(apsw.SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 0)
             try:  # BEGIN inside: an interrupt just after it must not leave the transaction open
                 conn.blocking = False  # one try first: uncontended, a writer needs no turnstile
                 try:
