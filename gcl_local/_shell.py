@@ -9,8 +9,8 @@ from __future__ import annotations
 # The C module: ``signal`` itself imports enum, a cost cron would pay at every ``gcl`` start.
 import _signal  # type: ignore[import-not-found,unused-ignore]
 import atexit
-import contextlib
 import os
+import queue
 import sys
 import threading
 import warnings
@@ -370,6 +370,8 @@ class Acquisition:
                     self.lease_id = lease.id
             elif outcome.ticket is not None:
                 self.ticket = outcome.ticket
+        if self.ticket is not None or self.lease_id is not None:
+            _start_giver()  # here, never in __del__ (see _give_back_dropped)
         return outcome
 
     def transact(self, fn: Callable[..., Outcome], *args: object, blocking: bool = True) -> Outcome:
@@ -449,10 +451,11 @@ class Acquisition:
         # ticket or lease and the code that owns it (a few bytecodes that no signal mask covers)
         # drops this object with something still recorded. Give it back rather than strand it.
         # (getattr: an interrupt may have cut __init__ short, before anything was recorded.)
+        # Not here, though: a finalizer runs wherever the cyclic GC strikes, in any thread, maybe between
+        # two statements of a transaction on that thread's own connection (see _give_back_dropped).
         held = getattr(self, "ticket", None) is not None or getattr(self, "lease_id", None) is not None
         if held and getattr(self, "pid", None) == os.getpid():
-            with contextlib.suppress(BaseException):
-                self.abandon()
+            _dropped.put(self)  # (SimpleQueue.put is reentrant: safe in a finalizer)
 
     def disown(self) -> None:
         """The lease now belongs to someone else (``gcl acquire`` hands it to the calling shell)."""
@@ -479,6 +482,41 @@ class Acquisition:
             with self._lock:
                 if self.lease_id == lease_id:
                     self.lease_id = None
+
+
+_dropped: queue.SimpleQueue[Acquisition] = queue.SimpleQueue()
+"""Acquisitions dropped with a ticket or lease still recorded, to be given back by the giver thread."""
+_giver_pid = 0
+_giver_lock = threading.Lock()
+
+
+def _start_giver() -> None:
+    """Start this process's giver thread, once (again in a forked child), from ordinary code: starting a
+    thread from a finalizer could deadlock on threading's own locks."""
+    global _giver_pid
+    if _giver_pid == os.getpid():
+        return
+    with _giver_lock:
+        if _giver_pid != os.getpid():
+            threading.Thread(target=_give_back_dropped, name="gcl-give-back", daemon=True).start()
+            _giver_pid = os.getpid()
+
+
+def _give_back_dropped() -> None:
+    """Give back what dropped acquisitions still hold, on this thread's own connection.
+
+    ``Acquisition.__del__`` did it itself, in the thread that collected it: the cyclic GC ran it between
+    two statements of a transaction on that thread's PostgreSQL work connection, and the finalizer's
+    own transaction committed the half-done one (and freed its write lock), then left its wake-up's
+    result for the interrupted statement (scripts/stress.py on PostgreSQL, an async worker after a
+    server restart: ``IndexError`` in ``_tx._ticket``, a ``pg_notify`` row read as a ticket row)."""
+    while True:
+        acquisition = _dropped.get()
+        try:
+            acquisition.abandon()
+        except Exception:
+            _log.debug("a dropped acquisition could not give back its slots", exc_info=True)
+        del acquisition
 
 
 T = TypeVar("T")

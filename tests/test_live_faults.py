@@ -282,3 +282,40 @@ def test_a_signal_firing_while_handlers_are_swapped_leaves_none_held_back(monkey
         assert signal.getsignal(signal.SIGTERM) is on_term
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def test_an_acquisition_collected_inside_a_transaction_gives_back_outside_it(db: str) -> None:
+    """The cyclic GC collects an acquisition dropped with its ticket (an exception's traceback makes the
+    cycle: a give-back that failed in a server restart) wherever it strikes: here between two statements
+    of a transaction on the same thread. Its give-back must not run inside that transaction (on
+    PostgreSQL it committed it halfway and left a ``pg_notify`` row for the next statement: the soak's
+    ``IndexError`` in ``_tx._ticket``), yet must still run, soon."""
+    import gc
+
+    from gcl_local import _admission, _shell
+    from gcl_local._effects import transact
+
+    create_limit("x", 1, db=db)
+    backend, request = _shell.prepare(db, "x", 1, "concurrency", timeout_seconds=5)
+    with concurrency("x", db=db):  # the one slot: the next request queues
+        stranded = _shell.Acquisition(backend, request)
+        outcome = stranded.transact(_admission.attempt, request, backend.new_channel_name())
+        assert outcome.ticket is not None
+        stranded.cycle = stranded  # type: ignore[attr-defined]  # garbage only the cyclic GC finds
+        del stranded, outcome
+        seen = []
+
+        def work(tx: object, _effects: object) -> None:
+            before = tx.count_tickets()  # type: ignore[attr-defined]
+            gc.collect()
+            seen.append((before, tx.count_tickets()))  # type: ignore[attr-defined]
+
+        transact(backend, work)
+        assert seen == [(1, 1)]  # nothing of another transaction ran inside this one
+        deadline = time.monotonic() + 5.0
+        while True:
+            with backend.read() as tx:
+                if tx.count_tickets() == 0:
+                    break
+            assert time.monotonic() < deadline, "the dropped acquisition's ticket was never given back"
+            time.sleep(0.02)
