@@ -319,3 +319,48 @@ def test_an_acquisition_collected_inside_a_transaction_gives_back_outside_it(db:
                     break
             assert time.monotonic() < deadline, "the dropped acquisition's ticket was never given back"
             time.sleep(0.02)
+
+
+@pytest.mark.parametrize("where", ["section", "let-through", "restore"])
+def test_every_signal_held_back_is_delivered_when_the_first_handler_raises(
+    where: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The soak on PostgreSQL (a SIGINT storm): a SIGINT and a SIGTERM held back in one section; the
+    SIGINT's handler raised on delivery, and the SIGTERM behind it was dropped, so the worker looped on
+    until SIGKILL. Every held signal's handler runs, as CPython runs the rest of its pending signals."""
+    from gcl_local import _shell
+
+    ran: list[int] = []
+
+    def on_term(signum: int, frame: object) -> None:
+        ran.append(signum)
+        raise SystemExit(143)
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    try:
+        held = _shell.SignalsHeldBack()
+        with pytest.raises((KeyboardInterrupt, SystemExit)):
+            with held:
+                if where == "restore":  # SIGINT's handler, restored first, runs at once and raises
+
+                    def first_restore_raises(signum: int, handler: object) -> object:
+                        result = real(signum, handler)
+                        if handler is not _shell._hold:
+                            monkeypatch.undo()
+                            raise KeyboardInterrupt
+                        return result
+
+                    real = _shell._signal.signal
+                    monkeypatch.setattr(_shell._signal, "signal", first_restore_raises)
+                else:
+                    signal.raise_signal(signal.SIGINT)
+                signal.raise_signal(signal.SIGTERM)
+                if where == "let-through":
+                    with held.let_through():
+                        pass
+        assert ran == [signal.SIGTERM]
+        assert not _shell._held
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        assert signal.getsignal(signal.SIGTERM) is on_term
+    finally:
+        signal.signal(signal.SIGTERM, previous)
