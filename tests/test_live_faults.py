@@ -336,28 +336,31 @@ def test_every_signal_held_back_is_delivered_when_the_first_handler_raises(
         ran.append(signum)
         raise SystemExit(143)
 
+    def section() -> None:
+        held = _shell.SignalsHeldBack()
+        with held:
+            if where == "restore":  # SIGINT's handler, restored first, runs at once and raises
+                real = _shell._signal.signal
+
+                def first_restore_raises(signum: int, handler: object) -> object:
+                    result = real(signum, handler)
+                    if handler is not _shell._hold:
+                        monkeypatch.undo()
+                        raise KeyboardInterrupt
+                    return result
+
+                monkeypatch.setattr(_shell._signal, "signal", first_restore_raises)
+            else:
+                signal.raise_signal(signal.SIGINT)
+            signal.raise_signal(signal.SIGTERM)
+            if where == "let-through":
+                with held.let_through():
+                    pass
+
     previous = signal.signal(signal.SIGTERM, on_term)
     try:
-        held = _shell.SignalsHeldBack()
         with pytest.raises((KeyboardInterrupt, SystemExit)):
-            with held:
-                if where == "restore":  # SIGINT's handler, restored first, runs at once and raises
-
-                    def first_restore_raises(signum: int, handler: object) -> object:
-                        result = real(signum, handler)
-                        if handler is not _shell._hold:
-                            monkeypatch.undo()
-                            raise KeyboardInterrupt
-                        return result
-
-                    real = _shell._signal.signal
-                    monkeypatch.setattr(_shell._signal, "signal", first_restore_raises)
-                else:
-                    signal.raise_signal(signal.SIGINT)
-                signal.raise_signal(signal.SIGTERM)
-                if where == "let-through":
-                    with held.let_through():
-                        pass
+            section()
         assert ran == [signal.SIGTERM]
         assert not _shell._held
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
