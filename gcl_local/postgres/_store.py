@@ -412,6 +412,12 @@ class PostgresBackend:
     def _begin(self, work: _Work, statement: str) -> tuple[_Work, Instant | None]:
         """Run a BEGIN statement, on a new connection if the old one turns out lost (nothing of the
         transaction has run yet: trying again is safe). None: the non-blocking lock was taken."""
+        if work.conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            # Left in a transaction, or with a statement's result never read, by an interrupt outside our
+            # sections (a KeyboardInterrupt inside psycopg): end it, or start afresh (scripts/stress.py on
+            # PostgreSQL, a sigint worker: "sending query failed: another command is already in progress").
+            self._abort(work)
+            work = self._work()
         for attempt in (0, 1):
             try:
                 cur = work.cur
