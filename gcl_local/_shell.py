@@ -471,7 +471,10 @@ class Acquisition:
         # two statements of a transaction on that thread's own connection (see _give_back_dropped).
         held = getattr(self, "ticket", None) is not None or getattr(self, "lease_id", None) is not None
         if held and getattr(self, "pid", None) == os.getpid():
-            _dropped.put(self)  # (SimpleQueue.put is reentrant: safe in a finalizer)
+            try:
+                _dropped.put(self)  # (SimpleQueue.put is reentrant: safe in a finalizer)
+            except BaseException:  # at interpreter exit (the module's globals may be gone): the exit frees it
+                pass
 
     def disown(self) -> None:
         """The lease now belongs to someone else (``gcl acquire`` hands it to the calling shell)."""
