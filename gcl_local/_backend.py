@@ -21,7 +21,7 @@ from contextlib import AbstractContextManager
 from typing import NamedTuple, Protocol, TypeVar, Union
 
 from ._clock import Instant
-from ._errors import GclError
+from ._errors import GclError, StoreError
 
 T = TypeVar("T")
 
@@ -111,6 +111,12 @@ class CorruptRowError(Exception):
 
 class WouldBlock(GclError):
     """A non-blocking transaction found the write lock taken (internal: the async shell then uses a thread)."""
+
+
+class LostCommitError(StoreError):
+    """The connection was lost while the transaction committed: it may or may not have been committed.
+
+    Whoever runs an idempotent transaction (a release, leaving the queue) runs it again."""
 
 
 # -- a transaction -------------------------------------------------------------------------------------
@@ -396,6 +402,7 @@ __all__ = [
     "DbArg",
     "LeaseRow",
     "LimitRow",
+    "LostCommitError",
     "Registration",
     "StatsRow",
     "TicketRow",

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 from . import _admission, _log, _process, _reaping
-from ._backend import Backend, DbArg, Registration, WouldBlock, open_backend
+from ._backend import Backend, DbArg, LostCommitError, Registration, WouldBlock, open_backend
 from ._effects import transact
 from ._errors import GclError, InvalidArgumentError, InvalidLimitError, NoStateFileError, StoreError
 from ._model import (
@@ -485,7 +485,7 @@ class Acquisition:
         ticket = self.ticket
         if ticket is None:
             return None
-        late = transact(self.backend, _admission.cancel, ticket, self.request.kind, timed_out)
+        late = _again_if_lost(lambda: transact(self.backend, _admission.cancel, ticket, self.request.kind, timed_out))
         with self._lock:
             if self.ticket == ticket:
                 self.ticket = None
@@ -497,10 +497,29 @@ class Acquisition:
         """Release our lease (idempotent: releasing a released lease does nothing)."""
         lease_id = self.lease_id
         if lease_id is not None:
-            transact(self.backend, _admission.release, lease_id, blocking=blocking)
+            _again_if_lost(lambda: transact(self.backend, _admission.release, lease_id, blocking=blocking))
             with self._lock:
                 if self.lease_id == lease_id:
                     self.lease_id = None
+
+
+T = TypeVar("T")
+
+
+def _again_if_lost(work: Callable[[], T]) -> T:
+    """Run an idempotent give-back again when its commit was lost (a server that restarted as it
+    committed): failing would leave its lease or ticket recorded in a live process, given back only if
+    and when the GC collects the acquisition, while the lease blocks the limit (scripts/stress.py on
+    PostgreSQL with --restart-every: an async worker's release failed so, its lease leaked, and a
+    waiter for every slot at the head of the queue stalled everyone)."""
+    for attempt in (0, 1, 2):
+        try:
+            return work()
+        except LostCommitError:
+            if attempt == 2:
+                raise
+            _log.debug("a give-back's commit was lost: again")
+    raise AssertionError("unreachable")
 
 
 _dropped: queue.SimpleQueue[Acquisition] = queue.SimpleQueue()
@@ -536,9 +555,6 @@ def _give_back_dropped() -> None:
         except Exception:
             _log.debug("a dropped acquisition could not give back its slots", exc_info=True)
         del acquisition
-
-
-T = TypeVar("T")
 
 
 def to_the_end(work: Callable[[], T]) -> T:

@@ -367,3 +367,39 @@ def test_every_signal_held_back_is_delivered_when_the_first_handler_raises(
         assert signal.getsignal(signal.SIGTERM) is on_term
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+class _LosesTheNextCommit:
+    """A work connection's cursor that loses the connection as its next COMMIT goes out (before the server
+    has it: the transaction is rolled back), as a server restart does."""
+
+    def __init__(self, work: object) -> None:
+        self.work = work
+        self.real = work.cur  # type: ignore[attr-defined]
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.real, name)
+
+    def execute(self, sql: object, *args: object, **kwargs: object) -> object:
+        if sql == "COMMIT":
+            import psycopg
+
+            self.work.cur = self.real  # type: ignore[attr-defined]
+            self.work.conn.close()  # type: ignore[attr-defined]
+            raise psycopg.OperationalError("server closed the connection unexpectedly")
+        return self.real.execute(sql, *args, **kwargs)
+
+
+def test_a_release_whose_commit_was_lost_is_made_again(pg_url: str) -> None:
+    """scripts/stress.py on PostgreSQL with --restart-every: an async worker's release at the end of its
+    block met a restart as it committed ("the transaction may or may not have been committed"); the
+    block raised, the lease stayed held by a live process outside any block, and a waiter for every slot
+    at the head of the queue stalled everyone. Releasing is idempotent: it is run again."""
+    from gcl_local._backend import open_backend
+
+    create_limit("x", 1, db=pg_url)
+    backend = open_backend(pg_url)
+    with concurrency("x", db=pg_url):
+        work = backend._work()  # type: ignore[attr-defined]
+        work.cur = _LosesTheNextCommit(work)
+    assert read_limit("x", db=pg_url).holders == ()

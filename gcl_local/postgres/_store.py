@@ -31,7 +31,7 @@ import psycopg
 from psycopg import errors as pgerrors
 from psycopg.conninfo import make_conninfo
 
-from .._backend import Backend, Channel, CorruptRowError, Registration, Tx, WouldBlock
+from .._backend import Backend, Channel, CorruptRowError, LostCommitError, Registration, Tx, WouldBlock
 from .._clock import Instant
 from .._errors import NoStateFileError, StoreError
 from . import _liveness, _sql, _wakeups
@@ -507,7 +507,7 @@ class PostgresBackend:
             self._abort(conn)
             if isinstance(exc, psycopg.Error):
                 if lost:
-                    raise StoreError(
+                    raise LostCommitError(
                         f"The connection to {self.description} was lost while committing; the transaction may "
                         "or may not have been committed."
                     ) from None
