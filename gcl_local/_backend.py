@@ -18,7 +18,7 @@ import os
 import threading
 
 from ._clock import Instant
-from ._errors import GclError
+from ._errors import GclError, StoreError
 from ._stdlib import NamedTuple, Protocol
 
 TYPE_CHECKING = False  # not typing's: the hot path must not cost the import of typing (see _stdlib)
@@ -115,6 +115,12 @@ class CorruptRowError(Exception):
 
 class WouldBlock(GclError):
     """A non-blocking transaction found the write lock taken (internal: the async shell then uses a thread)."""
+
+
+class LostCommitError(StoreError):
+    """The connection was lost while the transaction committed: it may or may not have been committed.
+
+    Whoever runs an idempotent transaction (a release, leaving the queue) runs it again."""
 
 
 # -- a transaction -------------------------------------------------------------------------------------
@@ -400,6 +406,7 @@ __all__ = [
     "DbArg",
     "LeaseRow",
     "LimitRow",
+    "LostCommitError",
     "Registration",
     "StatsRow",
     "TicketRow",

@@ -7,13 +7,13 @@ When to wake and what to do then is decided in ``_waiting``; ``sync`` and ``asyn
 from __future__ import annotations
 
 import atexit
-import contextlib
 import os
+import queue
 import sys
 import threading
 
 from . import _admission, _log, _process, _reaping
-from ._backend import Backend, DbArg, Registration, WouldBlock, open_backend
+from ._backend import Backend, DbArg, LostCommitError, Registration, WouldBlock, open_backend
 from ._effects import transact
 from ._errors import GclError, InvalidArgumentError, InvalidLimitError, NoStateFileError, StoreError
 from ._model import (
@@ -283,8 +283,10 @@ class SignalsHeldBack:
     def __exit__(self, *exc_info: object) -> None:
         saved = self.saved
         if saved:
-            _restore(saved)
-            _deliver(saved)
+            try:
+                _restore(saved)
+            finally:  # a handler restored first may raise: what was held back is delivered all the same
+                _deliver(saved)
 
     def let_through(self) -> LetThrough:
         """For a sleep inside a long section (a whole wait): the real handlers run meanwhile, so a
@@ -303,9 +305,11 @@ class LetThrough:
     def __enter__(self) -> None:
         saved = self.saved
         if saved:
-            _restore(saved)
             try:
-                _deliver(saved)
+                try:
+                    _restore(saved)
+                finally:
+                    _deliver(saved)
             except BaseException:
                 self.__exit__()
                 raise
@@ -332,10 +336,22 @@ def _deliver(saved: dict[int, Any]) -> None:
     if _held:
         signums = list(dict.fromkeys(_held))
         _held.clear()
-        for signum in signums:
-            handler = saved.get(signum) or signal.getsignal(signum)
-            if callable(handler) and handler is not _hold:
-                handler(signum, None)  # delivered now; a handler that raises raises here
+        _run_handlers(signums, saved)
+
+
+def _run_handlers(signums: list[int], saved: dict[int, Any]) -> None:
+    """Run the handler of each signal, in the order they came; a handler that raises raises here, once
+    the others have run too (as CPython runs the rest of its pending signals at its next check): a later
+    exception replaces it, with it as its context. (A SIGTERM held back behind a SIGINT whose handler
+    raised was dropped: scripts/stress.py on PostgreSQL, a worker in a SIGINT storm no SIGTERM stopped.)"""
+    for index, signum in enumerate(signums):
+        handler = saved.get(signum) or signal.getsignal(signum)
+        if callable(handler) and handler is not _hold:
+            try:
+                handler(signum, None)
+            except BaseException:
+                _run_handlers(signums[index + 1 :], saved)
+                raise
 
 
 _held: list[int] = []
@@ -377,6 +393,8 @@ class Acquisition:
                     self.lease_id = lease.id
             elif outcome.ticket is not None:
                 self.ticket = outcome.ticket
+        if self.ticket is not None or self.lease_id is not None:
+            _start_giver()  # here, never in __del__ (see _give_back_dropped)
         return outcome
 
     def transact(self, fn: Callable[..., Outcome], *args: object, blocking: bool = True) -> Outcome:
@@ -456,10 +474,14 @@ class Acquisition:
         # ticket or lease and the code that owns it (a few bytecodes that no signal mask covers)
         # drops this object with something still recorded. Give it back rather than strand it.
         # (getattr: an interrupt may have cut __init__ short, before anything was recorded.)
+        # Not here, though: a finalizer runs wherever the cyclic GC strikes, in any thread, maybe between
+        # two statements of a transaction on that thread's own connection (see _give_back_dropped).
         held = getattr(self, "ticket", None) is not None or getattr(self, "lease_id", None) is not None
         if held and getattr(self, "pid", None) == os.getpid():
-            with contextlib.suppress(BaseException):
-                self.abandon()
+            try:
+                _dropped.put(self)  # (SimpleQueue.put is reentrant: safe in a finalizer)
+            except BaseException:  # at interpreter exit (the module's globals may be gone): the exit frees it
+                pass
 
     def disown(self) -> None:
         """The lease now belongs to someone else (``gcl acquire`` hands it to the calling shell)."""
@@ -470,7 +492,7 @@ class Acquisition:
         ticket = self.ticket
         if ticket is None:
             return None
-        late = transact(self.backend, _admission.cancel, ticket, self.request.kind, timed_out)
+        late = _again_if_lost(lambda: transact(self.backend, _admission.cancel, ticket, self.request.kind, timed_out))
         with self._lock:
             if self.ticket == ticket:
                 self.ticket = None
@@ -482,10 +504,61 @@ class Acquisition:
         """Release our lease (idempotent: releasing a released lease does nothing)."""
         lease_id = self.lease_id
         if lease_id is not None:
-            transact(self.backend, _admission.release, lease_id, blocking=blocking)
+            _again_if_lost(lambda: transact(self.backend, _admission.release, lease_id, blocking=blocking))
             with self._lock:
                 if self.lease_id == lease_id:
                     self.lease_id = None
+
+
+def _again_if_lost(work: Callable[[], T]) -> T:
+    """Run an idempotent give-back again when its commit was lost (a server that restarted as it
+    committed): failing would leave its lease or ticket recorded in a live process, given back only if
+    and when the GC collects the acquisition, while the lease blocks the limit (scripts/stress.py on
+    PostgreSQL with --restart-every: an async worker's release failed so, its lease leaked, and a
+    waiter for every slot at the head of the queue stalled everyone)."""
+    for attempt in (0, 1, 2):
+        try:
+            return work()
+        except LostCommitError:
+            if attempt == 2:
+                raise
+            _log.debug("a give-back's commit was lost: again")
+    raise AssertionError("unreachable")
+
+
+_dropped: queue.SimpleQueue[Acquisition] = queue.SimpleQueue()
+"""Acquisitions dropped with a ticket or lease still recorded, to be given back by the giver thread."""
+_giver_pid = 0
+_giver_lock = threading.Lock()
+
+
+def _start_giver() -> None:
+    """Start this process's giver thread, once (again in a forked child), from ordinary code: starting a
+    thread from a finalizer could deadlock on threading's own locks."""
+    global _giver_pid
+    if _giver_pid == os.getpid():
+        return
+    with _giver_lock:
+        if _giver_pid != os.getpid():
+            threading.Thread(target=_give_back_dropped, name="gcl-give-back", daemon=True).start()
+            _giver_pid = os.getpid()
+
+
+def _give_back_dropped() -> None:
+    """Give back what dropped acquisitions still hold, on this thread's own connection.
+
+    ``Acquisition.__del__`` did it itself, in the thread that collected it: the cyclic GC ran it between
+    two statements of a transaction on that thread's PostgreSQL work connection, and the finalizer's
+    own transaction committed the half-done one (and freed its write lock), then left its wake-up's
+    result for the interrupted statement (scripts/stress.py on PostgreSQL, an async worker after a
+    server restart: ``IndexError`` in ``_tx._ticket``, a ``pg_notify`` row read as a ticket row)."""
+    while True:
+        acquisition = _dropped.get()
+        try:
+            acquisition.abandon()
+        except Exception:
+            _log.debug("a dropped acquisition could not give back its slots", exc_info=True)
+        del acquisition
 
 
 def to_the_end(work: Callable[[], T]) -> T:

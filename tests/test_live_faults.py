@@ -282,3 +282,124 @@ def test_a_signal_firing_while_handlers_are_swapped_leaves_none_held_back(monkey
         assert signal.getsignal(signal.SIGTERM) is on_term
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def test_an_acquisition_collected_inside_a_transaction_gives_back_outside_it(db: str) -> None:
+    """The cyclic GC collects an acquisition dropped with its ticket (an exception's traceback makes the
+    cycle: a give-back that failed in a server restart) wherever it strikes: here between two statements
+    of a transaction on the same thread. Its give-back must not run inside that transaction (on
+    PostgreSQL it committed it halfway and left a ``pg_notify`` row for the next statement: the soak's
+    ``IndexError`` in ``_tx._ticket``), yet must still run, soon."""
+    import gc
+
+    from gcl_local import _admission, _shell
+    from gcl_local._effects import transact
+
+    create_limit("x", 1, db=db)
+    backend, request = _shell.prepare(db, "x", 1, "concurrency", timeout_seconds=5)
+    with concurrency("x", db=db):  # the one slot: the next request queues
+        stranded = _shell.Acquisition(backend, request)
+        outcome = stranded.transact(_admission.attempt, request, backend.new_channel_name())
+        assert outcome.ticket is not None
+        stranded.cycle = stranded  # type: ignore[attr-defined]  # garbage only the cyclic GC finds
+        del stranded, outcome
+        seen = []
+
+        def work(tx: object, _effects: object) -> None:
+            before = tx.count_tickets()  # type: ignore[attr-defined]
+            gc.collect()
+            seen.append((before, tx.count_tickets()))  # type: ignore[attr-defined]
+
+        transact(backend, work)
+        assert seen == [(1, 1)]  # nothing of another transaction ran inside this one
+        deadline = time.monotonic() + 5.0
+        while True:
+            with backend.read() as tx:
+                if tx.count_tickets() == 0:
+                    break
+            assert time.monotonic() < deadline, "the dropped acquisition's ticket was never given back"
+            time.sleep(0.02)
+
+
+@pytest.mark.parametrize("where", ["section", "let-through", "restore"])
+def test_every_signal_held_back_is_delivered_when_the_first_handler_raises(
+    where: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The soak on PostgreSQL (a SIGINT storm): a SIGINT and a SIGTERM held back in one section; the
+    SIGINT's handler raised on delivery, and the SIGTERM behind it was dropped, so the worker looped on
+    until SIGKILL. Every held signal's handler runs, as CPython runs the rest of its pending signals."""
+    from gcl_local import _shell
+
+    ran: list[int] = []
+
+    def on_term(signum: int, frame: object) -> None:
+        ran.append(signum)
+        raise SystemExit(143)
+
+    def section() -> None:
+        held = _shell.SignalsHeldBack()
+        with held:
+            if where == "restore":  # SIGINT's handler, restored first, runs at once and raises
+                real = _shell._signal.signal
+
+                def first_restore_raises(signum: int, handler: object) -> object:
+                    result = real(signum, handler)
+                    if handler is not _shell._hold:
+                        monkeypatch.undo()
+                        raise KeyboardInterrupt
+                    return result
+
+                monkeypatch.setattr(_shell._signal, "signal", first_restore_raises)
+            else:
+                signal.raise_signal(signal.SIGINT)
+            signal.raise_signal(signal.SIGTERM)
+            if where == "let-through":
+                with held.let_through():
+                    pass
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    try:
+        with pytest.raises((KeyboardInterrupt, SystemExit)):
+            section()
+        assert ran == [signal.SIGTERM]
+        assert not _shell._held
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        assert signal.getsignal(signal.SIGTERM) is on_term
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+class _LosesTheNextCommit:
+    """A work connection's cursor that loses the connection as its next COMMIT goes out (before the server
+    has it: the transaction is rolled back), as a server restart does."""
+
+    def __init__(self, work: object) -> None:
+        self.work = work
+        self.real = work.cur  # type: ignore[attr-defined]
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.real, name)
+
+    def execute(self, sql: object, *args: object, **kwargs: object) -> object:
+        if sql == "COMMIT":
+            import psycopg
+
+            self.work.cur = self.real  # type: ignore[attr-defined]
+            self.work.conn.close()  # type: ignore[attr-defined]
+            raise psycopg.OperationalError("server closed the connection unexpectedly")
+        return self.real.execute(sql, *args, **kwargs)
+
+
+def test_a_release_whose_commit_was_lost_is_made_again(pg_url: str) -> None:
+    """scripts/stress.py on PostgreSQL with --restart-every: an async worker's release at the end of its
+    block met a restart as it committed ("the transaction may or may not have been committed"); the
+    block raised, the lease stayed held by a live process outside any block, and a waiter for every slot
+    at the head of the queue stalled everyone. Releasing is idempotent: it is run again."""
+    from gcl_local._backend import open_backend
+
+    create_limit("x", 1, db=pg_url)
+    backend = open_backend(pg_url)
+    with concurrency("x", db=pg_url):
+        work = backend._work()  # type: ignore[attr-defined]
+        work.cur = _LosesTheNextCommit(work)
+    assert read_limit("x", db=pg_url).holders == ()

@@ -407,6 +407,31 @@ def test_a_rollback_after_psycopgs_own_prepared_statements_keeps_ours(backend: P
         assert [r.name for r in tx.select_all_limits()] == ["a"]
 
 
+def test_a_statement_interrupted_inside_psycopg_leaves_the_next_transaction_working(
+    backend: PostgresBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A KeyboardInterrupt that strikes in psycopg's own Python code after a statement was sent and before
+    its result is read leaves the connection busy (psycopg cancels it but cannot read the result of a
+    generator the interrupt ended): the next statement failed with "another command is already in
+    progress" (scripts/stress.py on PostgreSQL, a sigint worker). The next transaction starts afresh."""
+    from psycopg._preparing import PrepareManager
+
+    backend.write(lambda tx: tx.insert_limit(_limit("a", tx)))
+    real = PrepareManager.maybe_add_to_cache
+
+    def interrupted(self: Any, *args: Any) -> Any:  # runs between the send and the read of the result
+        monkeypatch.undo()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(PrepareManager, "maybe_add_to_cache", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        backend.alive("pg-12345")  # a statement on its own, outside any transaction
+    assert PrepareManager.maybe_add_to_cache is real
+    assert backend.write(lambda tx: [r.name for r in tx.select_all_limits()]) == ["a"]
+    with backend.read() as tx:
+        assert [r.name for r in tx.select_all_limits()] == ["a"]
+
+
 # -- time and transactions ----------------------------------------------------------------------------
 
 

@@ -31,7 +31,7 @@ import psycopg
 from psycopg import errors as pgerrors
 from psycopg.conninfo import make_conninfo
 
-from .._backend import Backend, Channel, CorruptRowError, Registration, Tx, WouldBlock
+from .._backend import Backend, Channel, CorruptRowError, LostCommitError, Registration, Tx, WouldBlock
 from .._clock import Instant
 from .._errors import NoStateFileError, StoreError
 from . import _liveness, _sql, _wakeups
@@ -412,6 +412,12 @@ class PostgresBackend:
     def _begin(self, work: _Work, statement: str) -> tuple[_Work, Instant | None]:
         """Run a BEGIN statement, on a new connection if the old one turns out lost (nothing of the
         transaction has run yet: trying again is safe). None: the non-blocking lock was taken."""
+        if work.conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            # Left in a transaction, or with a statement's result never read, by an interrupt outside our
+            # sections (a KeyboardInterrupt inside psycopg): end it, or start afresh (scripts/stress.py on
+            # PostgreSQL, a sigint worker: "sending query failed: another command is already in progress").
+            self._abort(work)
+            work = self._work()
         for attempt in (0, 1):
             try:
                 cur = work.cur
@@ -501,7 +507,7 @@ class PostgresBackend:
             self._abort(conn)
             if isinstance(exc, psycopg.Error):
                 if lost:
-                    raise StoreError(
+                    raise LostCommitError(
                         f"The connection to {self.description} was lost while committing; the transaction may "
                         "or may not have been committed."
                     ) from None
