@@ -340,7 +340,7 @@ def test_every_signal_held_back_is_delivered_when_the_first_handler_raises(
         held = _shell.SignalsHeldBack()
         with held:
             if where == "restore":  # SIGINT's handler, restored first, runs at once and raises
-                real = _shell._signal.signal
+                real = _shell.signal.signal
 
                 def first_restore_raises(signum: int, handler: object) -> object:
                     result = real(signum, handler)
@@ -349,7 +349,7 @@ def test_every_signal_held_back_is_delivered_when_the_first_handler_raises(
                         raise KeyboardInterrupt
                     return result
 
-                monkeypatch.setattr(_shell._signal, "signal", first_restore_raises)
+                monkeypatch.setattr(_shell.signal, "signal", first_restore_raises)
             else:
                 signal.raise_signal(signal.SIGINT)
             signal.raise_signal(signal.SIGTERM)
