@@ -810,13 +810,13 @@ def s9_cli(cfg: Config) -> Row:
         if shutil.which("sem"):
             commands["sem"] = ["sem", "--fg", "--id", lock_file, "true"]
         medians = timed_runs(commands, cfg.cli_runs, env)
-    gcl = medians["gcl"]
+    gcl, python = medians["gcl"], medians["python"]
     sem = ms(medians["sem"]) if "sem" in medians else "n/a (not installed)"
     return Row(
         "9. CLI cold start `gcl run job -- true`, median",
-        ms(gcl) if not math.isnan(gcl) else "n/a (gcl not found)",
-        "≤ 100 ms",
-        None if math.isnan(gcl) else gcl <= 0.1,
+        f"{ms(gcl)} ({gcl / python:.1f} x `python -c pass`)" if not math.isnan(gcl) else "n/a (gcl not found)",
+        "≤ 3 x `python -c pass` (issue 11)",
+        None if math.isnan(gcl) else gcl <= 3 * python,
         flock=f"{ms(medians['flock'])} (`flock FILE true`)",
         notes=f"`python -c pass`: {ms(medians['python'])}; GNU sem: {sem}; {cfg.cli_runs} runs each, bytecode cached",
     )
