@@ -131,6 +131,11 @@ def wait(
             if isinstance(outcome, Granted):
                 return outcome
             due = due_moment(outcome, clock())
+    # The safety net's next look is an absolute moment too, kept across early wake-ups. (Set afresh at
+    # every wake-up, it never came for a waiter woken more often than every 0.4 s by messages that were
+    # not for it, and a dead holder ahead of it was not reaped: on PostgreSQL every waiter of a process
+    # wakes on the session's socket, for every notification to any of them.)
+    net_at: float | None = None
     while True:
         now = clock()
         if deadline is not None and now >= deadline:
@@ -140,7 +145,9 @@ def wait(
                 if isinstance(outcome, Granted):
                     return outcome
             raise timeout_error(request, timeout_seconds, waited=clock() - start)
-        wake_at = now + safety_net * (0.8 + 0.4 * jitter())
+        if net_at is None:
+            net_at = now + safety_net * (0.8 + 0.4 * jitter())
+        wake_at = net_at
         if due is not None:
             wake_at = min(wake_at, due)
         if deadline is not None:
@@ -156,13 +163,15 @@ def wait(
                 return outcome
             due = due_moment(outcome, clock())
             safety_net = SAFETY_NET_SECONDS  # poked, or due: the head, most likely
+            net_at = None  # a look is as good as the safety net's
             continue
-        if data or (deadline is not None and now >= deadline) or now < wake_at:
-            continue  # only messages for an earlier wait, the deadline, or woken early: sleep again
+        if (deadline is not None and now >= deadline) or now < net_at:
+            continue  # the deadline, or woken early (messages for an earlier wait or for others): sleep again
         found = yield PROBE  # the safety net: a read, and a write only when it could help
         if isinstance(found, Granted):
             return found
         safety_net = FAR_BACK_SAFETY_NET_SECONDS if found is None else SAFETY_NET_SECONDS
+        net_at = None
         if found:
             outcome = yield LOOK  # not a retry: nothing told us to look
             if isinstance(outcome, Granted):
