@@ -16,6 +16,13 @@ from hosts import Hosts
 from gcl_local import _backend, _shell
 from gcl_local.sqlite import _liveness, _store
 
+# The suite sends SIGINT, SIGTERM and SIGHUP to its processes and checks their handlers: started in the
+# background (`cmd &` in a script ignores SIGINT) or under nohup (SIGHUP), it would inherit those
+# ignored, and so would every process it starts. Start from the defaults, as a terminal gives them.
+signal.signal(signal.SIGINT, signal.default_int_handler)
+for _signum in (signal.SIGHUP, signal.SIGTERM, signal.SIGQUIT):
+    signal.signal(_signum, signal.SIG_DFL)
+
 REPO = Path(__file__).resolve().parent.parent
 
 
