@@ -60,6 +60,11 @@ def may_wait(timeout_seconds: float | None, max_retries: int | None) -> bool:
     return timeout_seconds != 0 and max_retries != 0
 
 
+ROUNDING = 1e-9
+"""Seconds by which a wake-up may miss the moment it was set for, in floating point alone: ``now + (t -
+now)`` need not be ``t`` (the property test of ``wait`` found 5.6e-17 s short, and another sleep)."""
+
+
 def deadline_of(timeout_seconds: float | None, start: float) -> float | None:
     if timeout_seconds is None or math.isinf(timeout_seconds):
         return None
@@ -138,7 +143,7 @@ def wait(
     net_at: float | None = None
     while True:
         now = clock()
-        if deadline is not None and now >= deadline:
+        if deadline is not None and now + ROUNDING >= deadline:
             if last_look:
                 last_look = False
                 outcome = yield LOOK
@@ -157,7 +162,9 @@ def wait(
         if granted is not None:
             return granted
         now = clock()
-        if poked or (due is not None and now >= due):
+        # A timer set for a moment may wake a rounding short of it (now + (t - now)): that is the moment
+        # (here, at the deadline and at the safety net's moment too).
+        if poked or (due is not None and now + ROUNDING >= due):
             outcome = yield LOOK
             if isinstance(outcome, Granted):
                 return outcome
@@ -165,7 +172,7 @@ def wait(
             safety_net = SAFETY_NET_SECONDS  # poked, or due: the head, most likely
             net_at = None  # a look is as good as the safety net's
             continue
-        if (deadline is not None and now >= deadline) or now < net_at:
+        if (deadline is not None and now + ROUNDING >= deadline) or now + ROUNDING < net_at:
             continue  # the deadline, or woken early (messages for an earlier wait or for others): sleep again
         found = yield PROBE  # the safety net: a read, and a write only when it could help
         if isinstance(found, Granted):
@@ -185,6 +192,7 @@ __all__ = [
     "NOTICE_AFTER_SECONDS",
     "PROBE",
     "FAR_BACK_SAFETY_NET_SECONDS",
+    "ROUNDING",
     "SAFETY_NET_SECONDS",
     "Sleep",
     "Step",
