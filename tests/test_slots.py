@@ -76,8 +76,9 @@ SLEEP = "import time; time.sleep(60)"
 
 HAMMER = """
 import json, os, sys, time
-from gcl_local import AcquireConcurrencySlotTimeoutError, rate_limit
+from gcl_local import AcquireConcurrencySlotTimeoutError, rate_limit, read_limit
 db, go, stop = sys.argv[1:4]
+read_limit("api", db=db)  # warm up: on a server, the first call imports the driver and connects (0.3-1 s)
 print("ready", flush=True)
 while not os.path.exists(go):
     time.sleep(0.001)
