@@ -145,6 +145,10 @@ class Tx(Protocol):
         """Whether the stored moments belong to an earlier boot (and so every holder is gone); a read
         transaction cannot rebase them. Always False where time is not per boot (a server's clock)."""
 
+    def wake_on_commit(self, wakes: Sequence[tuple[str, bytes]]) -> bool:
+        """Send these messages with the commit, if the store can (PostgreSQL delivers a NOTIFY at commit,
+        and only then). False: the caller sends them once the commit is done (``Backend.wake``)."""
+
     # limits
     def select_limits(self, names: Sequence[str]) -> list[LimitRow]: ...
     def select_limits_for_acquire(self, names: Sequence[str]) -> list[tuple[LimitRow, int, bool]]:

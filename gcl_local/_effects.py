@@ -46,7 +46,10 @@ def transact(backend: Backend, fn: Callable[..., T], *args: object, blocking: bo
         # meanwhile): what that run left to do is void.
         effects.wakes.clear()
         effects.dead_registrations.clear()
-        return fn(tx, effects, *args)
+        result = fn(tx, effects, *args)
+        if effects.wakes and tx.wake_on_commit(effects.wakes):
+            effects.wakes.clear()  # they go with the commit
+        return result
 
     result = backend.write(work, blocking=blocking, durable=durable)
     if effects.wakes:

@@ -489,7 +489,8 @@ class PostgresBackend:
                 raise self._corrupt()  # the clock row is gone
             raise WouldBlock
         try:
-            result = work(PgTx(self, conn.cur, sql, now))
+            tx = PgTx(self, conn.cur, sql, now)
+            result = work(tx)
         except BaseException as exc:
             lost = conn.conn.closed
             self._abort(conn)
@@ -501,7 +502,8 @@ class PostgresBackend:
                 raise self._corrupt() from None
             raise
         try:
-            conn.cur.execute(sql.commit)
+            commit = tx.commit_text(sql.commit)
+            conn.cur.execute(commit, prepare=False if commit is not sql.commit else None)
         except BaseException as exc:
             lost = conn.conn.closed
             self._abort(conn)

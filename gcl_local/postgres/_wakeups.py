@@ -9,9 +9,11 @@ that read the session for everyone, a wake-up took two wake-ups of a sleeping th
 the machine it was measured on.) Elsewhere, the session's watcher thread reads it and every waiter
 polls its pipe.
 
-Messages are sent after the commit that decided them, all in one autocommit statement
-(``Backend.wake``): a NOTIFY inside the write transaction would hold the server's global notify lock
-until its commit.
+Messages go with the COMMIT of the transaction that decided them, all in one statement
+(``PgTx.wake_on_commit``): the server delivers a NOTIFY at commit, and only if it commits. Its global
+notify lock is then held until the commit ends, which costs nothing more here, since every write
+holds the store's one write lock that long anyway; sent after the commit, the messages cost every
+hand-off a round trip more.
 """
 
 from __future__ import annotations

@@ -261,6 +261,9 @@ class SqliteTx:
         """Whether the file's boot-clock times are of an earlier boot (not rebased yet: this is a read)."""
         return stored_boot_id(self.conn) != self.now.boot_id
 
+    def wake_on_commit(self, wakes: Sequence[tuple[str, bytes]]) -> bool:
+        return False  # a pipe is written once the commit is done (a woken waiter must find its grant)
+
     def select_limits(self, names: Sequence[str]) -> list[LimitRow]:
         sql = f"SELECT {_LIMIT_COLUMNS} FROM limits WHERE name IN ({_marks(len(names))})"
         return [_limit(r) for r in _fetch(self.conn, sql, tuple(names))]
