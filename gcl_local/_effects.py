@@ -7,7 +7,11 @@ transaction has committed (a woken waiter must find the grant already there).
 
 from __future__ import annotations
 
+import os
+
 from . import _wire
+
+_sched_yield = getattr(os, "sched_yield", None)
 
 TYPE_CHECKING = False  # not typing's: the hot path must not cost the import of typing (see _stdlib)
 if TYPE_CHECKING:
@@ -37,6 +41,14 @@ class Effects:
         self.wakes.append((channel, _wire.grant(ticket, granted, self.max_message)))
 
 
+def _yield_to_woken() -> None:
+    """Let a woken waiter run now. The kernel tends to queue a woken process on the waker's CPU, where
+    it waits until the waker sleeps or is preempted: 0.45 ms of the SQLite hand-off's 1.5 ms went
+    there (scenario 3: B woken 1.40 ms after A's block ended, A's release call 0.94 ms)."""
+    if _sched_yield is not None:
+        _sched_yield()
+
+
 def transact(backend: Backend, fn: Callable[..., T], *args: object, blocking: bool = True, durable: bool = False) -> T:
     """Run ``fn(tx, effects, *args)`` in one write transaction, then wake whom it served."""
     effects = Effects(backend.max_message)
@@ -54,6 +66,7 @@ def transact(backend: Backend, fn: Callable[..., T], *args: object, blocking: bo
     result = backend.write(work, blocking=blocking, durable=durable)
     if effects.wakes:
         backend.wake(effects.wakes)
+        _yield_to_woken()
     if effects.dead_registrations:
         backend.forget(effects.dead_registrations)
     return result
