@@ -79,7 +79,9 @@ class PgTx:
 
     def wake_on_commit(self, wakes: Sequence[tuple[str, bytes]]) -> bool:
         # NOTIFY is delivered at commit, and only if the transaction commits: the messages go with the
-        # COMMIT. (Its global lock is then held until the commit ends, while our write lock is anyway.)
+        # COMMIT. (Its global lock is then held until the commit ends, while our write lock is anyway.
+        # A full notification queue, 8 GB that a session in a transaction for hours keeps from being
+        # freed, now fails the transaction where sent after it the messages were lost.)
         channels, texts = _wakeups.payloads(list(wakes))
         if channels:
             import psycopg  # loaded already: this module is only ever used with a connection
