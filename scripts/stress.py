@@ -1752,7 +1752,9 @@ class Driver:
                     )  # fmt: skip
             else:  # dead (a missing token file is a dead holder too)
                 seen_dead.add(lease.token)
-                first = self.dead_since.setdefault(lease.token, now)
+                # Kept since it was first seen dead, or since the server came back from a restart: while it
+                # is down nobody can reclaim anything (10-second CI run, restarts every 4 s: 3.0 s counted).
+                first = max(self.dead_since.setdefault(lease.token, now), self.last_restart)
                 if anyone_waits and now - first > grace:
                     kind = self._owner_kind(table, lease.pid, _token_pid(lease.registration))
                     self.fail_once(
