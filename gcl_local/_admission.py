@@ -24,6 +24,7 @@ from ._effects import Effects, transact
 from ._errors import ConcurrencySlotAcquisitionError, LeaseNotFoundError
 from ._model import DEFAULT_AVG_OCCUPANCY, Lease, utc, wait_bucket
 from ._request import Denied, Granted, Holder, Outcome, Request, no_slot_lease
+from ._stdlib import NamedTuple
 
 TYPE_CHECKING = False  # not typing's: the hot path must not cost the import of typing (see _stdlib)
 if TYPE_CHECKING:
@@ -81,9 +82,10 @@ def _check_request(request: Request, rows: list[LimitRow]) -> tuple[list[LimitRo
     return active, missing
 
 
-def _shortfall(tx: Tx, row: LimitRow, occupy: int) -> float:
-    """How many slots *occupy* lacks on *row* now (<= 0: it fits)."""
-    return tx.held_slots(row.name) + level_at(row, tx.now.boot) + occupy - row.limit
+def _shortfall(tx: Tx, row: LimitRow, occupy: int, held: dict[str, int] | None = None) -> float:
+    """How many slots *occupy* lacks on *row* now (<= 0: it fits); *held*: the held slots, if just read."""
+    slots = tx.held_slots(row.name) if held is None else held[row.name]
+    return slots + level_at(row, tx.now.boot) + occupy - row.limit
 
 
 def _short_limits(tx: Tx, active: list[LimitRow], occupy: int) -> list[LimitRow]:
@@ -95,11 +97,23 @@ def _short_of(rows: list[tuple[LimitRow, int, bool]], occupy: int, boot: float) 
     return [row for row, held, _ in rows if row.active and held + level_at(row, boot) + occupy - row.limit > EPSILON]
 
 
-def _retry_in(tx: Tx, short: list[LimitRow], occupy: int) -> float | None:
+def _filled(rows: list[tuple[LimitRow, int, bool]], request: Request, boot: float) -> set[str]:
+    """The limits that a concurrency grant of *request* (on *rows*, read before it) left with no room for
+    one more slot, and no decay to make some: only a release can let anyone in there now."""
+    if request.kind == "rate":
+        return set()
+    return {
+        row.name
+        for row, held, _ in rows
+        if row.active and row.decay == 0 and held + request.occupy + level_at(row, boot) + 1 - row.limit > EPSILON
+    }
+
+
+def _retry_in(tx: Tx, short: list[LimitRow], occupy: int, held: dict[str, int] | None = None) -> float | None:
     """Seconds until decay or a lease expiry could make room on every short limit (None: a release must)."""
     waits = []
     for row in short:
-        lacking = _shortfall(tx, row, occupy)
+        lacking = _shortfall(tx, row, occupy, held)
         level = level_at(row, tx.now.boot)
         if row.decay > 0 and lacking <= level + EPSILON:
             waits.append(lacking / row.decay)
@@ -212,6 +226,19 @@ def lease_of(row: LeaseRow) -> Lease:
     )
 
 
+class _Refusal(NamedTuple):
+    """What ``_attempt`` learned in saying no, for the ticket that may follow in the same transaction."""
+
+    active: list[LimitRow]
+    """The request's active limits, as they are now."""
+    live: _reaping.Liveness
+    short: list[LimitRow] | None = None
+    """When nobody waits on any of the request's limits: those that lack room for it, after reaping.
+    A ticket taken now is then the only one there, and would be denied on them."""
+    held: dict[str, int] | None = None
+    """With *short*: the slots held on each of the request's limits."""
+
+
 def attempt(tx: Tx, effects: Effects, request: Request, channel: str | None = None) -> Outcome:
     """Admit a request now, or deny it; with *channel*, a denied request takes its ticket in the same transaction."""
     outcome = _attempt(tx, effects, request)
@@ -219,11 +246,11 @@ def attempt(tx: Tx, effects: Effects, request: Request, channel: str | None = No
         return outcome
     if channel is None:
         tx.count_failure(request.names, "refusals")  # history: a non-blocking attempt found no room
-        return outcome
-    return _enqueue(tx, effects, request, channel)
+        return Denied(None)
+    return _enqueue(tx, effects, request, channel, outcome)
 
 
-def _attempt(tx: Tx, effects: Effects, request: Request) -> Outcome:
+def _attempt(tx: Tx, effects: Effects, request: Request) -> Granted | _Refusal:
     """The fast path: admit a request that has no ticket, or deny it (then it may queue)."""
     rows = tx.select_limits_for_acquire(request.names)
     active, missing = _check_request(request, [row for row, _, _ in rows])
@@ -237,29 +264,29 @@ def _attempt(tx: Tx, effects: Effects, request: Request) -> Outcome:
         # queues, so it must reap the dead waiters in its way itself, or one killed by SIGKILL would
         # keep it busy for ever.
         if not _reaping.reap_dead_heads(tx, effects, active_names, live, freed):
-            return Denied(None)
+            return _Refusal(active, live)
         rows = tx.select_limits_for_acquire(request.names)  # the dead may have held slots too
     short = _short_of(rows, request.occupy, tx.now.boot)
     if short:
         _reaping.reap_leases(tx, effects, [r.name for r in short], live, freed)
         if not freed:
-            return Denied(None)
+            if missing or any(queued for _, _, queued in rows):
+                return _Refusal(active, live)
+            return _Refusal(active, live, short, {row.name: held for row, held, _ in rows})
     if freed:  # hand what the dead held to the waiters behind them first
         serve(tx, effects, freed, None)
-        if tx.any_ticket_on(active_names):
-            return Denied(None)
         active, missing = _active_limits(tx, request)
-        if _short_limits(tx, active, request.occupy):
-            return Denied(None)
+        if tx.any_ticket_on(active_names) or _short_limits(tx, active, request.occupy):
+            return _Refusal(active, live)
     return Granted(_grant(tx, request, active, None), missing)
 
 
-def _enqueue(tx: Tx, effects: Effects, request: Request, channel: str) -> Outcome:
+def _enqueue(tx: Tx, effects: Effects, request: Request, channel: str, refusal: _Refusal) -> Outcome:
     """Take a ticket (strictly increasing) and serve the queue: the new ticket may be served at once."""
     waiter = request.waiter_registration or request.holder.registration
     if waiter is None:
         raise ValueError("a waiter needs a liveness registration")
-    active, _ = _active_limits(tx, request)
+    active = refusal.active
     if request.kind == "rate":
         # Bring each bucket's timestamp up to now (its level carried exactly, nothing reset), so the
         # moment this request will be said to have fit is never before it arrived.
@@ -270,7 +297,11 @@ def _enqueue(tx: Tx, effects: Effects, request: Request, channel: str) -> Outcom
                     request.lease_duration, waiter, holder.registration is None, channel, holder.pid, holder.pid_start,
                     holder.host, holder.user, holder.label, tx.now.wall)  # fmt: skip
     ticket = tx.insert_ticket(row)
-    outcome = serve(tx, effects, set(request.names), ticket)
+    if refusal.short is not None and not row.by_pid:
+        # The only ticket on its limits, at the head, and short on the rows just read: what ``serve``
+        # would find, at 6 statements (round trips on a server) more on the path of every waiter.
+        return Denied(_retry_in(tx, refusal.short, request.occupy, refusal.held), ticket)
+    outcome = serve(tx, effects, set(request.names), ticket, live=refusal.live)
     assert outcome is not None
     return outcome
 
@@ -342,7 +373,15 @@ def cancel(tx: Tx, effects: Effects, ticket: int, kind: Kind, timed_out: bool = 
     return None
 
 
-def serve(tx: Tx, effects: Effects, names: set[str], me: int | None, *, freed: bool = False) -> Outcome | None:
+def serve(
+    tx: Tx,
+    effects: Effects,
+    names: set[str],
+    me: int | None,
+    *,
+    freed: bool = False,
+    live: _reaping.Liveness | None = None,
+) -> Outcome | None:
     """Grant the queue on *names* in ticket order, as far as capacity goes; return *me*'s outcome.
 
     A ticket is served only when no older ticket shares one of its names (so the oldest waiter is
@@ -352,7 +391,7 @@ def serve(tx: Tx, effects: Effects, names: set[str], me: int | None, *, freed: b
     and dead holders of its limits, which may free more names; the scan repeats until nothing
     changes. A releaser does not reap: its transaction is on every hand-off's path.
     """
-    live = _reaping.Liveness(tx)
+    live = _reaping.Liveness(tx) if live is None else live  # (answers had in this transaction are kept)
     mine: Outcome | None = None
     pending = set(names)
     while pending:
@@ -406,9 +445,10 @@ def serve(tx: Tx, effects: Effects, names: set[str], me: int | None, *, freed: b
                 blocked.update(ticket_names)
                 continue
             short = _short_of(rows, request.occupy, tx.now.boot)
+            held: dict[str, int] | None = {r.name: slots for r, slots, _ in rows}
             if short and ticket == me and _reaping.reap_leases(tx, effects, [r.name for r in short], live, pending):
                 active, missing = _active_limits(tx, request)
-                short = _short_limits(tx, active, request.occupy)
+                short, held = _short_limits(tx, active, request.occupy), None
             if not short:
                 if ticket != me and live.alive(row.registration) is False:
                     _reaping.drop_holder(tx, effects, row.registration, pending)  # never grant to the dead
@@ -419,12 +459,16 @@ def serve(tx: Tx, effects: Effects, names: set[str], me: int | None, *, freed: b
                     mine = granted
                 else:
                     effects.hand_over(row.channel, ticket, granted)
+                if me is None and _filled(rows, request, tx.now.boot).issuperset(scan):
+                    # Every later ticket names a full limit: it would be read and found short, and told
+                    # nothing. A releaser ends its scan here (3 to 4 statements less on every hand-off).
+                    break
                 continue
             blocked.update(ticket_names)
             if ticket == me:
-                mine = Denied(_retry_in(tx, short, request.occupy), me)
+                mine = Denied(_retry_in(tx, short, request.occupy, held), me)
             elif any(r.decay > 0 for r in short) or (
-                freed and all(_shortfall(tx, r, request.occupy) <= request.occupy - 1 + EPSILON for r in short)
+                freed and all(_shortfall(tx, r, request.occupy, held) <= request.occupy - 1 + EPSILON for r in short)
             ):
                 # The head can wait for a computed moment of decay: let it look and set its timer; or
                 # room was freed but not enough for it (that counts as an attempt).

@@ -135,6 +135,22 @@ def test_waiters_are_served_in_arrival_order(db, procs):
     assert read_limit("one", db=db).waiters == ()
 
 
+def test_a_release_of_several_slots_serves_as_many_waiters_as_fit_and_no_more(db, procs):
+    # A releaser's scan goes on while a grant leaves room, and ends at the first grant that fills the
+    # limit: the fourth waiter gets in only when one of the first three leaves.
+    create_limit("one", 3, db=db)
+    held = acquire_lease("one", occupy=3, db=db)
+    children = enqueue_in_order(procs, db, [SYNC_WAITER] * 4, hold=1.0)
+    released = time.monotonic()
+    release_lease(held.id, db=db)
+    now = read_limit("one", db=db)  # the release granted in its own transaction: nobody had to look
+    assert sorted(h.pid for h in now.holders) == sorted(c.pid for c in children[:3])
+    assert waiting_pids("one", db) == [children[3].pid]
+    times = got_times(children)
+    assert times[3] - released >= 0.95, [got - released for got in times]
+    assert read_limit("one", db=db).waiters == ()
+
+
 def test_async_and_sync_waiters_share_one_queue(db, procs):
     create_limit("one", 1, db=db)
     held = acquire_lease("one", db=db)
