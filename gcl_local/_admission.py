@@ -328,6 +328,8 @@ def probe(tx: Tx, ticket: int, kind: Kind) -> Granted | bool | None:
     if row is None:
         return _granted_ticket(tx, ticket, kind)
     live = _reaping.Liveness(tx)
+    if live.holder_exited(row):
+        return True  # a look fails the wait in the waiter's own process (a releaser may never reach it)
     names = row.names
     just_ahead = tx.ticket_ahead(names, ticket)
     if just_ahead is not None:
@@ -425,7 +427,7 @@ def serve(
                 # transaction is on the hand-off's path, and it checks whom it grants to below).
                 _reaping.drop_holder(tx, effects, row.registration, pending)
                 continue
-            if row.by_pid and row.pid is not None and tx.backend.pid_alive(row.pid, row.pid_start, row.host) is False:
+            if live.holder_exited(row):
                 # A `gcl acquire` whose script has exited: the lease would be reaped at the next
                 # look, so it is never handed out, and the ticket must not block the queue. Its
                 # waiter (alive) learns it when it looks: its ticket is gone with no lease.

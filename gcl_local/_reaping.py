@@ -31,6 +31,13 @@ class Liveness:
             self.answers[name] = self.tx.backend.alive(name)
         return self.answers[name]
 
+    def holder_exited(self, ticket: TicketRow) -> bool:
+        """Whether the process a ticket's lease would be held by (``gcl acquire``'s script) has exited:
+        its lease would be reaped at the next look, so the ticket is never served, nor may it block."""
+        if not ticket.by_pid or ticket.pid is None:
+            return False
+        return self.tx.backend.pid_alive(ticket.pid, ticket.pid_start, ticket.host) is False
+
     def lease_gone(self, lease: LeaseRow) -> bool:
         """A lease is gone when its holder died; expiry decides only where liveness cannot be checked."""
         if lease.registration is not None:
@@ -97,9 +104,14 @@ def reap_dead_heads(tx: Tx, effects: Effects, names: list[str], live: Liveness, 
         head = tx.oldest_ticket_on(names)
         if head is None:
             return True
-        if live.alive(head.registration) is not False:
+        if live.alive(head.registration) is False:
+            drop_holder(tx, effects, head.registration, freed)  # its tickets, this one included
+        elif live.holder_exited(head):
+            tx.delete_ticket(head)  # its waiter (alive) learns it when it looks: no ticket, no lease
+            effects.poke(head.channel, head.ticket)
+            freed.update(head.names)
+        else:
             return False
-        drop_holder(tx, effects, head.registration, freed)  # its tickets, this one included
 
 
 def reap_just_ahead(
@@ -139,11 +151,7 @@ class Snapshot:
         return self.old_boot or self.live.lease_gone(lease)
 
     def ticket_gone(self, ticket: TicketRow) -> bool:
-        if self.old_boot or self.live.alive(ticket.registration) is False:
-            return True
-        if not ticket.by_pid or ticket.pid is None:
-            return False
-        return self.live.tx.backend.pid_alive(ticket.pid, ticket.pid_start, ticket.host) is False
+        return self.old_boot or self.live.alive(ticket.registration) is False or self.live.holder_exited(ticket)
 
 
 def sweep(tx: Tx, effects: Effects, freed: set[str]) -> None:

@@ -141,3 +141,24 @@ def test_a_waiter_far_back_says_so_and_each_watches_the_one_just_ahead(db: str, 
     assert [probe(t) for t in tickets] == [False, False, None]
     kill9(waiters[1])
     assert [probe(t) for t in (tickets[0], tickets[2])] == [False, True]
+
+
+def test_a_gcl_acquire_whose_script_exited_neither_blocks_nonblock_callers_nor_waits_on(
+    db: str, spawned: Spawned
+) -> None:
+    # `gcl acquire x z --holder-pid $$` waits behind a holder of x; its script dies (the gcl acquire
+    # lives on). Its lease could never be had, so its ticket must not keep `-n` on z busy, and the wait
+    # ends at the waiter's next look. Before: `-n` on z found it busy until the wait timed out, and the
+    # ticket was dropped only if a release of x happened to read it just after a grant.
+    create_limit("x", 1, db=db)
+    create_limit("z", 1, db=db)
+    holder = spawned.gcl(db, "run", "x", "--", "sleep", "60")
+    holding(db, "x", "sleep", holder)
+    script = spawned.sleeper()
+    waiter = spawned.gcl(db, "acquire", "x", "z", "--holder-pid", str(script.pid), "--timeout", "60")
+    wait_for(lambda: read_limit("z", db=db).waiters, what="the waiter")
+    kill9(script)
+    ok(gcl(db, "acquire", "z", "-n", "--holder-pid", str(os.getpid())))
+    _, err = waiter.communicate(timeout=20)
+    assert waiter.returncode == 1, err
+    assert err.count("\n") == 1 and "exited before the slots were granted" in err, err

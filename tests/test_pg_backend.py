@@ -528,6 +528,46 @@ def test_a_lost_work_connection_is_made_again(backend: PostgresBackend) -> None:
     assert backend._work().backend_pid != old
 
 
+class _CommitAnswerLost:
+    """A work cursor whose connection is lost at the COMMIT: after the server ran it (only the answer is
+    lost), or before it was sent. Everything else goes to the real cursor."""
+
+    def __init__(self, cur: Any, *, after: bool) -> None:
+        self._cur, self._after, self.tripped = cur, after, False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._cur, name)
+
+    def execute(self, sql: Any, *args: Any, **kwargs: Any) -> Any:
+        if not self.tripped and isinstance(sql, str) and sql.endswith("COMMIT"):
+            self.tripped = True
+            if self._after:
+                self._cur.execute(sql, *args, **kwargs)
+            self._cur.connection.close()  # the server ends the session: one not yet committed rolls back
+            raise psycopg.OperationalError("server closed the connection unexpectedly")
+        return self._cur.execute(sql, *args, **kwargs)
+
+
+@pytest.mark.parametrize("after", [True, False], ids=["after-the-commit", "before-the-commit"])
+def test_a_commit_whose_answer_is_lost_is_settled_by_asking_the_server(backend: PostgresBackend, after: bool) -> None:
+    # The soak with server restarts: an acquire failed with LostCommitError, and the lease or ticket it may
+    # have committed stayed unknown to a live process. The store now asks what became of its transaction.
+    backend.write(lambda tx: tx.insert_limit(_limit("a", tx)))
+    work = backend._work()
+    lost = _CommitAnswerLost(work.cur, after=after)
+    work.cur = lost
+    runs = []
+
+    def add_lease(tx: Tx) -> int:
+        runs.append(1)
+        return tx.insert_lease(_lease(tx, ("a",)))
+
+    token = backend.write(add_lease)
+    assert lost.tripped
+    assert len(runs) == (1 if after else 2)  # aborted: run again, on a new connection
+    assert backend.write(lambda tx: [lease.token for lease in tx.leases_on("a")]) == [token]
+
+
 # -- the schema ------------------------------------------------------------------------------------------
 
 

@@ -132,6 +132,8 @@ SCHEMA_OID = "SELECT oid FROM pg_namespace WHERE nspname = %s"
 RELATIONS_IN = "SELECT relname FROM pg_class WHERE relnamespace = %s AND relkind IN ('r', 'p', 'v', 'm', 'f')"
 SESSION_SETUP = "SELECT current_setting('synchronous_commit'), pg_backend_pid()"
 SYNC_COMMIT_ON = "SET synchronous_commit = on"
+XACT_STATUS = "SELECT txid_status(%s)"
+"""What became of a transaction whose COMMIT's answer was lost: committed, aborted or in progress."""
 TOKEN_VISIBLE = (
     "SELECT pg_backend_pid() = %s AND EXISTS(SELECT 1 FROM pg_locks WHERE locktype = 'advisory' "
     "AND pid = pg_backend_pid() AND classid::bigint = %s AND objid::bigint = %s AND objsubid = 1 AND granted)"
@@ -201,8 +203,9 @@ class Statements:
         # Prepared once per connection (SQL-level PREPARE, so that BEGIN, the lock and the clock still go
         # in one simple-protocol round trip), planned once rather than at every transaction.
         self.prepare = (
-            f"PREPARE gcl_tick AS {tick} RETURNING boot, wall; "
-            f"PREPARE gcl_tick_try AS {tick} AND pg_try_advisory_xact_lock({int(write_key)}) RETURNING boot, wall; "
+            f"PREPARE gcl_tick AS {tick} RETURNING boot, wall, txid_current(); "
+            f"PREPARE gcl_tick_try AS {tick} AND pg_try_advisory_xact_lock({int(write_key)}) "
+            "RETURNING boot, wall, txid_current(); "
             f"PREPARE gcl_now AS {now}"
         )
         self.begin_write = (

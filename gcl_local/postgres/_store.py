@@ -85,7 +85,7 @@ class _Work:
     """One thread's work connection: autocommit, with our own BEGIN and COMMIT (so that BEGIN, the
     lock and the clock go to the server in one round trip)."""
 
-    __slots__ = ("backend_pid", "conn", "cur", "pid", "prepared")
+    __slots__ = ("backend_pid", "conn", "cur", "pid", "prepared", "xid")
 
     def __init__(self, conn: psycopg.Connection[Any], backend_pid: int) -> None:
         self.conn = conn
@@ -94,6 +94,8 @@ class _Work:
         self.backend_pid = backend_pid
         self.prepared = False
         """Whether the BEGIN statements' own are prepared on this connection (once the schema exists)."""
+        self.xid: int | None = None
+        """The write transaction in progress (its id), to learn its fate if the COMMIT's answer is lost."""
 
     def close(self) -> None:
         if self.pid == os.getpid():
@@ -430,8 +432,8 @@ class PostgresBackend:
                 row = cur.fetchone()
                 if row is None:
                     return work, None
-                boot, wall = row
-                return work, Instant(float(wall), float(boot), BOOT_ID)
+                work.xid = int(row[2]) if len(row) > 2 else None  # (a read has none)
+                return work, Instant(float(row[1]), float(row[0]), BOOT_ID)
             except psycopg.Error as exc:
                 if attempt == 0 and work.conn.closed:
                     _log.debug("gcl_local: reconnecting to %s: %s", self.description, self.settings.scrub(str(exc)))
@@ -501,6 +503,7 @@ class PostgresBackend:
             if isinstance(exc, CorruptRowError):
                 raise self._corrupt() from None
             raise
+        xid = conn.xid
         try:
             commit = tx.commit_text(sql.commit)
             conn.cur.execute(commit, prepare=False if commit is not sql.commit else None)
@@ -509,6 +512,11 @@ class PostgresBackend:
             self._abort(conn)
             if isinstance(exc, psycopg.Error):
                 if lost:
+                    fate = self._fate(xid)
+                    if fate == "committed":
+                        return result  # only the answer was lost
+                    if fate == "aborted":
+                        raise _LostBeforeCommit(self._error(exc)) from None  # (write runs it again)
                     raise LostCommitError(
                         f"The connection to {self.description} was lost while committing; the transaction may "
                         "or may not have been committed."
@@ -516,6 +524,25 @@ class PostgresBackend:
                 raise self._error(exc) from None
             raise
         return result
+
+    def _fate(self, xid: int | None) -> str | None:
+        """Whether transaction *xid*, whose COMMIT's answer was lost, was "committed" or "aborted" (None: not
+        known in time). Asked on a new connection, once the server is back from a restart; a session that
+        ended with our connection is aborted within moments, a session cut off from us within S.
+        (scripts/stress.py on PostgreSQL, restarts every 30 s: an async worker's acquire failed so, and the
+        lease or ticket it may have committed would have stayed unknown to a live process.)"""
+        if xid is None:
+            return None
+        deadline = time.monotonic() + self.settings.detect_seconds
+        while True:
+            try:
+                rows = self._statement(_sql.XACT_STATUS, (xid,))
+            except StoreError:
+                return None
+            fate = rows[0][0] if rows else None
+            if fate != "in progress" or time.monotonic() >= deadline:
+                return fate if fate in ("committed", "aborted") else None
+            time.sleep(0.05)
 
     @contextlib.contextmanager
     def read(self) -> Iterator[Tx]:
