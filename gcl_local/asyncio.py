@@ -66,6 +66,9 @@ async def _in_thread(acquisition: Acquisition, work: Callable[[], T]) -> T:
     try:
         return await asyncio.shield(future)
     except asyncio.CancelledError:
+        # Nobody awaits the thread's outcome now: an error it ends with (a lost connection) is retrieved
+        # here, or asyncio prints "Future exception was never retrieved" (scripts/stress.py on PostgreSQL).
+        future.add_done_callback(lambda done: done.cancelled() or done.exception())
         acquisition.orphaned = True
         with lock:
             state["orphaned"] = True

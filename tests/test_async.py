@@ -80,3 +80,36 @@ def test_cancelled_async_waiter_leaves_the_queue(db):
     assert read_limit("one", db=db).waiters == ()
     release_lease(held.id, db=db)
     assert read_limit("one", db=db).active_slots == 0
+
+
+def test_an_error_in_the_thread_of_a_cancelled_call_is_not_left_unretrieved(db):
+    # The soak on PostgreSQL: an async worker cancelled while its transaction ran in a thread, whose
+    # COMMIT was then lost, printed "Future exception was never retrieved" with a traceback.
+    from gcl_local import _shell
+    from gcl_local._backend import open_backend
+    from gcl_local.asyncio import _in_thread
+
+    backend = open_backend(db)
+    acquisition = _shell.Acquisition(backend, _shell.make_request(backend, "x", 1, "concurrency"))
+    unretrieved = []
+
+    def fails_later() -> None:
+        time.sleep(0.2)
+        raise RuntimeError("the connection was lost while committing")
+
+    async def main() -> None:
+        asyncio.get_running_loop().set_exception_handler(lambda loop, context: unretrieved.append(context))
+        task = asyncio.ensure_future(_in_thread(acquisition, fails_later))
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await asyncio.sleep(0.4)  # the thread ends with its error meanwhile
+        import gc
+
+        gc.collect()  # an unretrieved exception is reported when its future is collected
+        await asyncio.sleep(0)
+
+    asyncio.run(main())
+    assert acquisition.orphaned
+    assert unretrieved == []
