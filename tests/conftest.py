@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -181,3 +182,23 @@ def spawned() -> Iterator[Spawned]:
         yield s
     finally:
         s.cleanup()
+
+
+@pytest.fixture
+def own_pg_server() -> Iterator[tuple[str, str]]:
+    """A PostgreSQL server of this test's own (URL, directory): the test restarts it."""
+    reason = pg_unavailable()
+    if reason is not None:
+        pytest.skip(reason)
+    started = subprocess.run(
+        [str(REPO / "scripts" / "pg-server"), "start"], capture_output=True, text=True, timeout=300, check=False
+    )
+    if started.returncode == 3:
+        pytest.skip(started.stderr.strip())
+    assert started.returncode == 0, started.stderr
+    values = dict(w.split("=", 1) for w in shlex.split(started.stdout) if "=" in w)
+    try:
+        yield values["GCL_TEST_PG"], values["GCL_TEST_PG_DIR"]
+    finally:
+        stop = [str(REPO / "scripts" / "pg-server"), "stop", values["GCL_TEST_PG_DIR"]]
+        subprocess.run(stop, capture_output=True, timeout=60, check=False)

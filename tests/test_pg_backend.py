@@ -568,6 +568,29 @@ def test_a_commit_whose_answer_is_lost_is_settled_by_asking_the_server(backend: 
     assert backend.write(lambda tx: [lease.token for lease in tx.leases_on("a")]) == [token]
 
 
+def test_a_commit_cut_off_by_a_server_crash_runs_again(
+    own_pg_server: tuple[str, str], backends: Callable[[str], PostgresBackend]
+) -> None:
+    # The same on a real crash (pg_ctl restart -m immediate) while the transaction is open: the COMMIT
+    # finds the connection gone. Nothing of the transaction reached the log, so after recovery the
+    # server hands its id out again and txid_status says "in the future": it never committed.
+    url, pg_dir = own_pg_server
+    backend = backends(_with(url, gcl_schema=f"t_{os.getpid()}_crash", gcl_detect_seconds=DETECT))
+    backend.write(lambda tx: tx.insert_limit(_limit("a", tx)))
+    runs = []
+
+    def add_lease(tx: Tx) -> int:
+        runs.append(1)
+        token = tx.insert_lease(_lease(tx, ("a",)))
+        if len(runs) == 1:
+            subprocess.run([str(REPO / "scripts" / "pg-server"), "restart", pg_dir, "immediate"], check=True)
+        return token
+
+    token = backend.write(add_lease)
+    assert len(runs) == 2
+    assert backend.write(lambda tx: [lease.token for lease in tx.leases_on("a")]) == [token]
+
+
 # -- the schema ------------------------------------------------------------------------------------------
 
 

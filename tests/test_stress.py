@@ -9,15 +9,12 @@ the end that the state file is intact and empty and no token or pipe file is lef
 from __future__ import annotations
 
 import json
-import shlex
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import pg_unavailable
 
 REPO = Path(__file__).resolve().parent.parent
 STRESS = REPO / "scripts" / "stress.py"
@@ -114,26 +111,6 @@ def test_chaos_run_on_postgresql(tmp_path: Path, pg_url: str) -> None:
     assert summary["tickets_left"] == 0, output
     assert summary["failures"] == [], output
     assert proc.returncode == 0, output
-
-
-@pytest.fixture
-def own_pg_server() -> Iterator[tuple[str, str]]:
-    """A PostgreSQL server of this test's own (URL, directory): the test restarts it."""
-    reason = pg_unavailable()
-    if reason is not None:
-        pytest.skip(reason)
-    started = subprocess.run(
-        [str(REPO / "scripts" / "pg-server"), "start"], capture_output=True, text=True, timeout=300, check=False
-    )
-    if started.returncode == 3:
-        pytest.skip(started.stderr.strip())
-    assert started.returncode == 0, started.stderr
-    values = dict(w.split("=", 1) for w in shlex.split(started.stdout) if "=" in w)
-    try:
-        yield values["GCL_TEST_PG"], values["GCL_TEST_PG_DIR"]
-    finally:
-        stop = [str(REPO / "scripts" / "pg-server"), "stop", values["GCL_TEST_PG_DIR"]]
-        subprocess.run(stop, capture_output=True, timeout=60, check=False)
 
 
 @pytest.mark.slow

@@ -132,8 +132,12 @@ SCHEMA_OID = "SELECT oid FROM pg_namespace WHERE nspname = %s"
 RELATIONS_IN = "SELECT relname FROM pg_class WHERE relnamespace = %s AND relkind IN ('r', 'p', 'v', 'm', 'f')"
 SESSION_SETUP = "SELECT current_setting('synchronous_commit'), pg_backend_pid()"
 SYNC_COMMIT_ON = "SET synchronous_commit = on"
-XACT_STATUS = "SELECT txid_status(%s)"
-"""What became of a transaction whose COMMIT's answer was lost: committed, aborted or in progress."""
+XACT_STATUS = (
+    "SELECT CASE WHEN %s >= txid_snapshot_xmax(txid_current_snapshot()) THEN 'aborted' ELSE txid_status(%s) END"
+)
+"""What became of a transaction whose COMMIT's answer was lost: committed, aborted or in progress. An id
+the server has not reached (a crash before anything of it was logged: recovery hands it out again) is
+one that never committed; ``txid_status`` would fail on it ("transaction ID ... is in the future")."""
 TOKEN_VISIBLE = (
     "SELECT pg_backend_pid() = %s AND EXISTS(SELECT 1 FROM pg_locks WHERE locktype = 'advisory' "
     "AND pid = pg_backend_pid() AND classid::bigint = %s AND objid::bigint = %s AND objsubid = 1 AND granted)"

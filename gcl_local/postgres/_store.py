@@ -536,7 +536,7 @@ class PostgresBackend:
         deadline = time.monotonic() + self.settings.detect_seconds
         while True:
             try:
-                rows = self._statement(_sql.XACT_STATUS, (xid,))
+                rows = self._statement(_sql.XACT_STATUS, (xid, xid))
             except StoreError:
                 return None
             fate = rows[0][0] if rows else None
