@@ -1291,6 +1291,9 @@ class Driver:
         self.spawn_count = 0
         self.servers: set[int] = set()
         self.last_restart = 0.0
+        self.restart_grace = 0.0
+        """On PostgreSQL, S: after a restart nobody is judged dead for that long (a waiter at the head that
+        died then is not reaped, and nobody else watches the holders: a dead holder's lease waits too)."""
         """Servers that restart_server made our children (we are a subreaper): never a worker of ours."""
         self.env = dict(os.environ)
         self.env["PYTHONPATH"] = str(REPO) + os.pathsep + self.env.get("PYTHONPATH", "")
@@ -1590,6 +1593,7 @@ class Driver:
 
         store = open_backend(str(self.db))  # rows through the backend seam, on either backend
         run_dir = None if self.pg else Path(store.run_dir)  # type: ignore[attr-defined]
+        self.restart_grace = getattr(store, "detect_seconds", 0.0)
         with self.ledger.locked(LEDGER_TIMEOUT) as tx:
             st = tx.state
             leases: dict[int, Any] = {}
@@ -1737,7 +1741,8 @@ class Driver:
                 continue  # unknown (just after a server restart): neither a leak nor a dead holder's lease
             if state:
                 seen_unaccounted.add(lease.token)
-                first = self.unaccounted_since.setdefault(lease.token, now)
+                # (Counted from the server's return at the earliest: while it is down nothing is given back.)
+                first = max(self.unaccounted_since.setdefault(lease.token, now), self.last_restart)
                 if now - first > grace:
                     kind = self._owner_kind(table, lease.pid, _token_pid(lease.registration))
                     mates = {p: e for p, e in holders.items() if e.get("gcl") == lease.registration}
@@ -1752,9 +1757,11 @@ class Driver:
                     )  # fmt: skip
             else:  # dead (a missing token file is a dead holder too)
                 seen_dead.add(lease.token)
-                # Kept since it was first seen dead, or since the server came back from a restart: while it
-                # is down nobody can reclaim anything (10-second CI run, restarts every 4 s: 3.0 s counted).
-                first = max(self.dead_since.setdefault(lease.token, now), self.last_restart)
+                # Kept since it was first seen dead, or since the grace after a restart ended: while the
+                # server is down nobody can reclaim anything (10-second CI run, restarts every 4 s: 3.0 s
+                # counted), and for S after it the head of the queue may be a dead waiter nobody judges
+                # (150 s soak, S = 5: a pid-held lease of a killed dash script kept 3.2 s after a restart).
+                first = max(self.dead_since.setdefault(lease.token, now), self.last_restart + self.restart_grace)
                 if anyone_waits and now - first > grace:
                     kind = self._owner_kind(table, lease.pid, _token_pid(lease.registration))
                     self.fail_once(
