@@ -74,7 +74,8 @@ class NoSchemaError(NoStateFileError):
 
 
 class _LostBeforeCommit(Exception):
-    """The connection was lost in a transaction, before its COMMIT was sent: the server rolled it back."""
+    """The connection was lost in a transaction, before its COMMIT was sent or before the server logged
+    it (as the server tells afterwards): it was rolled back, and may run again."""
 
     def __init__(self, error: StoreError) -> None:
         super().__init__(str(error))
