@@ -412,6 +412,7 @@ __all__ = [
     "TRY_TOKEN_LOCK",
     "WAIT_COLUMNS",
     "WAKE",
+    "XACT_STATUS",
     "listen",
     "quote_ident",
     "tables_of",
