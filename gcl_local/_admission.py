@@ -15,10 +15,10 @@ waiting ticket shares one of its active names (first come, first served).
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 from . import _process, _reaping
-from ._backend import Backend, LeaseRow, LimitRow, TicketRow, Tx
+from ._backend import Backend, LeaseRow, LimitRow, QueuePlace, TicketRow, Tx
 from ._clock import Instant
 from ._effects import Effects, transact
 from ._errors import ConcurrencySlotAcquisitionError, LeaseNotFoundError
@@ -371,6 +371,9 @@ def cancel(tx: Tx, effects: Effects, ticket: int, kind: Kind, timed_out: bool = 
     tx.delete_ticket(row)
     if timed_out:
         tx.count_failure(row.names, "timeouts")
+    front = tx.tickets_on(row.names, 0, 2)
+    if front and ticket < front[-1].ticket:
+        _tell_front(tx, effects, [place for place in front if place.ticket > ticket])  # those that moved up
     serve(tx, effects, set(row.names), None, freed=True)
     return None
 
@@ -399,7 +402,8 @@ def serve(
     while pending:
         scan, pending = sorted(pending), set()
         blocked: set[str] = set()
-        for position, ticket in enumerate(_queue(tx, scan)):
+        places = _queue(tx, scan)
+        for position, (ticket, _, _) in enumerate(places):
             if blocked.issuperset(scan):
                 if me is not None and mine is None:
                     mine = Denied(None, me)  # ours is further back in a blocked queue
@@ -464,6 +468,7 @@ def serve(
                 if me is None and _filled(rows, request, tx.now.boot).issuperset(scan):
                     # Every later ticket names a full limit: it would be read and found short, and told
                     # nothing. A releaser ends its scan here (4 statements less on every hand-off).
+                    _tell_next_but_one(tx, effects, places)
                     break
                 continue
             blocked.update(ticket_names)
@@ -479,7 +484,7 @@ def serve(
     return mine
 
 
-def _queue(tx: Tx, names: list[str]) -> Iterator[int]:
+def _queue(tx: Tx, names: list[str]) -> Iterator[QueuePlace]:
     """The tickets on *names*, oldest first, read a few at a time.
 
     A scan of the queue mostly stops at its head (granted, or blocked): it must not cost the
@@ -487,11 +492,35 @@ def _queue(tx: Tx, names: list[str]) -> Iterator[int]:
     """
     after, page = 0, 4
     while True:
-        tickets = tx.tickets_on(names, after, page)
-        yield from tickets
-        if len(tickets) < page:
+        places = tx.tickets_on(names, after, page)
+        yield from places
+        if len(places) < page:
             return
-        after, page = tickets[-1], min(4 * page, 256)
+        after, page = places[-1].ticket, min(4 * page, 256)
+
+
+WATCH_AFTER_SECONDS = 0.3
+"""A waiter queued for longer may have made its first safety-net look (0.4-0.6 s after it queued) and
+found two waiters ahead: it then looks every 2 s, and must be told when it nears the head."""
+
+
+def _tell_front(tx: Tx, effects: Effects, places: Iterable[QueuePlace]) -> None:
+    """Tell the waiters of *places*, which the queue has just moved up to the head or next to it, to
+    watch as the head does (a look every 0.5 s): one that last looked from further back would look
+    again only in 2 s, and the head alone watches the holders, whose death it must see in about
+    half a second. (Chaos soak: a dead holder's lease kept 3.1 s while that waiter slept.)"""
+    for place in places:
+        if tx.now.wall - place.since_wall > WATCH_AFTER_SECONDS:
+            effects.watch(place.channel, place.ticket)
+
+
+def _tell_next_but_one(tx: Tx, effects: Effects, places: Iterator[QueuePlace]) -> None:
+    """After a grant to the head: the waiter now next but one moved up from third (the new head was
+    told when it became next but one). Read from the page the scan has read already."""
+    next(places, None)
+    second = next(places, None)
+    if second is not None:
+        _tell_front(tx, effects, [second])
 
 
 def _request_of(row: TicketRow, names: tuple[str, ...]) -> Request:
@@ -607,4 +636,5 @@ __all__ = [
     "set_holder",
     "sweep",
     "wait_summary",
+    "WATCH_AFTER_SECONDS",
 ]

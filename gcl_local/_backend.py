@@ -90,6 +90,14 @@ class TicketRow(NamedTuple):
     since_wall: float
 
 
+class QueuePlace(NamedTuple):
+    """A ticket in a queue, with what a releaser needs to tell its waiter something."""
+
+    ticket: int
+    channel: str
+    since_wall: float
+
+
 STATS_COUNTERS = ("acq_cn", "acq_cw", "acq_rn", "acq_rw", "timeouts", "refusals", "reclaimed")
 """Acquisitions by kind (c: concurrency, r: rate) and whether they waited (w) or not (n); timeouts,
 refusals of non-blocking attempts, leases reclaimed from the dead."""
@@ -209,7 +217,7 @@ class Tx(Protocol):
         """Insert (``row.ticket`` is ignored); return the new ticket."""
 
     def select_ticket(self, ticket: int) -> TicketRow | None: ...
-    def tickets_on(self, names: Sequence[str], after: int = 0, limit: int = -1) -> list[int]:
+    def tickets_on(self, names: Sequence[str], after: int = 0, limit: int = -1) -> list[QueuePlace]:
         """Tickets on any of *names* younger than *after*, oldest first, at most *limit* (-1: all); the
         cost follows *limit*, not the length of the queue."""
 
@@ -419,4 +427,5 @@ __all__ = [
     "is_postgres",
     "open_backend",
     "POSTGRES_SCHEMES",
+    "QueuePlace",
 ]

@@ -37,6 +37,9 @@ class Effects:
     def poke(self, channel: str, ticket: int) -> None:
         self.wakes.append((channel, _wire.poke(ticket)))
 
+    def watch(self, channel: str, ticket: int) -> None:
+        self.wakes.append((channel, _wire.watch(ticket)))
+
     def hand_over(self, channel: str, ticket: int, granted: Granted) -> None:
         self.wakes.append((channel, _wire.grant(ticket, granted, self.max_message)))
 

@@ -33,7 +33,8 @@ FAR_BACK_SAFETY_NET_SECONDS = 2.0
 """... but this often when its last look found two live waiters at least ahead of it: all it watches
 there is the one just ahead, whose death blocks nobody (a releaser never grants to the dead). Four
 hundred waiters looking every 0.5 s took a quarter of a core from the hand-offs they waited for.
-The second in the queue keeps looking every 0.5 s: it is the next head."""
+The second in the queue keeps looking every 0.5 s: it is the next head. One that moves up to second
+between two looks is told so (a ``?`` message from the releaser or the waiter that left)."""
 DEFAULT_RETRY_SECONDS = 2.0
 """A retry interval when none was computed: Prefect's Retry-After for a new limit of one slot."""
 NOTICE_AFTER_SECONDS = 1.0
@@ -158,10 +159,15 @@ def wait(
         if deadline is not None:
             wake_at = min(wake_at, deadline)
         data = yield Sleep(max(0.0, wake_at - now))
-        granted, poked = _wire.read(request, ticket, data) if data else (None, False)
-        if granted is not None:
-            return granted
+        heard = _wire.read(request, ticket, data) if data else _wire.NOTHING
+        if heard.granted is not None:
+            return heard.granted
+        poked = heard.poked
         now = clock()
+        if heard.watch and safety_net > SAFETY_NET_SECONDS:
+            # Next in line, or next but one, since a look that found two ahead: watch as the head does.
+            safety_net = SAFETY_NET_SECONDS
+            net_at = min(net_at, now + safety_net * (0.8 + 0.4 * jitter()))
         # A timer set for a moment may wake a rounding short of it (now + (t - now)): that is the moment
         # (here, at the deadline and at the safety net's moment too).
         if poked or (due is not None and now + ROUNDING >= due):

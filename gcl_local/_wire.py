@@ -4,6 +4,8 @@ A waiter's channel may outlive one wait (the sync shell keeps one per thread), s
 names the ticket it is meant for, on one line:
 
 - ``!<ticket>``: look again (room was freed, or a moment of decay is due);
+- ``?<ticket>``: you are next in line, or next but one: watch as the head does (the safety net's
+  look every 0.5 s, not 2 s), though there is nothing to look at now;
 - ``G<ticket>`` RS missing-names RS lease-id RS fencing-token RS names RS acquired RS expires: you
   were served, with what you need to know, so you have nothing left to read or write. Names are
   joined by US; names never hold control characters. A missing fencing token or time is empty.
@@ -13,15 +15,21 @@ from __future__ import annotations
 
 from ._model import Lease, utc
 from ._request import Granted, Request, no_slot_lease
+from ._stdlib import NamedTuple
 
 GRANT_PREFIX = b"G"
 POKE_PREFIX = b"!"
+WATCH_PREFIX = b"?"
 FIELD_SEP = "\x1e"
 NAME_SEP = "\x1f"
 
 
 def poke(ticket: int) -> bytes:
     return POKE_PREFIX + b"%d\n" % ticket
+
+
+def watch(ticket: int) -> bytes:
+    return WATCH_PREFIX + b"%d\n" % ticket
 
 
 def grant(ticket: int, granted: Granted, max_message: int) -> bytes:
@@ -45,16 +53,33 @@ def _split_names(text: str) -> tuple[str, ...]:
     return tuple(text.split(NAME_SEP)) if text else ()
 
 
-def read(request: Request, ticket: int, data: bytes) -> tuple[Granted | None, bool]:
-    """What our channel held for *ticket*: the grant if a releaser served us, and whether we were poked.
+class Heard(NamedTuple):
+    """What a waiter's channel held for its ticket."""
+
+    granted: Granted | None
+    """The grant, if a releaser served us."""
+    poked: bool
+    """Look again now (a grant counts as a poke)."""
+    watch: bool
+    """We are near the head of the queue: look every 0.5 s."""
+
+
+NOTHING = Heard(None, False, False)
+
+
+def read(request: Request, ticket: int, data: bytes) -> Heard:
+    """What our channel held for *ticket*.
 
     Messages for an earlier ticket of ours (a wake-up that came after that wait ended) are ignored.
     """
-    poked = False
+    poked = watch = False
     mine = b"%d" % ticket
     for line in data.split(b"\n"):
         if line.startswith(POKE_PREFIX):
             poked = poked or line[len(POKE_PREFIX) :] == mine
+            continue
+        if line.startswith(WATCH_PREFIX):
+            watch = watch or line[len(WATCH_PREFIX) :] == mine
             continue
         if not line.startswith(GRANT_PREFIX):
             continue
@@ -63,7 +88,8 @@ def read(request: Request, ticket: int, data: bytes) -> tuple[Granted | None, bo
             continue
         missing = _split_names(fields[1])
         if request.kind == "rate" or len(fields) < 7:
-            return Granted(None if request.kind == "rate" else no_slot_lease(request, None), missing), True
+            lease = None if request.kind == "rate" else no_slot_lease(request, None)
+            return Heard(Granted(lease, missing), True, watch)
         lease_id, token, names, acquired, expires = fields[2:7]
         holder = request.holder
         lease = Lease(id=lease_id, token=int(token) if token else None, names=_split_names(names),
@@ -71,8 +97,20 @@ def read(request: Request, ticket: int, data: bytes) -> tuple[Granted | None, bo
                       acquired=utc(float(acquired)) if acquired else None,
                       expires=utc(float(expires)) if expires else None,
                       held_by="token" if holder.registration is not None else "pid")  # fmt: skip
-        return Granted(lease, missing), True
-    return None, poked
+        return Heard(Granted(lease, missing), True, watch)
+    return Heard(None, poked, watch)
 
 
-__all__ = ["FIELD_SEP", "GRANT_PREFIX", "NAME_SEP", "POKE_PREFIX", "grant", "poke", "read"]
+__all__ = [
+    "FIELD_SEP",
+    "GRANT_PREFIX",
+    "NAME_SEP",
+    "NOTHING",
+    "POKE_PREFIX",
+    "WATCH_PREFIX",
+    "Heard",
+    "grant",
+    "poke",
+    "read",
+    "watch",
+]

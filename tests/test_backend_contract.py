@@ -123,9 +123,10 @@ def test_the_queue(backend: Backend) -> None:
         assert t1 < t2 < t3
         row = tx.select_ticket(t2)
         assert row is not None and row.names == ("b", "a") and row.channel == "ch" and row.host == "host-b"
-        assert tx.tickets_on(["a"]) == [t1, t2]
-        assert tx.tickets_on(["a", "b"]) == [t1, t2, t3]
-        assert tx.tickets_on(["a", "b"], after=t1, limit=1) == [t2]
+        assert [p.ticket for p in tx.tickets_on(["a"])] == [t1, t2]
+        assert [p.ticket for p in tx.tickets_on(["a", "b"])] == [t1, t2, t3]
+        assert [p.ticket for p in tx.tickets_on(["a", "b"], after=t1, limit=1)] == [t2]
+        assert tx.tickets_on(["b"], limit=1) == [(t2, "ch", row.since_wall)]  # what a releaser tells it by
         assert tx.ticket_ahead(["b"], t3) == t2
         assert tx.ticket_ahead(["a"], t1) is None
         assert tx.count_older_tickets(["a", "b"], t3) == 2
@@ -138,7 +139,7 @@ def test_the_queue(backend: Backend) -> None:
         assert queued == {"a": True, "b": True}
         tx.delete_ticket(row)
         assert tx.select_ticket(t2) is None
-        assert tx.tickets_on(["a", "b"]) == [t1, t3]
+        assert [p.ticket for p in tx.tickets_on(["a", "b"])] == [t1, t3]
 
     backend.write(work)
 

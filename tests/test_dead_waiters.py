@@ -16,7 +16,7 @@ import time
 import pytest
 from helpers import GCL, Spawned, env, gcl, holding, ok, one_line_error, wait_for
 
-from gcl_local import _admission, create_limit, read_limit
+from gcl_local import _admission, acquire_lease, create_limit, read_limit, release_lease
 from gcl_local._backend import open_backend
 
 
@@ -162,3 +162,48 @@ def test_a_gcl_acquire_whose_script_exited_neither_blocks_nonblock_callers_nor_w
     _, err = waiter.communicate(timeout=20)
     assert waiter.returncode == 1, err
     assert err.count("\n") == 1 and "exited before the slots were granted" in err, err
+
+
+def test_a_waiter_that_reaches_the_head_between_its_looks_soon_sees_a_dead_holder(db: str, spawned: Spawned) -> None:
+    # A waiter whose safety-net look found two waiters ahead looks again in 2 s. When the queue moved
+    # two places before that look (two hand-offs), it was the head on a 2-s watch, and the holder it
+    # alone watches died unseen for up to 2.4 s (the chaos soak's "dead holder's lease kept 3.1 s").
+    # A releaser now tells the waiter that its grant makes second in line to look every 0.5 s.
+    create_limit("c", 1, db=db)
+    lease = acquire_lease("c", db=db)
+    first = spawned.gcl(db, "run", "c", "--", "true")
+    wait_for(lambda: len(read_limit("c", db=db).waiters) == 1, what="waiter 1")
+    second = spawned.gcl(db, "run", "c", "--", "sleep", "60")
+    wait_for(lambda: len(read_limit("c", db=db).waiters) == 2, what="waiter 2")
+    third = spawned.gcl(db, "run", "c", "--", "true")
+    wait_for(lambda: len(read_limit("c", db=db).waiters) == 3, what="waiter 3")
+    time.sleep(0.8)  # the third's first look (0.4-0.6 s after it queued) found two ahead: next in 1.6-2.4 s
+    release_lease(lease.id, db=db)
+    assert first.wait(timeout=20) == 0
+    holding(db, "c", "sleep", second)
+    kill9(second)
+    killed = time.monotonic()
+    assert third.wait(timeout=20) == 0
+    assert time.monotonic() - killed < 1.0
+
+
+def test_a_waiter_moved_up_by_waiters_that_left_soon_sees_a_dead_holder(db: str, spawned: Spawned) -> None:
+    # As above, but the queue moves because the two waiters ahead leave (SIGTERM while waiting takes
+    # the ticket out): the last to leave tells the new head.
+    create_limit("c", 1, db=db)
+    holder = spawned.gcl(db, "run", "c", "--", "sleep", "60")
+    holding(db, "c", "sleep", holder)
+    ahead = []
+    for n in (1, 2):
+        ahead.append(spawned.gcl(db, "run", "c", "--", "true"))
+        wait_for(lambda n=n: len(read_limit("c", db=db).waiters) == n, what=f"waiter {n}")
+    last = spawned.gcl(db, "run", "c", "--", "true")
+    wait_for(lambda: len(read_limit("c", db=db).waiters) == 3, what="waiter 3")
+    time.sleep(0.8)  # its first look (0.4-0.6 s after it queued) found two ahead: next in 1.6-2.4 s
+    for proc in ahead:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 128 + signal.SIGTERM
+    kill9(holder)
+    killed = time.monotonic()
+    assert last.wait(timeout=20) == 0
+    assert time.monotonic() - killed < 1.0

@@ -326,13 +326,13 @@ def test_queue(backend: PostgresBackend) -> None:
         row = tx.select_ticket(t[2])
         assert row == _ticket(tx, ("a", "b"))._replace(ticket=t[2])
         assert tx.select_ticket(0) is None
-        assert tx.tickets_on(["a"]) == [t[0], t[2], t[4]]
-        assert tx.tickets_on(["a", "b"]) == [t[0], t[1], t[2], t[4]]  # merged, each once
-        assert tx.tickets_on(["b", "a"], after=t[1]) == [t[2], t[4]]
-        assert tx.tickets_on(["a", "b"], limit=2) == [t[0], t[1]]
-        assert tx.tickets_on(["a", "b"], after=t[0], limit=2) == [t[1], t[2]]
-        assert tx.tickets_on(["a", "b"], limit=0) == []
-        assert tx.tickets_on(["nothing"]) == []
+        assert [p.ticket for p in tx.tickets_on(["a"])] == [t[0], t[2], t[4]]
+        assert [p.ticket for p in tx.tickets_on(["a", "b"])] == [t[0], t[1], t[2], t[4]]  # merged, each once
+        assert [p.ticket for p in tx.tickets_on(["b", "a"], after=t[1])] == [t[2], t[4]]
+        assert [p.ticket for p in tx.tickets_on(["a", "b"], limit=2)] == [t[0], t[1]]
+        assert [p.ticket for p in tx.tickets_on(["a", "b"], after=t[0], limit=2)] == [t[1], t[2]]
+        assert [p.ticket for p in tx.tickets_on(["a", "b"], limit=0)] == []
+        assert [p.ticket for p in tx.tickets_on(["nothing"])] == []
         assert tx.ticket_ahead(["a"], t[4]) == t[2]
         assert tx.ticket_ahead(["b", "c"], t[4]) == t[3]
         assert tx.ticket_ahead(["a"], t[0]) is None
@@ -350,7 +350,7 @@ def test_queue(backend: PostgresBackend) -> None:
         assert row is not None
         tx.delete_ticket(row)
         assert tx.select_ticket(t[2]) is None
-        assert tx.tickets_on(["a", "b"]) == [t[0], t[1], t[4]]
+        assert [p.ticket for p in tx.tickets_on(["a", "b"])] == [t[0], t[1], t[4]]
 
     backend.write(run)
 

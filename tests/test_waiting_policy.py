@@ -321,3 +321,30 @@ def test_messages_for_others_do_not_put_off_the_safety_net() -> None:
         world.now += min(step.seconds, 0.1)
         step = steps.send(b"!%d\n" % (TICKET + 1) if step.seconds > 0.1 else b"")
     assert world.now <= SAFETY + 1e-9
+
+
+def test_a_waiter_far_back_that_is_told_it_nears_the_head_looks_within_half_a_second() -> None:
+    """A look found two ahead (next look in 2 s); 0.1 s later the queue has moved it up to second and
+    the releaser says so: it looks again within the head's safety net, not 2 s after its last look. A
+    message for another ticket changes nothing."""
+    world = World(fits_at=100.0, by_decay=False)
+    steps = _waiting.wait(
+        REQUEST, TICKET, Denied(None, TICKET), start=0.0, timeout_seconds=None, max_retries=None, clock=world.clock,
+        jitter=lambda: 0.5,
+    )  # fmt: skip
+    step = steps.send(None)
+    assert isinstance(step, _waiting.Sleep)
+    world.now += step.seconds
+    assert steps.send(b"") is _waiting.PROBE
+    step = steps.send(None)  # two ahead
+    assert isinstance(step, _waiting.Sleep) and step.seconds == pytest.approx(2.0)
+    world.now += 0.1
+    step = steps.send(b"?%d\n" % (TICKET + 1))
+    assert isinstance(step, _waiting.Sleep) and step.seconds == pytest.approx(1.9)
+    world.now += 0.1
+    told_at = world.now
+    step = steps.send(b"?%d\n" % TICKET)
+    assert isinstance(step, _waiting.Sleep) and step.seconds == pytest.approx(0.5)
+    world.now += step.seconds
+    assert steps.send(b"") is _waiting.PROBE
+    assert world.now - told_at <= SAFETY

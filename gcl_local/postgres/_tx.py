@@ -15,7 +15,16 @@ import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from .._backend import STATS_COUNTERS, Backend, CorruptRowError, LeaseRow, LimitRow, StatsRow, TicketRow
+from .._backend import (
+    STATS_COUNTERS,
+    Backend,
+    CorruptRowError,
+    LeaseRow,
+    LimitRow,
+    QueuePlace,
+    StatsRow,
+    TicketRow,
+)
 from .._clock import Instant
 from . import _wakeups
 from ._sql import WAIT_COLUMNS, WAKE
@@ -205,9 +214,9 @@ class PgTx:
         rows = self._rows(self._sql.select_ticket, (ticket,))
         return _ticket(rows[0]) if rows else None
 
-    def tickets_on(self, names: Sequence[str], after: int = 0, limit: int = -1) -> list[int]:
+    def tickets_on(self, names: Sequence[str], after: int = 0, limit: int = -1) -> list[QueuePlace]:
         page = None if limit < 0 else limit
-        return [r[0] for r in self._rows(self._sql.tickets_on, (list(names), after, page, page))]
+        return [QueuePlace(*r) for r in self._rows(self._sql.tickets_on, (list(names), after, page, page))]
 
     def ticket_ahead(self, names: Sequence[str], ticket: int) -> int | None:
         found = self._rows(self._sql.ticket_ahead, (list(names), ticket))[0][0]

@@ -21,6 +21,7 @@ from .._backend import (
     CorruptRowError,
     LeaseRow,
     LimitRow,
+    QueuePlace,
     StatsRow,
     TicketRow,
 )
@@ -238,7 +239,10 @@ def _split(names: str) -> tuple[str, ...]:
     return tuple(names.split(NAME_SEP)) if names else ()
 
 
-_QUEUE_PAGE = "SELECT ticket FROM ticket_names WHERE name = CAST(? AS TEXT) AND ticket > ? ORDER BY ticket LIMIT {}"
+_QUEUE_PAGE = (
+    "SELECT n.ticket, t.pipe, t.since_wall FROM ticket_names n JOIN tickets t ON t.ticket = n.ticket "
+    "WHERE n.name = CAST(? AS TEXT) AND n.ticket > ? ORDER BY n.ticket LIMIT {}"
+)
 _JUST_AHEAD = "SELECT ticket FROM ticket_names WHERE name = CAST(? AS TEXT) AND ticket < ? ORDER BY ticket DESC LIMIT 1"
 # The name is cast and the limit written into the statement: with a bare parameter in either place,
 # a statement with ORDER BY ... LIMIT is prepared anew at every run (as long as the query itself).
@@ -438,7 +442,7 @@ class SqliteTx:
         rows = _fetch(self.conn, f"SELECT {_TICKET_COLUMNS} FROM tickets WHERE ticket = ?", (ticket,))
         return _ticket(rows[0]) if rows else None
 
-    def tickets_on(self, names: Sequence[str], after: int = 0, limit: int = -1) -> list[int]:
+    def tickets_on(self, names: Sequence[str], after: int = 0, limit: int = -1) -> list[QueuePlace]:
         """Tickets waiting on any of *names* younger than *after*, oldest first, at most *limit* (-1: all).
 
         Each name's queue is read along its index for at most *limit* rows, then merged: the cost
@@ -447,7 +451,7 @@ class SqliteTx:
         one = _QUEUE_PAGE.format(int(limit))
         if len(names) > 1:
             one = " UNION ".join([f"SELECT * FROM ({one})"] * len(names)) + f" ORDER BY 1 LIMIT {int(limit)}"
-        return [r[0] for r in _fetch(self.conn, one, tuple(p for name in names for p in (name, after)))]
+        return [QueuePlace(*r) for r in _fetch(self.conn, one, tuple(p for name in names for p in (name, after)))]
 
     def ticket_ahead(self, names: Sequence[str], ticket: int) -> int | None:
         """The youngest ticket older than *ticket* on any of *names* (None: there is none); a seek a name."""
