@@ -568,12 +568,16 @@ def test_a_commit_whose_answer_is_lost_is_settled_by_asking_the_server(backend: 
     assert backend.write(lambda tx: [lease.token for lease in tx.leases_on("a")]) == [token]
 
 
+@pytest.mark.parametrize("reused", [False, True], ids=["id-in-the-future", "id-handed-out-again"])
 def test_a_commit_cut_off_by_a_server_crash_runs_again(
-    own_pg_server: tuple[str, str], backends: Callable[[str], PostgresBackend]
+    own_pg_server: tuple[str, str], backends: Callable[[str], PostgresBackend], reused: bool
 ) -> None:
     # The same on a real crash (pg_ctl restart -m immediate) while the transaction is open: the COMMIT
     # finds the connection gone. Nothing of the transaction reached the log, so after recovery the
-    # server hands its id out again and txid_status says "in the future": it never committed.
+    # server hands its id out again and txid_status says "in the future": it never committed. Or,
+    # once others took ids (here: transactions outside gcl_local), txid_status says "committed" of
+    # the one that took ours: believed, the caller would have a lease that does not exist (the
+    # PostgreSQL soak: a waiter's ticket that never was).
     url, pg_dir = own_pg_server
     backend = backends(_with(url, gcl_schema=f"t_{os.getpid()}_crash", gcl_detect_seconds=DETECT))
     backend.write(lambda tx: tx.insert_limit(_limit("a", tx)))
@@ -584,6 +588,10 @@ def test_a_commit_cut_off_by_a_server_crash_runs_again(
         token = tx.insert_lease(_lease(tx, ("a",)))
         if len(runs) == 1:
             subprocess.run([str(REPO / "scripts" / "pg-server"), "restart", pg_dir, "immediate"], check=True)
+            if reused:
+                with psycopg.connect(url, autocommit=True) as other:
+                    for _ in range(20):
+                        other.execute("SELECT txid_current()")
         return token
 
     token = backend.write(add_lease)

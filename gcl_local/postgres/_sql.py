@@ -132,12 +132,11 @@ SCHEMA_OID = "SELECT oid FROM pg_namespace WHERE nspname = %s"
 RELATIONS_IN = "SELECT relname FROM pg_class WHERE relnamespace = %s AND relkind IN ('r', 'p', 'v', 'm', 'f')"
 SESSION_SETUP = "SELECT current_setting('synchronous_commit'), pg_backend_pid()"
 SYNC_COMMIT_ON = "SET synchronous_commit = on"
-XACT_STATUS = (
-    "SELECT CASE WHEN %s >= txid_snapshot_xmax(txid_current_snapshot()) THEN 'aborted' ELSE txid_status(%s) END"
-)
+XACT_STATUS = "CASE WHEN %s >= txid_snapshot_xmax(txid_current_snapshot()) THEN 'aborted' ELSE txid_status(%s) END"
 """What became of a transaction whose COMMIT's answer was lost: committed, aborted or in progress. An id
 the server has not reached (a crash before anything of it was logged: recovery hands it out again) is
-one that never committed; ``txid_status`` would fail on it ("transaction ID ... is in the future")."""
+one that never committed; ``txid_status`` would fail on it ("transaction ID ... is in the future").
+After a crash, an id handed out again may have been committed by another: see ``PgSql.fate``."""
 TOKEN_VISIBLE = (
     "SELECT pg_backend_pid() = %s AND EXISTS(SELECT 1 FROM pg_locks WHERE locktype = 'advisory' "
     "AND pid = pg_backend_pid() AND classid::bigint = %s AND objid::bigint = %s AND objsubid = 1 AND granted)"
@@ -207,10 +206,21 @@ class Statements:
         # Prepared once per connection (SQL-level PREPARE, so that BEGIN, the lock and the clock still go
         # in one simple-protocol round trip), planned once rather than at every transaction.
         self.prepare = (
-            f"PREPARE gcl_tick AS {tick} RETURNING boot, wall, txid_current(); "
+            f"PREPARE gcl_tick AS {tick} RETURNING boot, wall, txid_current(), n.e; "
             f"PREPARE gcl_tick_try AS {tick} AND pg_try_advisory_xact_lock({int(write_key)}) "
-            "RETURNING boot, wall, txid_current(); "
+            "RETURNING boot, wall, txid_current(), n.e; "
             f"PREPARE gcl_now AS {now}"
+        )
+        # The fate of our write transaction X, begun on the server started at E, whose COMMIT's answer was
+        # lost: its status; whether the server is still the one started at E; whether the last write to
+        # the clock row was made on that server; and whether that write's id is X or later (ids compared
+        # modulo 2^32, as the row's xmin is 32 bits). Every write of ours updates the clock row under
+        # one lock, and takes its id after the lock: on one server, writes commit in the order of their
+        # ids. See ``PostgresBackend._fate`` for how these decide.
+        self.fate = (
+            f"SELECT {XACT_STATUS}, date_part('epoch', pg_postmaster_start_time()) = %s, c.epoch = %s, "
+            "((c.xmin::text::bigint - %s %% 4294967296 + 4294967296) %% 4294967296) < 2147483648 "
+            f"FROM {s}.clock c WHERE c.id = 1"
         )
         self.begin_write = (
             "BEGIN ISOLATION LEVEL READ COMMITTED READ WRITE; "

@@ -86,7 +86,7 @@ class _Work:
     """One thread's work connection: autocommit, with our own BEGIN and COMMIT (so that BEGIN, the
     lock and the clock go to the server in one round trip)."""
 
-    __slots__ = ("backend_pid", "conn", "cur", "pid", "prepared", "xid")
+    __slots__ = ("backend_pid", "conn", "cur", "epoch", "pid", "prepared", "xid")
 
     def __init__(self, conn: psycopg.Connection[Any], backend_pid: int) -> None:
         self.conn = conn
@@ -97,6 +97,8 @@ class _Work:
         """Whether the BEGIN statements' own are prepared on this connection (once the schema exists)."""
         self.xid: int | None = None
         """The write transaction in progress (its id), to learn its fate if the COMMIT's answer is lost."""
+        self.epoch: float | None = None
+        """When the server that runs it started (``pg_postmaster_start_time``): a crash hands ids out again."""
 
     def close(self) -> None:
         if self.pid == os.getpid():
@@ -434,6 +436,7 @@ class PostgresBackend:
                 if row is None:
                     return work, None
                 work.xid = int(row[2]) if len(row) > 2 else None  # (a read has none)
+                work.epoch = float(row[3]) if len(row) > 3 else None
                 return work, Instant(float(row[1]), float(row[0]), BOOT_ID)
             except psycopg.Error as exc:
                 if attempt == 0 and work.conn.closed:
@@ -504,7 +507,7 @@ class PostgresBackend:
             if isinstance(exc, CorruptRowError):
                 raise self._corrupt() from None
             raise
-        xid = conn.xid
+        xid, epoch = conn.xid, conn.epoch
         try:
             commit = tx.commit_text(sql.commit)
             conn.cur.execute(commit, prepare=False if commit is not sql.commit else None)
@@ -513,7 +516,7 @@ class PostgresBackend:
             self._abort(conn)
             if isinstance(exc, psycopg.Error):
                 if lost:
-                    fate = self._fate(xid)
+                    fate = self._fate(xid, epoch)
                     if fate == "committed":
                         return result  # only the answer was lost
                     if fate == "aborted":
@@ -526,23 +529,41 @@ class PostgresBackend:
             raise
         return result
 
-    def _fate(self, xid: int | None) -> str | None:
-        """Whether transaction *xid*, whose COMMIT's answer was lost, was "committed" or "aborted" (None: not
-        known in time). Asked on a new connection, once the server is back from a restart; a session that
-        ended with our connection is aborted within moments, a session cut off from us within S.
-        (scripts/stress.py on PostgreSQL, restarts every 30 s: an async worker's acquire failed so, and the
-        lease or ticket it may have committed would have stayed unknown to a live process.)"""
-        if xid is None:
+    def _fate(self, xid: int | None, epoch: float | None) -> str | None:
+        """Whether transaction *xid*, begun on the server started at *epoch*, whose COMMIT's answer was lost,
+        was "committed" or "aborted" (None: not known in time). Asked on a new connection, once the server
+        is back from a restart; a session that ended with our connection is aborted within moments, a
+        session cut off from us within S. (scripts/stress.py on PostgreSQL, restarts every 30 s: an async
+        worker's acquire failed so, and the lease or ticket it may have committed would have stayed
+        unknown to a live process.)
+
+        After a crash, ``txid_status`` may speak of another transaction: an id of which nothing reached
+        the log is handed out again (PostgreSQL soak: a waiter told "committed" of a ticket that was
+        not, and its next look found no ticket). "Aborted" is still true then (an id handed out again
+        is one that never committed), but "committed" is believed only from the server that ran it,
+        or while the clock row's last write is still one of that server's: then our write committed
+        if and only if that write's id is ours or later."""
+        if xid is None or epoch is None:
             return None
         deadline = time.monotonic() + self.settings.detect_seconds
         while True:
             try:
-                rows = self._statement(_sql.XACT_STATUS, (xid, xid))
+                rows = self._statement(self._sql.fate, (xid, xid, epoch, epoch, xid))
             except StoreError:
                 return None
-            fate = rows[0][0] if rows else None
-            if fate != "in progress" or time.monotonic() >= deadline:
-                return fate if fate in ("committed", "aborted") else None
+            if not rows:
+                return None
+            status, same_server, last_write_there, last_write_ours_or_later = rows[0]
+            if status == "aborted":
+                return "aborted"
+            if not same_server:
+                if not last_write_there:
+                    return None  # written to since the crash: what the clock row said is gone
+                return "committed" if status == "committed" and last_write_ours_or_later else "aborted"
+            if status == "committed":
+                return "committed"
+            if time.monotonic() >= deadline:
+                return None
             time.sleep(0.05)
 
     @contextlib.contextmanager
