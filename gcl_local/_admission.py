@@ -403,18 +403,23 @@ def serve(
         scan, pending = sorted(pending), set()
         blocked: set[str] = set()
         places = _queue(tx, scan)
-        for position, (ticket, _, _) in enumerate(places):
+        front = _Front()
+        for position, place in enumerate(places):
+            ticket = place.ticket
             if blocked.issuperset(scan):
                 if me is not None and mine is None:
                     mine = Denied(None, me)  # ours is further back in a blocked queue
+                front.stays(place)
                 break  # every queue scanned is held up by its head
             row = tx.select_ticket(ticket)
             if row is None:
+                front.removed += 1
                 continue  # reaped or served earlier in this scan
             ticket_names = row.names
             if blocked.intersection(ticket_names):
                 blocked.update(ticket_names)
                 mine = Denied(None, me) if ticket == me else mine
+                front.stays(place)
                 continue
             # The first ticket of a scan is the oldest on the scanned names, so on its own if it has no
             # other (the usual hand-off: one round trip less on a server).
@@ -425,11 +430,13 @@ def serve(
             if ahead is not None:
                 blocked.update(ticket_names)
                 mine = Denied(None, me) if ticket == me else mine
+                front.stays(place)
                 continue
             if me is not None and ticket != me and live.alive(row.registration) is False:
                 # A waiter looking for itself reaps the dead ahead of it (a releaser does not: its
                 # transaction is on the hand-off's path, and it checks whom it grants to below).
                 _reaping.drop_holder(tx, effects, row.registration, pending)
+                front.removed += 1
                 continue
             if live.holder_exited(row):
                 # A `gcl acquire` whose script has exited: the lease would be reaped at the next
@@ -439,6 +446,7 @@ def serve(
                     raise ConcurrencySlotAcquisitionError(f"The holder process {row.pid} has exited.")
                 tx.delete_ticket(row)
                 effects.poke(row.channel, ticket)
+                front.removed += 1
                 continue
             request = _request_of(row, ticket_names)
             try:
@@ -449,6 +457,7 @@ def serve(
                     raise
                 effects.poke(row.channel, ticket)  # it will raise the error in its own process
                 blocked.update(ticket_names)
+                front.stays(place)
                 continue
             short = _short_of(rows, request.occupy, tx.now.boot)
             held: dict[str, int] | None = {r.name: slots for r, slots, _ in rows}
@@ -458,9 +467,11 @@ def serve(
             if not short:
                 if ticket != me and live.alive(row.registration) is False:
                     _reaping.drop_holder(tx, effects, row.registration, pending)  # never grant to the dead
+                    front.removed += 1
                     continue
                 granted = Granted(_grant(tx, request, active, ticket, row.since_wall), missing)
                 tx.delete_ticket(row)
+                front.removed += 1
                 if ticket == me:
                     mine = granted
                 else:
@@ -468,9 +479,9 @@ def serve(
                 if me is None and _filled(rows, request, tx.now.boot).issuperset(scan):
                     # Every later ticket names a full limit: it would be read and found short, and told
                     # nothing. A releaser ends its scan here (4 statements less on every hand-off).
-                    _tell_next_but_one(tx, effects, places)
                     break
                 continue
+            front.stays(place)
             blocked.update(ticket_names)
             if ticket == me:
                 mine = Denied(_retry_in(tx, short, request.occupy, held), me)
@@ -480,6 +491,7 @@ def serve(
                 # The head can wait for a computed moment of decay: let it look and set its timer; or
                 # room was freed but not enough for it (that counts as an attempt).
                 effects.poke(row.channel, ticket)
+        front.tell(tx, effects, places)
         freed = True
     return mine
 
@@ -514,13 +526,32 @@ def _tell_front(tx: Tx, effects: Effects, places: Iterable[QueuePlace]) -> None:
             effects.watch(place.channel, place.ticket)
 
 
-def _tell_next_but_one(tx: Tx, effects: Effects, places: Iterator[QueuePlace]) -> None:
-    """After a grant to the head: the waiter now next but one moved up from third (the new head was
-    told when it became next but one). Read from the page the scan has read already."""
-    next(places, None)
-    second = next(places, None)
-    if second is not None:
-        _tell_front(tx, effects, [second])
+class _Front:
+    """The first two tickets that one scan of the queue leaves in it, and how many it took out ahead of
+    each: a ticket that moves from third place or further back to the first two is told so."""
+
+    __slots__ = ("kept", "removed")
+
+    def __init__(self) -> None:
+        self.kept: list[tuple[QueuePlace, int]] = []
+        self.removed = 0
+
+    def stays(self, place: QueuePlace) -> None:
+        if len(self.kept) < 2:
+            self.kept.append((place, self.removed))
+
+    def tell(self, tx: Tx, effects: Effects, places: Iterator[QueuePlace]) -> None:
+        """At the end of the scan; the places not scanned yet are read only when the scan took some
+        out and has not reached the second that stays (at a hand-off, from the page read already)."""
+        if not self.removed:
+            return
+        while len(self.kept) < 2:
+            place = next(places, None)
+            if place is None:
+                break
+            self.kept.append((place, self.removed))
+        moved = [place for index, (place, removed) in enumerate(self.kept) if index + removed >= 2]
+        _tell_front(tx, effects, moved)
 
 
 def _request_of(row: TicketRow, names: tuple[str, ...]) -> Request:

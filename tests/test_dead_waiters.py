@@ -16,8 +16,8 @@ import time
 import pytest
 from helpers import GCL, Spawned, env, gcl, holding, ok, one_line_error, wait_for
 
-from gcl_local import _admission, acquire_lease, create_limit, read_limit, release_lease
-from gcl_local._backend import open_backend
+from gcl_local import _admission, _effects, _shell, acquire_lease, create_limit, read_limit, release_lease
+from gcl_local._backend import Tx, open_backend
 
 
 def left_in_file(db: str) -> tuple[int, int]:
@@ -207,3 +207,26 @@ def test_a_waiter_moved_up_by_waiters_that_left_soon_sees_a_dead_holder(db: str,
     killed = time.monotonic()
     assert last.wait(timeout=20) == 0
     assert time.monotonic() - killed < 1.0
+
+
+@pytest.mark.parametrize("how", ["release", "own-look"])
+def test_whoever_moves_the_queue_tells_the_waiter_it_moves_up_to_second(db: str, how: str) -> None:
+    # The head's own look that serves it (after it reaped a dead holder, say) moves the queue as a
+    # release does: the waiter that moves up from third to second is told, and no one else.
+    create_limit("c", 1, db=db)
+    backend, request = _shell.prepare(db, "c", 1, "concurrency")
+    held = _effects.transact(backend, _admission.attempt, request, None)
+    assert held.lease is not None
+    tickets = [_effects.transact(backend, _admission.attempt, request, f"chan-{n}").ticket for n in range(4)]
+    time.sleep(_admission.WATCH_AFTER_SECONDS + 0.05)  # old enough to have looked from far back
+    effects = _effects.Effects(backend.max_message)
+
+    def move(tx: Tx) -> object:
+        if how == "release":
+            return _admission.release(tx, effects, held.lease.id)
+        tx.delete_lease(tx.select_lease(*_admission.parse_lease_id(held.lease.id)))  # as a reaper would
+        return _admission.attempt_ticket(tx, effects, tickets[0], "concurrency")
+
+    backend.write(move)
+    told = [(channel, message) for channel, message in effects.wakes if message.startswith(b"?")]
+    assert told == [("chan-2", b"?%d\n" % tickets[2])]

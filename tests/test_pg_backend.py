@@ -568,9 +568,31 @@ def test_a_commit_whose_answer_is_lost_is_settled_by_asking_the_server(backend: 
     assert backend.write(lambda tx: [lease.token for lease in tx.leases_on("a")]) == [token]
 
 
+def _crash(url: str, pg_dir: str, how: str) -> None:
+    """Crash the server: restart it at once, or SIGKILL one backend (the postmaster then ends every
+    session and runs crash recovery, and keeps its start time); return once it takes connections."""
+    if how == "restart":
+        subprocess.run([str(REPO / "scripts" / "pg-server"), "restart", pg_dir, "immediate"], check=True)
+        return
+    with psycopg.connect(url, autocommit=True) as victim:
+        pid = victim.execute("SELECT pg_backend_pid()").fetchone()[0]  # type: ignore[index]
+        os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with psycopg.connect(url, autocommit=True, connect_timeout=2) as conn:
+                conn.execute("SELECT 1")
+                return
+        except psycopg.OperationalError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+@pytest.mark.parametrize("how", ["restart", "backend-crash"])
 @pytest.mark.parametrize("reused", [False, True], ids=["id-in-the-future", "id-handed-out-again"])
 def test_a_commit_cut_off_by_a_server_crash_runs_again(
-    own_pg_server: tuple[str, str], backends: Callable[[str], PostgresBackend], reused: bool
+    own_pg_server: tuple[str, str], backends: Callable[[str], PostgresBackend], reused: bool, how: str
 ) -> None:
     # The same on a real crash (pg_ctl restart -m immediate) while the transaction is open: the COMMIT
     # finds the connection gone. Nothing of the transaction reached the log, so after recovery the
@@ -587,7 +609,7 @@ def test_a_commit_cut_off_by_a_server_crash_runs_again(
         runs.append(1)
         token = tx.insert_lease(_lease(tx, ("a",)))
         if len(runs) == 1:
-            subprocess.run([str(REPO / "scripts" / "pg-server"), "restart", pg_dir, "immediate"], check=True)
+            _crash(url, pg_dir, how)
             if reused:
                 with psycopg.connect(url, autocommit=True) as other:
                     for _ in range(20):
@@ -608,6 +630,33 @@ def _dump(schema: str) -> list[Any]:
             "SELECT relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
             "WHERE nspname = %s AND relkind = 'r' ORDER BY relname", (schema,)).fetchall()]  # fmt: skip
         return [(t, conn.execute(f"SELECT * FROM {schema}.{t} ORDER BY 1").fetchall()) for t in tables]
+
+
+def test_a_version_1_schema_is_brought_to_version_2_in_place(
+    url: str, schema: str, backends: Callable[[str], PostgresBackend]
+) -> None:
+    # Version 2 adds the server's incarnation (an UNLOGGED table) and the clock row's record of the
+    # last write of the previous one. Rows survive; the epoch becomes the incarnation without a
+    # restart's grace: a dead holder is judged dead at once.
+    with _admin() as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+        for statement in _sql.MIGRATIONS[1]:
+            conn.execute(statement.format(s=schema))
+        conn.execute(f"INSERT INTO {schema}.meta VALUES ('marker', %s), ('version', '1')", (_sql.MARKER,))
+    backend = backends(url)
+    backend.write(lambda tx: tx.insert_limit(_limit("a", tx)))
+    with _admin() as conn:
+        version = conn.execute(f"SELECT value FROM {schema}.meta WHERE key = 'version'").fetchone()
+        assert version == (str(_sql.SCHEMA_VERSION),) == ("2",)
+        incarnation = conn.execute(f"SELECT value FROM {schema}.incarnation").fetchall()
+        assert len(incarnation) == 1
+        assert conn.execute(f"SELECT epoch, epoch_since FROM {schema}.clock").fetchone() == (incarnation[0][0], 0)
+        persistence = conn.execute(
+            "SELECT relpersistence FROM pg_class WHERE oid = %s::regclass", (f"{schema}.incarnation",)
+        ).fetchone()
+        assert persistence == ("u",)
+    assert [row.name for row in backend.write(lambda tx: tx.select_limits(["a"]))] == ["a"]
+    assert backend.alive("pg-12345") is False
 
 
 def test_a_newer_schema_is_refused_untouched(url: str, schema: str, backends: Callable[[str], PostgresBackend]) -> None:

@@ -23,9 +23,9 @@ side S/4 after it last heard (keepalives S/10 idle, S/20 apart; ``tcp_user_timeo
 whose session is lost waits a heartbeat (``heartbeat_seconds``, S/5) for it to be made again, and
 then counts its lease as lost: so a cut-off holder learns first. With S = 20: the client at 5 s at
 most, the holder gives up at 10 s at most (looking every S/20), the server at 18 to 20 s. After the
-server restarts or fails over, nobody is judged dead for a grace period of S
-(``pg_postmaster_start_time()``, or the moment a write first saw a new server), while the living
-reconnect and take their locks again.
+server restarts, recovers from a crash or fails over, nobody is judged dead for a grace period of S
+(from the moment a write first saw the new incarnation: a number in an UNLOGGED table, which crash
+recovery empties), while the living reconnect and take their locks again.
 
 **Connections** per process: one work connection per thread that runs transactions, and one token
 session per process that holds or waits (it also carries the LISTENs of its wake-ups). So 2 for a

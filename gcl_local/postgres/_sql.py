@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 from .._backend import STATS_COUNTERS, WAIT_BUCKET_COUNT
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 MARKER = "gcl_local store"
 """The ``meta`` row that tells our schema from a schema of another program that uses the same name."""
 OCCUPANCY_SPAN = 2
@@ -30,11 +30,11 @@ _SCHEMA_V1 = (
     # key 'marker' = MARKER, 'version' = SCHEMA_VERSION, 'created', 'swept': when a newcomer last swept.
     "CREATE TABLE {s}.meta(key text PRIMARY KEY, value text NOT NULL)",
     # One row. boot: the store's monotonic time, advanced by the server clock's forward steps only;
-    # wall: the server clock at the last write; epoch: pg_postmaster_start_time() of the server that
-    # served the last write, and epoch_since: when a write first saw it (a restart or a failover
-    # changes it, and starts the grace period in which nobody is judged dead; 0 until the schema
-    # lives through a restart). Until a write has seen a new server, the grace lasts. Updated by every
-    # write: room for HOT updates.
+    # wall: the server clock at the last write; epoch: the incarnation of the server that served the
+    # last write (from version 2; pg_postmaster_start_time() before), and epoch_since: when a write
+    # first saw it (a restart, a crash or a failover changes it, and starts the grace period in which
+    # nobody is judged dead; 0 until the schema lives through one). Until a write has seen a new
+    # server, the grace lasts. Updated by every write: room for HOT updates.
     """CREATE TABLE {s}.clock(
         id integer PRIMARY KEY CHECK (id = 1),
         boot double precision NOT NULL,
@@ -112,13 +112,35 @@ _SCHEMA_V1 = (
     "INSERT INTO {s}.meta(key, value) VALUES ('created', date_part('epoch', clock_timestamp())::text), ('swept', '0')",
 )
 
-MIGRATIONS: dict[int, Sequence[str]] = {1: _SCHEMA_V1}
+_INCARNATION = "(SELECT value FROM {s}.incarnation WHERE id = 1)"
+_NEW_INCARNATION = (
+    "INSERT INTO {s}.incarnation(id, value) SELECT 1, floor(random() * 4503599627370496) + 1 "
+    "WHERE NOT EXISTS (SELECT 1 FROM {s}.incarnation) ON CONFLICT DO NOTHING"
+)
+_SCHEMA_V2 = (
+    # The server's incarnation: a random number in an UNLOGGED table, which crash recovery empties (also
+    # a crash that the postmaster survives: pg_postmaster_start_time() stays) and a promoted standby
+    # starts empty. A writer that finds it empty draws a new one. It replaces the postmaster's start
+    # time as the clock row's epoch: transaction ids are handed out again only after a crash.
+    "CREATE UNLOGGED TABLE {s}.incarnation(id integer PRIMARY KEY CHECK (id = 1), value double precision NOT NULL)",
+    _NEW_INCARNATION,
+    # prev_epoch, prev_xid: the epoch of the write before the first write of a new epoch, and that write's
+    # id (the clock row's xmin then): what became of a transaction whose COMMIT a crash cut off.
+    "ALTER TABLE {s}.clock ADD COLUMN prev_epoch double precision, ADD COLUMN prev_xid bigint",
+    f"UPDATE {{s}}.clock SET epoch = {_INCARNATION}",  # (not a restart: no grace)
+)
+
+MIGRATIONS: dict[int, Sequence[str]] = {1: _SCHEMA_V1, 2: _SCHEMA_V2}
 """Statements that bring a schema from version ``n - 1`` to ``n`` (0: no tables yet)."""
 
 
 def tables_of(version: int) -> set[str]:
     """The tables a schema of *version* has."""
-    made = (re.match(r"\s*CREATE TABLE \{s\}\.(\w+)", s) for step in range(1, version + 1) for s in MIGRATIONS[step])
+    made = (
+        re.match(r"\s*CREATE (?:UNLOGGED )?TABLE \{s\}\.(\w+)", s)
+        for step in range(1, version + 1)
+        for s in MIGRATIONS[step]
+    )
     return {m.group(1) for m in made if m}
 
 
@@ -193,11 +215,17 @@ class Statements:
         # Writers queue on one advisory lock, then read the server's clock once. The store's time line
         # moves by the clock's forward steps only: a step back stops it for one transaction, not for
         # the length of the step (decay never stalls), and it never runs backwards.
+        # The epoch is the server's incarnation (none: the writer draws one first, in a transaction of its
+        # own, and begins again; meanwhile the row keeps its epoch, and this transaction rolls back).
+        incarnation = _INCARNATION.format(s=s)
+        self.new_incarnation = _NEW_INCARNATION.format(s=s)
         tick = (
             f"UPDATE {s}.clock SET boot = boot + greatest(0, n.w - wall), wall = n.w, "
-            "epoch_since = CASE WHEN epoch = n.e THEN epoch_since ELSE n.w END, epoch = n.e "
-            "FROM (SELECT date_part('epoch', clock_timestamp()) AS w, "
-            "date_part('epoch', pg_postmaster_start_time()) AS e) n WHERE id = 1"
+            "epoch_since = CASE WHEN epoch = n.e THEN epoch_since ELSE n.w END, "
+            "prev_epoch = CASE WHEN epoch = n.e THEN prev_epoch ELSE epoch END, "
+            "prev_xid = CASE WHEN epoch = n.e THEN prev_xid ELSE xmin::text::bigint END, "
+            "epoch = coalesce(n.e, epoch) "
+            f"FROM (SELECT date_part('epoch', clock_timestamp()) AS w, {incarnation} AS e) n WHERE id = 1"
         )
         now = (
             f"SELECT boot + greatest(0, n.w - wall), n.w FROM {s}.clock, "
@@ -211,15 +239,18 @@ class Statements:
             "RETURNING boot, wall, txid_current(), n.e; "
             f"PREPARE gcl_now AS {now}"
         )
-        # The fate of our write transaction X, begun on the server started at E, whose COMMIT's answer was
-        # lost: its status; whether the server is still the one started at E; whether the last write to
-        # the clock row was made on that server; and whether that write's id is X or later (ids compared
-        # modulo 2^32, as the row's xmin is 32 bits). Every write of ours updates the clock row under
-        # one lock, and takes its id after the lock: on one server, writes commit in the order of their
-        # ids. See ``PostgresBackend._fate`` for how these decide.
+        # The fate of our write transaction X, begun in the server's incarnation E, whose COMMIT's answer
+        # was lost: its status; whether the server is still in incarnation E; whether the last write to
+        # the clock row was made in E, and whether that write's id is X or later; and the same of the last
+        # write of E if the first write of a later incarnation recorded it (ids compared modulo 2^32, as a
+        # row's xmin is 32 bits). Every write of ours updates the clock row under one lock, and takes its
+        # id after the lock: in one incarnation, writes commit in the order of their ids. See
+        # ``PostgresBackend._fate`` for how these decide.
         self.fate = (
-            f"SELECT {XACT_STATUS}, date_part('epoch', pg_postmaster_start_time()) = %s, c.epoch = %s, "
-            "((c.xmin::text::bigint - %s %% 4294967296 + 4294967296) %% 4294967296) < 2147483648 "
+            f"SELECT {XACT_STATUS}, {incarnation} IS NOT DISTINCT FROM %s, c.epoch = %s, "
+            "((c.xmin::text::bigint - %s %% 4294967296 + 4294967296) %% 4294967296) < 2147483648, "
+            "c.prev_epoch IS NOT DISTINCT FROM %s, "
+            "((c.prev_xid - %s %% 4294967296 + 4294967296) %% 4294967296) < 2147483648 "
             f"FROM {s}.clock c WHERE c.id = 1"
         )
         self.begin_write = (
@@ -239,7 +270,7 @@ class Statements:
         # Only a restart that this schema lived through counts: a schema made on a server that had just
         # started had nobody to wait for (epoch_since starts at 0).
         grace = (
-            f"(SELECT epoch <> date_part('epoch', pg_postmaster_start_time()) "
+            f"(SELECT epoch IS DISTINCT FROM {incarnation} "
             f"OR date_part('epoch', clock_timestamp()) < epoch_since + {float(grace_seconds)!r} "
             f"FROM {s}.clock WHERE id = 1)"
         )

@@ -98,7 +98,7 @@ class _Work:
         self.xid: int | None = None
         """The write transaction in progress (its id), to learn its fate if the COMMIT's answer is lost."""
         self.epoch: float | None = None
-        """When the server that runs it started (``pg_postmaster_start_time``): a crash hands ids out again."""
+        """The server's incarnation when it began (see ``_sql``): a crash hands ids out again."""
 
     def close(self) -> None:
         if self.pid == os.getpid():
@@ -423,7 +423,8 @@ class PostgresBackend:
             # PostgreSQL, a sigint worker: "sending query failed: another command is already in progress").
             self._abort(work)
             work = self._work()
-        for attempt in (0, 1):
+        drawn = False
+        for attempt in (0, 1, 2, 3):
             try:
                 cur = work.cur
                 if not work.prepared:
@@ -435,8 +436,15 @@ class PostgresBackend:
                 row = cur.fetchone()
                 if row is None:
                     return work, None
+                if len(row) > 3 and row[3] is None and not drawn:
+                    # A new incarnation (a crash emptied it): draw it in a transaction of its own, so that
+                    # ours still takes its id after the write lock, then begin again.
+                    self._abort(work)
+                    cur.execute(self._sql.new_incarnation)
+                    drawn = True
+                    continue
                 work.xid = int(row[2]) if len(row) > 2 else None  # (a read has none)
-                work.epoch = float(row[3]) if len(row) > 3 else None
+                work.epoch = None if len(row) < 4 or row[3] is None else float(row[3])
                 return work, Instant(float(row[1]), float(row[0]), BOOT_ID)
             except psycopg.Error as exc:
                 if attempt == 0 and work.conn.closed:
@@ -537,29 +545,34 @@ class PostgresBackend:
         worker's acquire failed so, and the lease or ticket it may have committed would have stayed
         unknown to a live process.)
 
-        After a crash, ``txid_status`` may speak of another transaction: an id of which nothing reached
-        the log is handed out again (PostgreSQL soak: a waiter told "committed" of a ticket that was
-        not, and its next look found no ticket). "Aborted" is still true then (an id handed out again
-        is one that never committed), but "committed" is believed only from the server that ran it,
-        or while the clock row's last write is still one of that server's: then our write committed
-        if and only if that write's id is ours or later."""
+        After a crash (a restart, or a backend's crash that the postmaster survives), ``txid_status``
+        may speak of another transaction: an id of which nothing reached the log is handed out again
+        (PostgreSQL soak: a waiter told "committed" of a ticket that never was; for an acquire, that
+        would be a lease that does not exist). "Aborted" is still true then (an id handed out again is
+        one that never committed). "Committed" is believed only in the incarnation that ran it, or
+        from the last write of that incarnation (the clock row's, or the one the first write of the next
+        incarnation recorded): our write committed if and only if that write's id is ours or later."""
         if xid is None or epoch is None:
             return None
         deadline = time.monotonic() + self.settings.detect_seconds
         while True:
             try:
-                rows = self._statement(self._sql.fate, (xid, xid, epoch, epoch, xid))
+                rows = self._statement(self._sql.fate, (xid, xid, epoch, epoch, xid, epoch, xid))
             except StoreError:
                 return None
             if not rows:
                 return None
-            status, same_server, last_write_there, last_write_ours_or_later = rows[0]
+            status, same, last_there, last_ours_or_later, previous_there, previous_ours_or_later = rows[0]
             if status == "aborted":
                 return "aborted"
-            if not same_server:
-                if not last_write_there:
-                    return None  # written to since the crash: what the clock row said is gone
-                return "committed" if status == "committed" and last_write_ours_or_later else "aborted"
+            if not same:
+                if last_there:
+                    ours = last_ours_or_later
+                elif previous_there:
+                    ours = previous_ours_or_later
+                else:
+                    return None  # two incarnations since: what the clock row said of ours is gone
+                return "committed" if status == "committed" and ours else "aborted"
             if status == "committed":
                 return "committed"
             if time.monotonic() >= deadline:
