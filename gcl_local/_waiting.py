@@ -33,8 +33,8 @@ FAR_BACK_SAFETY_NET_SECONDS = 2.0
 """... but this often when its last look found two live waiters at least ahead of it: all it watches
 there is the one just ahead, whose death blocks nobody (a releaser never grants to the dead). Four
 hundred waiters looking every 0.5 s took a quarter of a core from the hand-offs they waited for.
-The second in the queue keeps looking every 0.5 s: it is the next head. One that moves up to second
-between two looks is told so (a ``?`` message from the releaser or the waiter that left)."""
+The second in the queue keeps looking every 0.5 s: it is the next head. One that moves up to the
+first two between two looks is told so (a ``?`` message from the transaction that moved it)."""
 DEFAULT_RETRY_SECONDS = 2.0
 """A retry interval when none was computed: Prefect's Retry-After for a new limit of one slot."""
 NOTICE_AFTER_SECONDS = 1.0

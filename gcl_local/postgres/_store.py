@@ -538,8 +538,8 @@ class PostgresBackend:
         return result
 
     def _fate(self, xid: int | None, epoch: float | None) -> str | None:
-        """Whether transaction *xid*, begun on the server started at *epoch*, whose COMMIT's answer was lost,
-        was "committed" or "aborted" (None: not known in time). Asked on a new connection, once the server
+        """Whether transaction *xid*, begun in the server's incarnation *epoch*, whose COMMIT's answer was
+        lost, was "committed" or "aborted" (None: not known in time). Asked on a new connection, once the server
         is back from a restart; a session that ended with our connection is aborted within moments, a
         session cut off from us within S. (scripts/stress.py on PostgreSQL, restarts every 30 s: an async
         worker's acquire failed so, and the lease or ticket it may have committed would have stayed
