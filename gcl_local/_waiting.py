@@ -131,7 +131,8 @@ def wait(
         found = yield PROBE
         if isinstance(found, Granted):
             return found
-        safety_net = FAR_BACK_SAFETY_NET_SECONDS if found is None else SAFETY_NET_SECONDS
+        # Not the 2-s watch yet, even if two are ahead: a waiter that the queue moves up is told so only
+        # once it has waited long enough to have made its first look (_admission.WATCH_AFTER_SECONDS).
         if found:
             outcome: Outcome = yield LOOK
             if isinstance(outcome, Granted):

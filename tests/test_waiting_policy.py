@@ -267,6 +267,23 @@ def test_a_pipe_made_after_the_ticket_starts_with_a_look_for_what_came_before_it
         steps.send(Granted(None))
 
 
+def test_a_pipe_made_after_the_ticket_keeps_the_head_watch_until_its_next_look() -> None:
+    # Its first look comes at once; finding two ahead then must not put it on the 2-s watch: a
+    # releaser that moves it up within 0.3 s of its ticket does not tell it (it cannot have looked).
+    world = World(fits_at=100.0, by_decay=False)
+    steps = _waiting.wait(
+        REQUEST, TICKET, Denied(None, TICKET), start=0.0, timeout_seconds=None, max_retries=None,
+        clock=world.clock, jitter=lambda: 0.5, channel_made_late=True,
+    )  # fmt: skip
+    assert next(steps) is _waiting.PROBE
+    step = steps.send(None)  # two ahead
+    assert isinstance(step, _waiting.Sleep) and step.seconds == pytest.approx(_waiting.SAFETY_NET_SECONDS)
+    world.now += step.seconds
+    assert steps.send(b"") is _waiting.PROBE
+    step = steps.send(None)  # still two ahead, at 0.5 s: now the 2-s watch
+    assert isinstance(step, _waiting.Sleep) and step.seconds == pytest.approx(_waiting.FAR_BACK_SAFETY_NET_SECONDS)
+
+
 def test_the_probe_sees_a_head_request_that_fits_by_decay(db: str) -> None:
     import time
 
