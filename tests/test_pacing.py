@@ -163,7 +163,11 @@ def _run_sweep(db: str, tmp_path: Path, cases: list[Case], shell: str) -> None:
         # On a server a CLI call also closes its connections before its process is seen to end, a
         # woken waiter hears of its grant through the server (NOTIFY), and a grant made late is
         # charged at the moment it fit (GCRA): returns lag their charges by more than on one host.
-        lag = (1.0 if shell == "cli" else 0.4) if is_postgres(db) else (0.3 if shell == "cli" else 0.15)
+        # On one host too, a grant made late is charged when it fit: when every process of the sweep
+        # (22 at once, on 2 cores) stalls, the returns that follow bunch (a clean-clone CI run, async,
+        # 20/s: 5 returns within 5.5 ms, where a lag of 0.15 s allowed 4). Issue 9's own bound lets a
+        # return be 0.5 s late.
+        lag = (1.0 if shell == "cli" else 0.4) if is_postgres(db) else 0.3
         _check_windows(case, times, lag)
 
 
