@@ -369,6 +369,7 @@ def cancel(tx: Tx, effects: Effects, ticket: int, kind: Kind, timed_out: bool = 
         except ConcurrencySlotAcquisitionError:
             return None
     tx.delete_ticket(row)
+    _vacate(effects, row.names)
     if timed_out:
         tx.count_failure(row.names, "timeouts")
     front = tx.tickets_on(row.names, 0, 2)
@@ -447,6 +448,7 @@ def serve(
                 tx.delete_ticket(row)
                 effects.poke(row.channel, ticket)
                 front.removed += 1
+                _vacate(effects, ticket_names)
                 continue
             request = _request_of(row, ticket_names)
             try:
@@ -472,6 +474,7 @@ def serve(
                 granted = Granted(_grant(tx, request, active, ticket, row.since_wall), missing)
                 tx.delete_ticket(row)
                 front.removed += 1
+                _vacate(effects, ticket_names)
                 if ticket == me:
                     mine = granted
                 else:
@@ -524,6 +527,26 @@ def _tell_front(tx: Tx, effects: Effects, places: Iterable[QueuePlace]) -> None:
     for place in places:
         if tx.now.wall - place.since_wall > WATCH_AFTER_SECONDS:
             effects.watch(place.channel, place.ticket)
+
+
+def _vacate(effects: Effects, names: Sequence[str]) -> None:
+    """A ticket on several names left: a scan follows the merged queue of the names it scans, in which a
+    waiter on one of the others may not move, and ``probe`` counts places across all of a ticket's
+    names. Such waiters are told at the end of the transaction (:func:`tell_vacated`)."""
+    if len(names) > 1:
+        effects.vacated.update(names)
+
+
+def tell_vacated(tx: Tx, effects: Effects) -> None:
+    """Tell the first two waiters of each queue in ``effects.vacated`` to watch as the head does.
+
+    Those queues lost tickets in ways a scan does not follow (dead waiters reaped anywhere in them, by
+    a newcomer, a look or a sweep; tickets on several names), so whether a waiter there moved up from
+    third place or further back is not known: the first two are told, whether they moved or not (it
+    costs a wake-up, on these rare paths only). A waiter told that already watches ignores it."""
+    for name in sorted(effects.vacated):
+        _tell_front(tx, effects, tx.tickets_on([name], 0, 2))
+    effects.vacated.clear()
 
 
 class _Front:
@@ -666,6 +689,7 @@ __all__ = [
     "serve",
     "set_holder",
     "sweep",
+    "tell_vacated",
     "wait_summary",
     "WATCH_AFTER_SECONDS",
 ]

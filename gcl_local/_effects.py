@@ -27,18 +27,23 @@ if TYPE_CHECKING:
 class Effects:
     """What a transaction leaves to do after its commit: waiters to wake, registrations to forget."""
 
-    __slots__ = ("dead_registrations", "max_message", "wakes")
+    __slots__ = ("dead_registrations", "max_message", "vacated", "wakes")
 
     def __init__(self, max_message: int) -> None:
         self.max_message = max_message
         self.wakes: list[tuple[str, bytes]] = []
         self.dead_registrations: set[str] = set()
+        self.vacated: set[str] = set()
+        """Names whose queues lost tickets in ways a scan of the queue does not follow (reaped waiters,
+        tickets on several names): their first waiters are told at the end of the transaction."""
 
     def poke(self, channel: str, ticket: int) -> None:
         self.wakes.append((channel, _wire.poke(ticket)))
 
     def watch(self, channel: str, ticket: int) -> None:
-        self.wakes.append((channel, _wire.watch(ticket)))
+        message = (channel, _wire.watch(ticket))
+        if message not in self.wakes:  # (told once, however many of its queues moved)
+            self.wakes.append(message)
 
     def hand_over(self, channel: str, ticket: int, granted: Granted) -> None:
         self.wakes.append((channel, _wire.grant(ticket, granted, self.max_message)))
@@ -61,7 +66,12 @@ def transact(backend: Backend, fn: Callable[..., T], *args: object, blocking: bo
         # meanwhile): what that run left to do is void.
         effects.wakes.clear()
         effects.dead_registrations.clear()
+        effects.vacated.clear()
         result = fn(tx, effects, *args)
+        if effects.vacated:  # (rare: waiters were reaped, or a ticket on several names left)
+            from ._admission import tell_vacated
+
+            tell_vacated(tx, effects)
         if effects.wakes and tx.wake_on_commit(effects.wakes):
             effects.wakes.clear()  # they go with the commit
         return result

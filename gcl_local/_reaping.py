@@ -55,6 +55,7 @@ def drop_holder(tx: Tx, effects: Effects, registration: str, freed: set[str]) ->
         freed.update(drop_lease(tx, lease))
     for ticket in tx.tickets_of_holder(registration):
         freed.update(ticket.names)
+        effects.vacated.update(ticket.names)
         tx.delete_ticket(ticket)
     effects.dead_registrations.add(registration)
     _log.debug("reaped the leases and tickets of dead holder %s", registration)
@@ -110,6 +111,7 @@ def reap_dead_heads(tx: Tx, effects: Effects, names: list[str], live: Liveness, 
             tx.delete_ticket(head)  # its waiter (alive) learns it when it looks: no ticket, no lease
             effects.poke(head.channel, head.ticket)
             freed.update(head.names)
+            effects.vacated.update(head.names)
         else:
             return False
 

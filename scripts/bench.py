@@ -324,12 +324,15 @@ def w_utilization(gate: Gate, kind: str, directory: str, limit: int, iters: int,
 
 
 def w_loop(gate: Gate, kind: str, directory: str, hold: float, seconds: float) -> list[tuple[float, ...]]:
-    """Loop acquire / hold / release on a limit of 1; (requested, acquired, leaving, released, woken) per
-    round, where *woken* is when the waiter's last sleep on its pipe ended (gcl only; else NaN)."""
+    """Loop acquire / hold / release on a limit of 1; per round (requested, acquired, leaving, released,
+    woken, begun, committed, sent), where *woken* is when the waiter's last sleep on its pipe ended,
+    and the last three are moments of the release: its transaction began (the write lock taken and
+    "now" read), committed, and its wake-ups were sent (gcl only; else NaN)."""
     lock = make_lock(kind, directory, "h")
     woken = [math.nan]
-    if kind == "gcl":  # measurement only: note when each sleep on the pipe ends
-        from gcl_local import sync
+    marks: dict[str, float] = {}
+    if kind == "gcl":  # measurement only: note when each sleep on the pipe ends, and the release's moments
+        from gcl_local import _backend, sync
 
         sleep_on_pipe = sync._wait_readable
 
@@ -339,6 +342,23 @@ def w_loop(gate: Gate, kind: str, directory: str, hold: float, seconds: float) -
             return readable
 
         sync._wait_readable = noting
+        backend_class = type(_backend.open_backend(db_path(directory)))
+        write, wake = backend_class.write, backend_class.wake
+
+        def timed_write(self, work, **options):
+            def timed_work(tx):
+                marks["begun"] = time.monotonic()
+                return work(tx)
+
+            result = write(self, timed_work, **options)
+            marks["committed"] = marks["sent"] = time.monotonic()  # (on a server the wake-ups go with the commit)
+            return result
+
+        def timed_wake(self, wakes):
+            wake(self, wakes)
+            marks["sent"] = time.monotonic()
+
+        backend_class.write, backend_class.wake = timed_write, timed_wake
     with lock():
         pass
     stop = gate() + seconds
@@ -349,8 +369,11 @@ def w_loop(gate: Gate, kind: str, directory: str, hold: float, seconds: float) -
         with lock():
             acquired = time.monotonic()
             time.sleep(hold)
+            marks.clear()
             leaving = time.monotonic()
-        rounds.append((requested, acquired, leaving, time.monotonic(), woken[0]))
+        released = time.monotonic()
+        release = [marks.get(key, math.nan) for key in ("begun", "committed", "sent")]
+        rounds.append((requested, acquired, leaving, released, woken[0], *release))
     return rounds
 
 
@@ -586,10 +609,15 @@ def s2_utilization(cfg: Config) -> Row:
 
 
 def handoffs(rounds: list[tuple[float, ...]]) -> list[tuple[float, ...]]:
-    """For consecutive holders A, B where B waited before A left: (B acquired - A's block ended, as a
-    user feels it; A's release call; B woken - A's block ended; B's path from its wake-up to its block)."""
+    """For consecutive holders A, B where B waited before A left, each from A's block end: (B acquired,
+    as a user feels it; A's release call returned; B woken; A's release transaction began; it
+    committed; its wake-ups were sent)."""
     ordered = sorted(rounds, key=lambda r: r[1])
-    return [(b[1] - a[2], a[3] - a[2], b[4] - a[2], b[1] - b[4]) for a, b in itertools.pairwise(ordered) if b[0] < a[2]]
+    return [
+        (b[1] - a[2], a[3] - a[2], b[4] - a[2], a[5] - a[2], a[6] - a[2], a[7] - a[2])
+        for a, b in itertools.pairwise(ordered)
+        if b[0] < a[2]
+    ]
 
 
 def s3_handoff(cfg: Config) -> Row:
@@ -607,9 +635,9 @@ def s3_handoff(cfg: Config) -> Row:
             cells[kind] = statistics.median(gaps)
             p90[kind] = gaps[int(0.9 * (len(gaps) - 1))]
             cells[kind + "n"] = len(gaps)
-            parts[kind] = [statistics.median(f[i] for f in found) for i in (1, 2, 3)]
+            parts[kind] = [statistics.median(f[i] for f in found) for i in range(1, 6)]
     cell = {kind: f"{ms(cells[kind])} (p90 {ms(p90[kind])}, n={cells[kind + 'n']})" for kind in KINDS}
-    release, woken, path = parts["gcl"]
+    release, woken, begun, committed, sent = parts["gcl"]
     return Row(
         f"3. hand-off as felt, limit 1, {procs} procs, 2 ms holds, median",
         cell["gcl"],
@@ -617,8 +645,9 @@ def s3_handoff(cfg: Config) -> Row:
         cells["gcl"] <= 0.0005,
         flock=cell["flock"],
         porta=cell["porta"],
-        notes=f"B's block starts - A's block ends; medians: A's release call {ms(release)}, B woken "
-        f"{ms(woken)} after A's block ended, B's path from wake-up to block {ms(path)}",
+        notes=f"B's block starts - A's block ends; medians, from A's block end: A's release transaction "
+        f"began (write lock, now) {ms(begun)}, committed {ms(committed)}, its wake-up sent {ms(sent)}, B woken "
+        f"{ms(woken)}, B's block {ms(cells['gcl'])}; A's release call returned {ms(release)} (it yields its CPU)",
     )
 
 

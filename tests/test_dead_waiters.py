@@ -230,3 +230,64 @@ def test_whoever_moves_the_queue_tells_the_waiter_it_moves_up_to_second(db: str,
     backend.write(move)
     told = [(channel, message) for channel, message in effects.wakes if message.startswith(b"?")]
     assert told == [("chan-2", b"?%d\n" % tickets[2])]
+
+
+def _queue_of_three_far_back(db: str, spawned: Spawned, names: tuple[str, ...] = ("c",)) -> list[subprocess.Popen[str]]:
+    """Two waiters, then a third whose first look (0.4-0.6 s after it queued) found two ahead: it looks
+    next in 1.6-2.4 s."""
+    waiters = []
+    for n in (1, 2, 3):
+        waiters.append(spawned.gcl(db, "run", *names, "--", "true"))
+        wait_for(lambda n=n: len(read_limit(names[0], db=db).waiters) == n, what=f"waiter {n}")
+    time.sleep(0.8)
+    return waiters
+
+
+@pytest.mark.parametrize("reaper", ["newcomer", "sweep"])
+def test_a_waiter_moved_up_by_reaping_dead_waiters_ahead_soon_sees_a_dead_holder(
+    db: str, spawned: Spawned, reaper: str
+) -> None:
+    # The two waiters ahead die; a `-n` newcomer (or a sweep) reaps them, and the third is now the
+    # head, the one that watches the holder. Nothing told it (a review): it kept looking every 2 s,
+    # and the holder's death went unseen for up to 2.4 s. Whoever reaps dead waiters now tells the
+    # first two of each queue they stood in.
+    create_limit("c", 1, db=db)
+    holder = spawned.gcl(db, "run", "c", "--", "sleep", "60")
+    holding(db, "c", "sleep", holder)
+    dead_first, dead_second, last = _queue_of_three_far_back(db, spawned)
+    kill9(dead_first)
+    kill9(dead_second)
+    if reaper == "newcomer":
+        one_line_error(gcl(db, "run", "c", "-n", "--", "true"), 75)  # reaps the dead ahead, then refused
+    else:
+        backend = open_backend(db)
+        wait_for(lambda: len(backend.census()) >= 2, what="the dead waiters in the census")
+        _effects.transact(backend, _admission.sweep)
+    assert [w.pid for w in read_limit("c", db=db).waiters] == [last.pid]
+    kill9(holder)
+    killed = time.monotonic()
+    assert last.wait(timeout=20) == 0
+    assert time.monotonic() - killed < 1.0
+
+
+def test_a_waiter_moved_up_by_a_grant_on_several_limits_soon_sees_a_dead_holder(db: str, spawned: Spawned) -> None:
+    # Y waits on a, X on a and b, W on b: W's first look follows X to Y, two ahead, and it looks next
+    # in 2 s. A release on a grants Y and X: W is now the head of b, where X holds the slot. The scan
+    # of a's queue did not see W move (a review): X's death went unseen for up to 2.4 s.
+    create_limit("a", 2, db=db)
+    create_limit("b", 1, db=db)
+    lease = acquire_lease("a", occupy=2, db=db)
+    first = spawned.gcl(db, "run", "a", "--", "true")
+    wait_for(lambda: len(read_limit("a", db=db).waiters) == 1, what="the waiter on a")
+    both = spawned.gcl(db, "run", "a", "b", "--", "sleep", "60")
+    wait_for(lambda: len(read_limit("b", db=db).waiters) == 1, what="the waiter on a and b")
+    last = spawned.gcl(db, "run", "b", "--", "true")
+    wait_for(lambda: len(read_limit("b", db=db).waiters) == 2, what="the waiter on b")
+    time.sleep(0.8)
+    release_lease(lease.id, db=db)
+    assert first.wait(timeout=20) == 0
+    holding(db, "b", "sleep", both)
+    kill9(both)
+    killed = time.monotonic()
+    assert last.wait(timeout=20) == 0
+    assert time.monotonic() - killed < 1.0

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 from .._backend import STATS_COUNTERS, WAIT_BUCKET_COUNT
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 MARKER = "gcl_local store"
 """The ``meta`` row that tells our schema from a schema of another program that uses the same name."""
 OCCUPANCY_SPAN = 2
@@ -31,7 +31,8 @@ _SCHEMA_V1 = (
     "CREATE TABLE {s}.meta(key text PRIMARY KEY, value text NOT NULL)",
     # One row. boot: the store's monotonic time, advanced by the server clock's forward steps only;
     # wall: the server clock at the last write; epoch: the incarnation of the server that served the
-    # last write (from version 2; pg_postmaster_start_time() before), and epoch_since: when a write
+    # last write (from version 2, ended by a restart too from version 3; pg_postmaster_start_time()
+    # before), and epoch_since: when a write
     # first saw it (a restart, a crash or a failover changes it, and starts the grace period in which
     # nobody is judged dead; 0 until the schema lives through one). Until a write has seen a new
     # server, the grace lasts. Updated by every write: room for HOT updates.
@@ -112,25 +113,40 @@ _SCHEMA_V1 = (
     "INSERT INTO {s}.meta(key, value) VALUES ('created', date_part('epoch', clock_timestamp())::text), ('swept', '0')",
 )
 
-_INCARNATION = "(SELECT value FROM {s}.incarnation WHERE id = 1)"
+_STARTED = "date_part('epoch', pg_postmaster_start_time())"
+_INCARNATION_V2 = "(SELECT value FROM {s}.incarnation WHERE id = 1)"
+_INCARNATION = f"(SELECT value FROM {{s}}.incarnation WHERE id = 1 AND started = {_STARTED})"
+"""The server's incarnation; NULL when a crash emptied its table, or when the server has started since it
+was drawn (a clean restart keeps an UNLOGGED table's rows)."""
 _NEW_INCARNATION = (
-    "INSERT INTO {s}.incarnation(id, value) SELECT 1, floor(random() * 4503599627370496) + 1 "
-    "WHERE NOT EXISTS (SELECT 1 FROM {s}.incarnation) ON CONFLICT DO NOTHING"
+    f"INSERT INTO {{s}}.incarnation(id, value, started) SELECT 1, floor(random() * 4503599627370496) + 1, {_STARTED} "
+    "ON CONFLICT (id) DO UPDATE SET value = excluded.value, started = excluded.started "
+    "WHERE incarnation.started IS DISTINCT FROM excluded.started"
 )
+"""Draw a new incarnation, unless another writer has drawn this server's already."""
 _SCHEMA_V2 = (
     # The server's incarnation: a random number in an UNLOGGED table, which crash recovery empties (also
     # a crash that the postmaster survives: pg_postmaster_start_time() stays) and a promoted standby
     # starts empty. A writer that finds it empty draws a new one. It replaces the postmaster's start
     # time as the clock row's epoch: transaction ids are handed out again only after a crash.
     "CREATE UNLOGGED TABLE {s}.incarnation(id integer PRIMARY KEY CHECK (id = 1), value double precision NOT NULL)",
-    _NEW_INCARNATION,
+    "INSERT INTO {s}.incarnation(id, value) SELECT 1, floor(random() * 4503599627370496) + 1 "
+    "WHERE NOT EXISTS (SELECT 1 FROM {s}.incarnation) ON CONFLICT DO NOTHING",
     # prev_epoch, prev_xid: the epoch of the write before the first write of a new epoch, and that write's
     # id (the clock row's xmin then): what became of a transaction whose COMMIT a crash cut off.
     "ALTER TABLE {s}.clock ADD COLUMN prev_epoch double precision, ADD COLUMN prev_xid bigint",
-    f"UPDATE {{s}}.clock SET epoch = {_INCARNATION}",  # (not a restart: no grace)
+    f"UPDATE {{s}}.clock SET epoch = {_INCARNATION_V2}",  # (not a restart: no grace)
+)
+_SCHEMA_V3 = (
+    # The incarnation also ends when the server starts again: a clean restart (pg_ctl restart -m fast,
+    # systemd) keeps an UNLOGGED table's rows, and with version 2 it started no grace period, though every
+    # session, and so every holder's lock, was gone: a live holder's slots could be given away. (The
+    # ids of transactions are not handed out again after a clean restart; the grace is what matters.)
+    "ALTER TABLE {s}.incarnation ADD COLUMN started double precision",
+    f"UPDATE {{s}}.incarnation SET started = {_STARTED}",  # (not a restart: no grace)
 )
 
-MIGRATIONS: dict[int, Sequence[str]] = {1: _SCHEMA_V1, 2: _SCHEMA_V2}
+MIGRATIONS: dict[int, Sequence[str]] = {1: _SCHEMA_V1, 2: _SCHEMA_V2, 3: _SCHEMA_V3}
 """Statements that bring a schema from version ``n - 1`` to ``n`` (0: no tables yet)."""
 
 

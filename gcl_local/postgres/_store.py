@@ -627,7 +627,10 @@ class PostgresBackend:
             # watcher thread starts breaks threading's own lock ("RuntimeError: release unlocked lock",
             # found by scripts/stress.py's SIGINT storm on PostgreSQL) and leaves a half-made session.
             with SignalsHeldBack():
-                session = _liveness.TokenSession(lambda: self._connect("token"), self.description, self._error)
+                # (Its connection waits for a server that restarts, as the work connection does: soak on
+                # PostgreSQL, a worker failed 182 times with "the database system is starting up".)
+                connect = lambda: self._connect("token", wait=True)  # noqa: E731
+                session = _liveness.TokenSession(connect, self.description, self._error)
                 if session.backend_pid == work.backend_pid:  # two connections, one server session: a pooler
                     session.close()
                     raise StoreError(_liveness.POOLER.format(desc=self.description))

@@ -15,6 +15,9 @@ from ._liveness import ProcessToken
 MAX_MESSAGE = 4000
 """Below ``PIPE_BUF``: a message is written whole by one write."""
 
+_READ_SIZE = 65536
+"""What one read of a pipe asks for: the most that a pipe holds by default."""
+
 
 class Pipe:
     """A waiter's named pipe, read end open; closed and unlinked by :meth:`close`."""
@@ -49,16 +52,19 @@ class Pipe:
         return self.fd
 
     def drain(self) -> bytes:
-        """Read whatever woke us (empty if nothing)."""
+        """Read whatever woke us (empty if nothing).
+
+        A read shorter than asked for took everything there was: no second read to learn that (on
+        every hand-off's path). What is written after it stays, and wakes the next sleep at once."""
         chunks = []
         while True:
             try:
-                data = os.read(self.fd, 65536)
+                data = os.read(self.fd, _READ_SIZE)
             except BlockingIOError:
                 break
-            if not data:
-                break
             chunks.append(data)
+            if len(data) < _READ_SIZE:
+                break
         return b"".join(chunks)
 
     def __del__(self) -> None:
