@@ -374,7 +374,9 @@ def cancel(tx: Tx, effects: Effects, ticket: int, kind: Kind, timed_out: bool = 
         tx.count_failure(row.names, "timeouts")
     front = tx.tickets_on(row.names, 0, 2)
     if front and ticket < front[-1].ticket:
-        _tell_front(tx, effects, [place for place in front if place.ticket > ticket])  # those that moved up
+        moved = [place for place in front if place.ticket > ticket]
+        _tell_front(tx, effects, moved)
+        _follow_several(tx, effects, moved)
     serve(tx, effects, set(row.names), None, freed=True)
     return None
 
@@ -537,15 +539,32 @@ def _vacate(effects: Effects, names: Sequence[str]) -> None:
         effects.vacated.update(names)
 
 
+def _follow_several(tx: Tx, effects: Effects, moved: Iterable[QueuePlace]) -> None:
+    """Waiters that moved up and stand in several queues: ``probe`` counts places across all of a
+    ticket's names, so a waiter behind one of them in another queue may now be one behind the head.
+    Those queues are told at the end of the transaction (:func:`tell_vacated`)."""
+    for place in moved:
+        if place.several:
+            row = tx.select_ticket(place.ticket)
+            if row is not None:
+                effects.vacated.update(row.names)
+
+
 def tell_vacated(tx: Tx, effects: Effects) -> None:
     """Tell the first two waiters of each queue in ``effects.vacated`` to watch as the head does.
 
     Those queues lost tickets in ways a scan does not follow (dead waiters reaped anywhere in them, by
     a newcomer, a look or a sweep; tickets on several names), so whether a waiter there moved up from
     third place or further back is not known: the first two are told, whether they moved or not (it
-    costs a wake-up, on these rare paths only). A waiter told that already watches ignores it."""
-    for name in sorted(effects.vacated):
-        _tell_front(tx, effects, tx.tickets_on([name], 0, 2))
+    costs a wake-up, on these rare paths only; a waiter that already watches ignores it). A told
+    waiter on several names carries the telling on to its other queues."""
+    done: set[str] = set()
+    while pending := effects.vacated - done:
+        name = min(pending)
+        done.add(name)
+        places = tx.tickets_on([name], 0, 2)
+        _tell_front(tx, effects, places)
+        _follow_several(tx, effects, places)
     effects.vacated.clear()
 
 
@@ -575,6 +594,7 @@ class _Front:
             self.kept.append((place, self.removed))
         moved = [place for index, (place, removed) in enumerate(self.kept) if index + removed >= 2]
         _tell_front(tx, effects, moved)
+        _follow_several(tx, effects, [place for place, removed in self.kept if removed])
 
 
 def _request_of(row: TicketRow, names: tuple[str, ...]) -> Request:

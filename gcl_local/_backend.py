@@ -96,6 +96,8 @@ class QueuePlace(NamedTuple):
     ticket: int
     channel: str
     since_wall: float
+    several: bool
+    """Whether the ticket is on several names: its place in the queues of the others may change too."""
 
 
 STATS_COUNTERS = ("acq_cn", "acq_cw", "acq_rn", "acq_rw", "timeouts", "refusals", "reclaimed")

@@ -126,7 +126,8 @@ def test_the_queue(backend: Backend) -> None:
         assert [p.ticket for p in tx.tickets_on(["a"])] == [t1, t2]
         assert [p.ticket for p in tx.tickets_on(["a", "b"])] == [t1, t2, t3]
         assert [p.ticket for p in tx.tickets_on(["a", "b"], after=t1, limit=1)] == [t2]
-        assert tx.tickets_on(["b"], limit=1) == [(t2, "ch", row.since_wall)]  # what a releaser tells it by
+        assert tx.tickets_on(["b"], limit=1) == [(t2, "ch", row.since_wall, True)]  # what a releaser tells it by
+        assert [p.several for p in tx.tickets_on(["a", "b"])] == [False, True, False]
         assert tx.ticket_ahead(["b"], t3) == t2
         assert tx.ticket_ahead(["a"], t1) is None
         assert tx.count_older_tickets(["a", "b"], t3) == 2

@@ -9,9 +9,11 @@ would reap the dead and hide what was left behind).
 from __future__ import annotations
 
 import os
+import select
 import signal
 import subprocess
 import time
+from typing import Any
 
 import pytest
 from helpers import GCL, Spawned, env, gcl, holding, ok, one_line_error, wait_for
@@ -291,3 +293,40 @@ def test_a_waiter_moved_up_by_a_grant_on_several_limits_soon_sees_a_dead_holder(
     killed = time.monotonic()
     assert last.wait(timeout=20) == 0
     assert time.monotonic() - killed < 1.0
+
+
+def _told_to_watch(channel: Any, timeout: float = 1.0) -> set[int]:
+    """The tickets that `?` messages on *channel* name, read until *timeout* passes without one."""
+    poller = select.poll()
+    poller.register(channel.fileno(), select.POLLIN)
+    got = b""
+    while poller.poll(timeout * 1000):
+        got += channel.drain()
+    return {int(line[1:]) for line in got.split(b"\n") if line.startswith(b"?")}
+
+
+@pytest.mark.parametrize("case", ["one-limit-ticket-leaves", "several-limits-ticket-leaves"])
+def test_a_waiter_behind_a_ticket_on_several_limits_is_told_when_that_ticket_moves_up(db: str, case: str) -> None:
+    # ``probe`` counts places across all of a ticket's limits: W, on c, behind Z (on b and c), behind X
+    # (on a and b), is two places back. When X leaves, Z heads its queues and W is next: nothing told W,
+    # whose safety net stayed at 2 s (a review). Likewise W on b behind X (on a and b) behind Y (on a),
+    # when Y leaves. A waiter that moves up and stands in several queues now carries the telling on.
+    several = case == "several-limits-ticket-leaves"
+    names = ("a", "b", "c") if several else ("a", "b")
+    for name in names:
+        create_limit(name, 1, db=db)
+    backend, _ = _shell.prepare(db, list(names), 1, "concurrency")
+    assert _effects.transact(backend, _admission.attempt, _shell.prepare(db, list(names), 1, "concurrency")[1])
+    backend.register()
+    channel = backend.kept_channel()
+    queue = [("a", "b"), ("b", "c"), ("c",)] if several else [("a",), ("a", "b"), ("b",)]
+    tickets = []
+    for wanted in queue:
+        request = _shell.prepare(db, list(wanted), 1, "concurrency")[1]
+        tickets.append(_effects.transact(backend, _admission.attempt, request, channel.name).ticket)
+    _told_to_watch(channel, 0.2)  # (nothing yet)
+    time.sleep(_admission.WATCH_AFTER_SECONDS + 0.05)
+    _effects.transact(backend, _admission.cancel, tickets[0], "concurrency")
+    assert tickets[2] in _told_to_watch(channel)
+    with backend.read() as tx:
+        assert _admission.probe(tx, tickets[2], "concurrency") is False  # one ahead, at the head: watch it

@@ -74,10 +74,17 @@ class TokenSession:
     session that carries its wake-up channels."""
 
     def __init__(
-        self, connect: Callable[[], psycopg.Connection[Any]], description: str, error: Callable[[Exception], StoreError]
+        self,
+        connect: Callable[[], psycopg.Connection[Any]],
+        description: str,
+        error: Callable[[Exception], StoreError],
+        first: psycopg.Connection[Any] | None = None,
     ) -> None:
+        """*connect* makes the session again after it was lost (the watcher's own schedule retries it);
+        *first*, if given, is the connection to make it on first."""
         self.pid = os.getpid()
         self._connect = connect
+        self._first = first
         self._description = description
         self._error = error
         self._lock = threading.RLock()
@@ -124,7 +131,7 @@ class TokenSession:
     def _open(self, key: int | None) -> tuple[psycopg.Connection[Any], int, int]:
         """Connect and take the lock: on a new random key (*key* None), else on *key* again, waiting for
         the server to let go of our old session if it still holds it."""
-        conn = self._connect()
+        conn, self._first = self._first or self._connect(), None
         try:
             cur = conn.cursor()
             got, backend_pid = False, 0

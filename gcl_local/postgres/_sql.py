@@ -399,7 +399,8 @@ class Statements:
         # Each name's queue is read along its index for at most the page's length, then merged: the cost
         # follows the page, not the length of the queues. (LIMIT NULL: no limit.)
         self.tickets_on = (
-            "SELECT DISTINCT p.ticket, t.channel, t.since_wall FROM unnest(%s::text[]) AS q(name) CROSS JOIN LATERAL "
+            "SELECT DISTINCT p.ticket, t.channel, t.since_wall, cardinality(t.names) > 1 "
+            "FROM unnest(%s::text[]) AS q(name) CROSS JOIN LATERAL "
             f"(SELECT n.ticket FROM {s}.ticket_names n WHERE n.name = q.name AND n.ticket > %s::bigint "
             f"ORDER BY n.ticket LIMIT %s::bigint) p JOIN {s}.tickets t ON t.ticket = p.ticket "
             "ORDER BY 1 LIMIT %s::bigint"

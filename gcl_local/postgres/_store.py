@@ -623,18 +623,28 @@ class PostgresBackend:
             work = self._work()  # first: the token session must not be the only one that works
             from .._shell import SignalsHeldBack
 
-            # Signals held back until the session is whole and ours: a KeyboardInterrupt raised while its
-            # watcher thread starts breaks threading's own lock ("RuntimeError: release unlocked lock",
-            # found by scripts/stress.py's SIGINT storm on PostgreSQL) and leaves a half-made session.
-            with SignalsHeldBack():
-                # (Its connection waits for a server that restarts, as the work connection does: soak on
-                # PostgreSQL, a worker failed 182 times with "the database system is starting up".)
-                connect = lambda: self._connect("token", wait=True)  # noqa: E731
-                session = _liveness.TokenSession(connect, self.description, self._error)
-                if session.backend_pid == work.backend_pid:  # two connections, one server session: a pooler
-                    session.close()
-                    raise StoreError(_liveness.POOLER.format(desc=self.description))
-                self._session = session
+            # Its first connection waits for a server that restarts, as the work connection does (soak on
+            # PostgreSQL: a worker failed 182 times with "the database system is starting up"), and before
+            # signals are held back: a Ctrl-C meanwhile ends the wait. Made again after a loss, the session
+            # is retried on the watcher's own schedule: a holder waits only a heartbeat for it.
+            first = self._connect("token", wait=True)
+            try:
+                # Signals held back until the session is whole and ours: a KeyboardInterrupt raised while
+                # its watcher thread starts breaks threading's own lock ("RuntimeError: release unlocked
+                # lock", found by scripts/stress.py's SIGINT storm on PostgreSQL) and leaves a half-made
+                # session.
+                with SignalsHeldBack():
+                    session = _liveness.TokenSession(
+                        lambda: self._connect("token"), self.description, self._error, first
+                    )
+                    if session.backend_pid == work.backend_pid:  # two connections, one server session: a pooler
+                        session.close()
+                        raise StoreError(_liveness.POOLER.format(desc=self.description))
+                    self._session = session
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    first.close()  # (closed already if the session took it)
+                raise
             return session, True
 
     def alive(self, token: str) -> bool | None:

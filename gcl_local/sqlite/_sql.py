@@ -240,7 +240,8 @@ def _split(names: str) -> tuple[str, ...]:
 
 
 _QUEUE_PAGE = (
-    "SELECT n.ticket, t.pipe, t.since_wall FROM ticket_names n JOIN tickets t ON t.ticket = n.ticket "
+    "SELECT n.ticket, t.pipe, t.since_wall, instr(t.names, char(31)) > 0 "
+    "FROM ticket_names n JOIN tickets t ON t.ticket = n.ticket "
     "WHERE n.name = CAST(? AS TEXT) AND n.ticket > ? ORDER BY n.ticket LIMIT {}"
 )
 _JUST_AHEAD = "SELECT ticket FROM ticket_names WHERE name = CAST(? AS TEXT) AND ticket < ? ORDER BY ticket DESC LIMIT 1"
@@ -451,7 +452,8 @@ class SqliteTx:
         one = _QUEUE_PAGE.format(int(limit))
         if len(names) > 1:
             one = " UNION ".join([f"SELECT * FROM ({one})"] * len(names)) + f" ORDER BY 1 LIMIT {int(limit)}"
-        return [QueuePlace(*r) for r in _fetch(self.conn, one, tuple(p for name in names for p in (name, after)))]
+        rows = _fetch(self.conn, one, tuple(p for name in names for p in (name, after)))
+        return [QueuePlace(ticket, channel, since, bool(several)) for ticket, channel, since, several in rows]
 
     def ticket_ahead(self, names: Sequence[str], ticket: int) -> int | None:
         """The youngest ticket older than *ticket* on any of *names* (None: there is none); a seek a name."""
