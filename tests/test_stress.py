@@ -45,7 +45,9 @@ def run_stress(
 
 @pytest.mark.slow
 def test_chaos_run_never_over_admits_leaks_or_leaves_anything_behind(tmp_path: Path) -> None:
-    proc, summary, output = run_stress(tmp_path, SECONDS)
+    # 5 s more than the others: every fault must be injected, and in a clean-clone CI run on a machine
+    # 1.5 x slower than usual (29 min for the suite) a 10-s run issued no cancellation of an async task.
+    proc, summary, output = run_stress(tmp_path, SECONDS + 5)
 
     # Every fault was injected.
     assert summary["faults_enabled"] == ["sigint", "cancel", "fork", "nonblock", "sigterm", "shell"], output
@@ -54,7 +56,7 @@ def test_chaos_run_never_over_admits_leaks_or_leaves_anything_behind(tmp_path: P
     assert summary["sigints"] >= 300, output
     assert all(summary["spawned"].get(kind, 0) > 0 for kind in summary["kinds"]), output
     assert sum(summary["faults"]["sigint"]["raised"].values()) > 0, output
-    assert sum(summary["faults"]["cancel"]["issued"].values()) > 0, output
+    assert sum(summary["faults"]["cancel"].get("issued", {}).values()) > 0, output
     assert summary["acquisitions"] > 0, output
     assert all(summary["acquisitions_by_kind"].get(kind, 0) > 0 for kind in ("sync", "async")), output
 
