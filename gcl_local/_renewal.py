@@ -22,6 +22,7 @@ from collections.abc import Callable
 from . import _admission, _log
 from ._backend import Backend
 from ._errors import GclError, LeaseNotFoundError, LeaseRenewalError
+from ._threads import start_thread
 
 RENEWAL_FRACTION = 0.75
 RETRY_DELAYS = (1.0, 2.0)
@@ -171,7 +172,7 @@ class Renewer:
         if not self._started:
             with self._start_lock:
                 if not self._started:
-                    threading.Thread(target=self._run, name="gcl-lease-renewal", daemon=True).start()
+                    start_thread(self._run, "gcl-lease-renewal")
                     self._started = True
 
     def cancel(self, renewal: Renewal) -> None:

@@ -142,8 +142,8 @@ def _supervise(
     waiting = hasattr(signal, "sigtimedwait")
     watched = {*FORWARDED, signal.SIGCHLD}
     if waiting:
-        # Block before the renewal thread starts, so that it inherits the mask and every signal
-        # waits for sigtimedwait below, where its sender can be told.
+        # Every signal then waits for sigtimedwait below, where its sender can be told: the helper
+        # threads (the giver, started by the grant; the renewal thread) block them all (_threads).
         signal.pthread_sigmask(signal.SIG_BLOCK, watched)
     lost = _LostLease(child)
     renewal = Renewal(store, lease_id, request.lease_duration, strict, lost)

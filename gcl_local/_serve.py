@@ -320,6 +320,7 @@ def _open_in_browser(url: str, secret: bool) -> str | None:
         if not webbrowser.open(target):
             sys.stderr.write("gcl serve: no browser could be started; open the URL yourself.\n")
 
+    # Not _threads.start_thread: the browser it starts would inherit the blocked signals.
     threading.Thread(target=start, name="gcl-serve-browser", daemon=True).start()
     return redirect
 

@@ -27,6 +27,7 @@ from ._model import (
 )
 from ._request import Granted, Holder, Outcome, Request
 from ._stdlib import signal
+from ._threads import start_thread
 
 TYPE_CHECKING = False  # not typing's: the hot path must not cost the import of typing (see _stdlib)
 if TYPE_CHECKING:
@@ -540,7 +541,7 @@ def _start_giver() -> None:
         return
     with _giver_lock:
         if _giver_pid != os.getpid():
-            threading.Thread(target=_give_back_dropped, name="gcl-give-back", daemon=True).start()
+            start_thread(_give_back_dropped, "gcl-give-back")
             _giver_pid = os.getpid()
 
 

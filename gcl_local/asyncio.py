@@ -28,6 +28,7 @@ from ._model import DEFAULT_LEASE_SECONDS, Lease
 from ._renewal import Renewal, renewal_failed_message, renewer
 from ._request import Granted, Request
 from ._shell import Acquisition
+from ._threads import start_thread
 
 TYPE_CHECKING = False  # not typing's (see _stdlib)
 if TYPE_CHECKING:
@@ -74,7 +75,7 @@ async def _in_thread(acquisition: Acquisition, work: Callable[[], T]) -> T:
             state["orphaned"] = True
             finished = state["finished"]
         if finished:
-            threading.Thread(target=acquisition.abandon, name="gcl-give-back").start()
+            start_thread(acquisition.abandon, "gcl-give-back", daemon=False)
         raise
 
 

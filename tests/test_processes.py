@@ -21,6 +21,7 @@ from typing import Any
 
 import apsw
 import pytest
+from helpers import env, is_postgres
 
 import gcl_local
 from gcl_local import (
@@ -395,3 +396,44 @@ def test_subprocess_children_do_not_inherit_the_token(db: str) -> None:
         )
         inherited = [target for target in listing.stdout.splitlines() if target.startswith(run_dir)]
         assert inherited == []
+
+
+THREAD_SIGNAL_MASKS = """
+import sys, threading
+from gcl_local import concurrency, create_limit
+
+def blocked(thread):
+    with open(f"/proc/self/task/{thread.native_id}/status") as f:
+        mask = int(next(line for line in f if line.startswith("SigBlk:")).split()[1], 16)
+    return [signum for signum in range(1, 65) if mask >> (signum - 1) & 1]
+
+create_limit("a", 1, db=sys.argv[1])
+with concurrency("a", db=sys.argv[1]):
+    for thread in threading.enumerate():
+        if thread is not threading.main_thread():
+            print(thread.name, *blocked(thread))
+"""
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="reads the threads' signal masks in /proc")
+def test_the_threads_gcl_starts_leave_the_signals_to_the_main_thread(db: str) -> None:
+    """A signal sent to the process goes to any thread that does not block it. ``gcl run`` blocks the
+    ones it forwards in its main thread to take them with sigtimedwait, and a SIGTERM that went to
+    the thread giving back dropped slots never reached the command (tests/test_run.py). Every thread
+    gcl starts blocks them all from its first instant, whatever the store."""
+    done = subprocess.run(
+        [sys.executable, "-c", THREAD_SIGNAL_MASKS, db],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env(),
+    )
+    assert done.returncode == 0, done.stderr
+    threads = {name: set(map(int, signals)) for name, *signals in map(str.split, done.stdout.splitlines())}
+    ours = {name for name in threads if name.startswith("gcl-")}
+    expected = {"gcl-give-back", "gcl-lease-renewal"} | ({"gcl-pg-liveness"} if is_postgres(db) else set())
+    assert expected <= ours, threads
+    for name in ours:
+        assert {signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD, signal.SIGUSR1} <= threads[name], name
+        assert signal.SIGSEGV not in threads[name], name

@@ -331,6 +331,42 @@ def test_sigterm_reaches_the_command_and_the_slot_is_freed(db: str, spawned: Spa
     ok(gcl(db, "run", "a", "-n", "--", "true"))
 
 
+def test_a_sigterm_that_comes_between_two_waits_for_a_signal_still_reaches_the_command(
+    db: str, spawned: Spawned, tmp_path: Path
+) -> None:
+    """``gcl run`` blocks the signals it forwards and takes them with ``sigtimedwait``. One that came
+    while its main thread was not in ``sigtimedwait`` (a few microseconds a second, longer on a busy
+    machine) went to a thread that did not block it, the one that gives back dropped slots (started
+    by the grant, before the block), where Python only noted it for a handler that drops it: the
+    command never got it and ``gcl run`` waited for ever (a CI run on a starved machine). Here the
+    main thread's look at the command takes a second once the command is ready, and the signal comes
+    then."""
+    create_limit("a", 1, db=db)
+    ready, between, marker = tmp_path / "ready", tmp_path / "between", tmp_path / "terminated"
+    code = (
+        "import os, sys, time\nfrom gcl_local import _runner\nfrom gcl_local._cli import main\n"
+        "exited = _runner._exited\n"
+        "def slow(pid):\n"
+        f"    if os.path.exists({str(ready)!r}) and not os.path.exists({str(between)!r}):\n"
+        f"        open({str(between)!r}, 'w').close()\n"
+        "        time.sleep(1.0)\n"
+        "    return exited(pid)\n"
+        "_runner._exited = slow\n"
+        "main(['--db', sys.argv[1], 'run', 'a', '--', *sys.argv[2:]])\n"
+    )
+    script = f"trap 'echo term > {marker}; exit 0' TERM; touch {ready}; while :; do sleep 0.05; done"
+    wrapper = spawned.start([sys.executable, "-c", code, db, "sh", "-c", script])
+    wait_for(between.exists, what="gcl run to look at its command once it is ready")
+    wrapper.send_signal(signal.SIGTERM)
+    try:
+        _, err = wrapper.communicate(timeout=15)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the SIGTERM never reached the command: gcl run still waits for it")
+    assert wrapper.returncode == 0, err
+    assert marker.read_text() == "term\n"
+    assert free(db, "a")
+
+
 @pytest.mark.parametrize(
     ("signum", "code"),
     [(signal.SIGTERM, 143), (signal.SIGHUP, 129), (signal.SIGINT, 130)],

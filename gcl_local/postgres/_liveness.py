@@ -39,6 +39,7 @@ import psycopg
 
 from .. import _process
 from .._errors import StoreError
+from .._threads import start_thread
 from . import _sql, _wakeups
 from ._wakeups import PgChannel
 
@@ -111,8 +112,7 @@ class TokenSession:
             self._close_pipes()
             raise
         self.fd = self.conn.pgconn.socket
-        self._thread = threading.Thread(target=_watch, args=(weakref.ref(self),), name="gcl-pg-liveness", daemon=True)
-        self._thread.start()
+        self._thread = start_thread(_watch, "gcl-pg-liveness", weakref.ref(self))
 
     # -- Registration ------------------------------------------------------------------------------
 

@@ -21,6 +21,7 @@ from .. import _log, _process
 from .._backend import CorruptRowError, WouldBlock
 from .._clock import SYSTEM_CLOCK, Clock
 from .._errors import NoStateFileError, StoreError
+from .._threads import start_thread
 from . import _liveness, _sql, _wakeups
 from ._files import (
     BUSY_GIVE_UP_SECONDS,
@@ -175,7 +176,7 @@ def _wait_flock(fd: int, seconds: float) -> bool:
             _turnstiles.discard(own)
             os.close(own)
 
-    threading.Thread(target=take, name="gcl-turnstile", daemon=True).start()
+    start_thread(take, "gcl-turnstile")
     try:
         if got.wait(max(0.0, seconds)):
             return True
