@@ -41,7 +41,7 @@ def test_acquisitions_failures_and_waits_are_counted(db: str, spawned: Spawned) 
     assert stats.acquisitions == 3
     assert sum(stats.wait_buckets) == 3
     assert stats.wait_buckets[0] == 2  # the two that did not wait
-    assert 0.3 < stats.wait_seconds_sum < 10
+    assert 0.2 < stats.wait_seconds_sum < 10  # the waiter's: it waited through the 0.2-s sleep
     assert stats.slot_seconds >= 0.2 + 0.4
     p50, p95 = stats.wait_quantile(0.5), stats.wait_quantile(0.95)
     assert p50 is not None

@@ -21,7 +21,7 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 import pytest
-from helpers import GCL, Spawned, gcl, installed_or_skip, ok, one_line_error, wait_for
+from helpers import GCL, Spawned, gcl, holding, installed_or_skip, ok, one_line_error, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
 from gcl_local import create_limit, read_limit
@@ -91,13 +91,13 @@ def busy(db: str, spawned: Spawned) -> dict[str, int]:
             db,
         ]
     )
-    wait_for(lambda: [h for h in read_limit("gpu", db=db).holders if h.label == "sleep"], what="the holder")
+    # (gcl run names its command's pid on the lease 0.1 s after starting it: until then, its own)
+    sleeper = holding(db, "gpu", "sleep", holder).pid
     waiter = spawned.start(
         [*GCL, "--db", db, "run", "gpu", "--", "true"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     wait_for(lambda: read_limit("gpu", db=db).waiters, what="the waiter")
     wait_for(lambda: read_limit(WEIRD, db=db).holders, what="the holder with a strange label")
-    sleeper = read_limit("gpu", db=db).holders[0].pid
     assert sleeper is not None
     return {"holder": sleeper, "waiter": waiter.pid, "evil": evil.pid, "gcl_run": holder.pid}
 
