@@ -76,7 +76,13 @@ def run_command(
     assert lease_id is not None
     token = _shell.registration(store)
     pending: list[int] = []
-    previous = {sig: signal.signal(sig, lambda signum, _frame: pending.append(signum)) for sig in FORWARDED}
+    # A signal the caller ignores (nohup's SIGHUP, SIGINT for `cmd &` in a script) stays ignored, for
+    # us and for the command, which inherits that; a caught one would be reset to the default by exec.
+    forwarded = [sig for sig in FORWARDED if signal.getsignal(sig) != signal.SIG_IGN]
+    previous = {sig: signal.signal(sig, lambda signum, _frame: pending.append(signum)) for sig in forwarded}
+    # With SIGCHLD ignored (inherited from a parent that set it) the kernel reaps the command itself:
+    # no SIGCHLD and no status to wait for (ECHILD). The command gets the default too.
+    previous[signal.SIGCHLD] = signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     try:
         try:
             child = _spawn(command, token.inheritable(), command_environment(lease))
@@ -84,7 +90,7 @@ def run_command(
             acquisition.release()
             error = CommandNotFoundError if isinstance(exc, FileNotFoundError) else CommandError
             raise error(f"Cannot run {command[0]!r}: {exc.strerror}.") from None
-        return _supervise(store, request, acquisition, child, program_label(command), pending, strict)
+        return _supervise(store, request, acquisition, child, program_label(command), pending, forwarded, strict)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -135,12 +141,13 @@ def _supervise(
     child: int,
     label: str,
     pending: list[int],
+    forwarded: Sequence[int],
     strict: bool,
 ) -> int:
     lease_id = acquisition.lease_id
     assert lease_id is not None
     waiting = hasattr(signal, "sigtimedwait")
-    watched = {*FORWARDED, signal.SIGCHLD}
+    watched = {*forwarded, signal.SIGCHLD}
     if waiting:
         # Every signal then waits for sigtimedwait below, where its sender can be told: the helper
         # threads (the giver, started by the grant; the renewal thread) block them all (_threads).
@@ -156,7 +163,7 @@ def _supervise(
         if not waiting:
             _name_holder(store, lease_id, child, label)
             renewals.add(renewal)
-            for sig in FORWARDED:
+            for sig in forwarded:
                 signal.signal(sig, lambda s, _f: _forward(child, s))
             code = exit_status(os.waitstatus_to_exitcode(os.waitpid(child, 0)[1]))
             return EX_LEASE_LOST if lost.stopped_at is not None else code

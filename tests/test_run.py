@@ -367,6 +367,38 @@ def test_a_sigterm_that_comes_between_two_waits_for_a_signal_still_reaches_the_c
     assert free(db, "a")
 
 
+def test_under_nohup_a_sighup_to_gcl_run_is_ignored_as_by_the_command_alone(
+    db: str, spawned: Spawned, tmp_path: Path
+) -> None:
+    """``nohup gcl run`` ignored SIGHUP only while waiting: once the command ran, gcl run caught it
+    (exec reset it to the default in the command) and forwarded it, and the command died (129)."""
+    create_limit("a", 1, db=db)
+    ready, marker = tmp_path / "ready", tmp_path / "done"
+    script = f"touch {ready}; sleep 1; echo done > {marker}"
+    wrapper = spawned.start(["nohup", *GCL, "--db", db, "run", "a", "--", "sh", "-c", script])
+    holding(db, "a", "sh", wrapper)
+    wait_for(ready.exists, what="the command to start")
+    wrapper.send_signal(signal.SIGHUP)
+    _, err = wrapper.communicate(timeout=20)
+    assert wrapper.returncode == 0, err
+    assert marker.read_text() == "done\n"
+    assert free(db, "a")
+
+
+def test_gcl_run_started_with_sigchld_ignored_still_gives_the_commands_status(db: str) -> None:
+    """A parent that ignores SIGCHLD passes that on through exec; the kernel then reaps the command
+    itself and ``waitpid`` fails (ECHILD): gcl run ended with a traceback and status 1."""
+    create_limit("a", 1, db=db)
+    ignoring = (
+        "import os, signal, sys; signal.signal(signal.SIGCHLD, signal.SIG_IGN); os.execv(sys.argv[1], sys.argv[1:])"
+    )
+    for command in ("exit 3", "sleep 0.3; exit 3"):
+        argv = [sys.executable, "-c", ignoring, *GCL, "--db", db, "run", "a", "--", "sh", "-c", command]
+        done = subprocess.run(argv, env=env(), capture_output=True, text=True, timeout=60, check=False)
+        assert (done.returncode, done.stderr) == (3, ""), command
+    assert free(db, "a")
+
+
 @pytest.mark.parametrize(
     ("signum", "code"),
     [(signal.SIGTERM, 143), (signal.SIGHUP, 129), (signal.SIGINT, 130)],
